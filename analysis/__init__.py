@@ -1,0 +1,1 @@
+"""Analysis of run outputs: metrics, statistics, Pareto fronts, figures. No torch here."""

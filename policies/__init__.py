@@ -1,0 +1,8 @@
+"""Serving policies: one small interface (`base`), a registry, one module per policy."""
+
+from . import static  # noqa: F401  (registers)
+from .base import Hop, PlanAction, Policy, Reject, Request, Route, SystemView
+from .registry import create, get, names, register
+
+__all__ = ["Hop", "PlanAction", "Policy", "Reject", "Request", "Route", "SystemView",
+           "create", "get", "names", "register"]

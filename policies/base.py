@@ -1,0 +1,116 @@
+"""The policy interface: what a policy decides, and the read-only view it decides from.
+
+A policy answers two questions. ``route(request, view)`` is called once per arrival and returns a
+``Route`` (an ordered list of hops; a hop with a confidence threshold lets a confident request exit
+there, which makes a cascade) or a ``Reject``. ``plan(view)``, called every ``plan_interval_s``
+when the scenario sets one, may return ``PlanAction``s that resize a deployment or retune its
+batcher. Routes should be built once (in ``setup`` or ``plan``) and reused: the engine caches what
+it derives from a route by the route object's identity, so a per-request decision stays a lookup.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from traces.profiles import LatencyProfile, PredictionTable
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One stage of a route. With a ``threshold``, a request whose prediction here has
+    ``confidence >= threshold`` ends here; without one (the last hop), every request ends here."""
+
+    deployment: str
+    threshold: float | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Route:
+    """An ordered list of hops. Compared by identity: build it once, return it many times."""
+
+    hops: tuple[Hop, ...]
+
+    @property
+    def label(self) -> str:
+        parts = [h.deployment + (f"@{h.threshold:g}" if h.threshold is not None else "") for h in self.hops]
+        return ">".join(parts)
+
+    @classmethod
+    def single(cls, deployment: str) -> "Route":
+        return cls((Hop(deployment),))
+
+    @classmethod
+    def cascade(cls, deployments: Sequence[str], thresholds: Sequence[float]) -> "Route":
+        if len(thresholds) != len(deployments) - 1:
+            raise ValueError("a cascade of n deployments needs n - 1 thresholds")
+        hops = [Hop(d, float(t)) for d, t in zip(deployments, thresholds)]
+        return cls(tuple(hops) + (Hop(deployments[-1]),))
+
+
+@dataclass(frozen=True, eq=False)
+class Reject:
+    """Refuse a request at arrival; ``reason`` is recorded as its drop reason."""
+
+    reason: str = "rejected"
+
+
+@dataclass(frozen=True)
+class PlanAction:
+    """A change to one deployment; fields left None stay as they are."""
+
+    deployment: str
+    replicas: int | None = None
+    max_batch_size: int | None = None
+    batch_wait_timeout_ms: float | None = None
+
+
+class Request:
+    """What a policy knows of an arriving request."""
+
+    __slots__ = ("id", "arrival_s", "deadline_ms", "sample_index")
+
+    def __init__(self, id: int, arrival_s: float, deadline_ms: float, sample_index: int):
+        self.id = id
+        self.arrival_s = arrival_s
+        self.deadline_ms = deadline_ms
+        self.sample_index = sample_index
+
+
+class SystemView(Protocol):
+    """Read-only state of the serving system, as the engine exposes it to policies."""
+
+    @property
+    def now_s(self) -> float: ...
+    @property
+    def deployments(self) -> tuple[str, ...]: ...
+    @property
+    def predictions(self) -> "PredictionTable | None": ...
+    def variant(self, deployment: str) -> str | None: ...
+    def replicas(self, deployment: str) -> int: ...
+    def busy_replicas(self, deployment: str) -> int: ...
+    def queue_length(self, deployment: str) -> int: ...
+    def max_batch_size(self, deployment: str) -> int: ...
+    def batch_wait_timeout_ms(self, deployment: str) -> float: ...
+    def arrival_rate_rps(self, window_s: float = 1.0) -> float: ...
+    def latency_profile(self, deployment: str) -> "LatencyProfile": ...
+    def accuracy(self, deployment: str) -> float: ...
+
+
+class Policy(abc.ABC):
+    """Base class. Subclasses take their scenario parameters as keyword arguments to ``__init__``
+    (so the registry can name an unknown one), set ``name``, and implement ``route``."""
+
+    name: ClassVar[str] = ""
+
+    def setup(self, view: SystemView) -> None:
+        """Called once before the first arrival: check names against the view, precompute routes.
+        Raise ``traces.errors.InputError`` naming ``policy.<param>`` for a bad parameter."""
+
+    @abc.abstractmethod
+    def route(self, request: Request, view: SystemView) -> Route | Reject: ...
+
+    def plan(self, view: SystemView) -> Sequence[PlanAction]:
+        return ()

@@ -1,0 +1,1 @@
+"""The SimPy serving engine, the `simulate` CLI, and sweeps. No torch here."""

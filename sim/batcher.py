@@ -1,0 +1,151 @@
+"""The dynamic batcher and the replicas that pull batches from it.
+
+Rule: whenever a replica is free and requests wait, it takes up to ``max_batch_size`` of them at
+once if that many wait, or if the oldest waiting request has waited ``batch_wait_timeout``;
+otherwise one timer fires at (oldest enqueue + timeout) and the rule is checked again. With
+``drop_expired``, a request whose deadline has been reached when its batch forms is dropped and
+the next one is taken in its place. A batch occupies its replica for one sampled service time, and
+all of its requests finish together. Each replica is a long-lived object; a batch costs one
+SimPy timeout, a wait costs at most one more.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from simpy.events import Timeout
+
+from .queues import EdfQueue, FifoQueue
+
+if TYPE_CHECKING:
+    import simpy
+
+_EPS_S = 1e-12  # float slack when comparing a timer's firing time with the instant it aims at
+
+
+class BatchSink(Protocol):
+    """What the engine does when a batch forms or finishes."""
+
+    def drop(self, request: int, now: float, reason: str) -> None: ...
+    def batch_started(self, deployment: int, batch: list[int], now: float) -> None: ...
+    def batch_finished(self, deployment: int, batch: list[int], now: float) -> None: ...
+
+
+class Replica:
+    """One server; it serves one batch at a time and records its busy time inside the window."""
+
+    __slots__ = ("batcher", "batch", "started_s", "busy_s", "batches", "items", "retiring")
+
+    def __init__(self, batcher: "Batcher"):
+        self.batcher = batcher
+        self.batch: list[int] | None = None
+        self.started_s = 0.0
+        self.busy_s = 0.0
+        self.batches = 0
+        self.items = 0
+        self.retiring = False
+
+    def serve(self, batch: list[int], now: float, service_s: float) -> None:
+        self.batch = batch
+        self.started_s = now
+        Timeout(self.batcher.env, service_s).callbacks.append(self._done)
+
+    def _done(self, _event) -> None:
+        batcher = self.batcher
+        now = batcher.env.now
+        batch, self.batch = self.batch, None
+        lo, hi = batcher.window_s
+        overlap = min(now, hi) - max(self.started_s, lo)
+        if overlap > 0:
+            self.busy_s += overlap
+        if lo <= self.started_s < hi:
+            self.batches += 1
+            self.items += len(batch)
+        batcher.sink.batch_finished(batcher.deployment, batch, now)
+        batcher.replica_free(self, now)
+
+
+class Batcher:
+    """One waiting line and the replicas that serve it."""
+
+    def __init__(self, env: "simpy.Environment", sink: BatchSink, deployment: int,
+                 queue: FifoQueue | EdfQueue, sampler, deadlines_s: list[float], *,
+                 max_batch_size: int, batch_wait_timeout_s: float, drop_expired: bool,
+                 max_queue_size: int, window_s: tuple[float, float]):
+        self.env = env
+        self.sink = sink
+        self.deployment = deployment
+        self.queue = queue
+        self.sampler = sampler
+        self.deadlines_s = deadlines_s
+        self.max_batch_size = max_batch_size
+        self.timeout_s = batch_wait_timeout_s
+        self.drop_expired = drop_expired
+        self.max_queue_size = max_queue_size
+        self.window_s = window_s
+        self.replicas: list[Replica] = []
+        self.free: list[Replica] = []
+        self.retired: list[Replica] = []
+        self._timer_armed = False
+
+    def add_replica(self) -> Replica:
+        replica = Replica(self)
+        self.replicas.append(replica)
+        self.free.append(replica)
+        return replica
+
+    @property
+    def busy(self) -> int:
+        return len(self.replicas) - len(self.free)
+
+    def submit(self, request: int, now: float) -> bool:
+        """Enqueue; False when the queue is full (the caller records the rejection)."""
+        queue = self.queue
+        if self.max_queue_size and len(queue) >= self.max_queue_size:
+            return False
+        queue.push(request, now, self.deadlines_s[request])
+        if self.free:
+            self.dispatch(now)
+        return True
+
+    def replica_free(self, replica: Replica, now: float) -> None:
+        if replica.retiring:
+            self.replicas.remove(replica)
+            self.retired.append(replica)
+        else:
+            self.free.append(replica)
+        self.dispatch(now)
+
+    def dispatch(self, now: float) -> None:
+        queue, free = self.queue, self.free
+        max_b = self.max_batch_size
+        while free and queue:
+            if len(queue) < max_b and self.timeout_s > 0:
+                ready_s = queue.oldest_s() + self.timeout_s
+                if now + _EPS_S < ready_s:
+                    if not self._timer_armed:
+                        self._timer_armed = True
+                        Timeout(self.env, ready_s - now).callbacks.append(self._timer_fired)
+                    return
+            batch = self._take(now, max_b)
+            if batch:
+                replica = free.pop()
+                self.sink.batch_started(self.deployment, batch, now)
+                replica.serve(batch, now, self.sampler.draw_s(len(batch)))
+
+    def _take(self, now: float, max_b: int) -> list[int]:
+        queue = self.queue
+        if not self.drop_expired:
+            return [queue.pop() for _ in range(min(max_b, len(queue)))]
+        deadlines, batch = self.deadlines_s, []
+        while queue and len(batch) < max_b:
+            request = queue.pop()
+            if deadlines[request] <= now:
+                self.sink.drop(request, now, "expired")
+            else:
+                batch.append(request)
+        return batch
+
+    def _timer_fired(self, _event) -> None:
+        self._timer_armed = False
+        self.dispatch(self.env.now)

@@ -1,0 +1,167 @@
+"""`simulate`: run, validate and list scenarios. Bad input -> one line on stderr, exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+import policies
+from traces.bundle import TraceBundle
+from traces.errors import InputError
+from traces.scenario import load_scenario
+
+from .runner import prepare, run_seeds
+
+BUNDLED_DATA = Path(__file__).resolve().parents[1] / "traces" / "data"
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``3``, ``1-5`` or ``1,4,9`` -> a list of seeds."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise InputError("--seeds", f"expected a seed, a range like 1-5, or a list like 1,4,9; got {text!r}") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise InputError("--seeds", f"seeds must be distinct non-negative integers; got {text!r}")
+    return seeds
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+COLUMNS = (("hit_rate", "hit", ("hit_rate",), 4), ("accuracy", "acc", ("accuracy",), 4),
+           ("ontime_accuracy", "ontime", ("ontime_accuracy",), 4), ("p50", "p50 ms", ("latency_ms", "p50"), 2),
+           ("p95", "p95 ms", ("latency_ms", "p95"), 2), ("p99", "p99 ms", ("latency_ms", "p99"), 2),
+           ("tput", "rps", ("throughput_rps",), 1), ("batch", "batch", ("mean_batch_size",), 2),
+           ("cost", "cost", ("cost", "total"), 4))
+
+
+def _get(summary: dict, path: tuple[str, ...]) -> float:
+    for key in path:
+        summary = summary[key]
+    return math.nan if summary is None else float(summary)
+
+
+def summary_table(summaries: list[dict]) -> str:
+    header = ["seed", "requests", "dropped"] + [c[1] for c in COLUMNS]
+    rows = [[str(s["seed"]), str(s["requests"]), str(s["dropped"])] + [_fmt(_get(s, c[2]), c[3]) for c in COLUMNS]
+            for s in summaries]
+    if len(summaries) > 1:
+        cells = ["mean", "", ""]
+        for c in COLUMNS:
+            values = np.array([_get(s, c[2]) for s in summaries])
+            half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+            cells.append(f"{_fmt(values.mean(), c[3])}±{_fmt(half, c[3])}")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [header] + rows)
+
+
+def cmd_run(args) -> int:
+    scenario = load_scenario(args.scenario, args.set)
+    seeds = parse_seeds(args.seeds) if args.seeds else [scenario.seed]
+    out = Path(args.out) if args.out else Path("runs") / Path(args.scenario).stem
+    prepared = prepare(scenario)
+    summaries = run_seeds(prepared, seeds, out, force=args.force)
+    print(summary_table(summaries))
+    print(f"wrote {out}/ (seed-<n>/config.json, requests.parquet, summary.json; runs.csv)")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    scenario = load_scenario(args.scenario, args.set)
+    prepared = prepare(scenario)
+    print(f"scenario {args.scenario}: ok")
+    rate = scenario.arrivals.mean_rate_rps(scenario.duration_s)
+    print(f"  arrivals: {scenario.arrivals.kind}, mean {rate:.1f} rps over {scenario.duration_s:g} s "
+          f"(warm-up {scenario.warmup_s:g} s), about {rate * scenario.duration_s:.0f} requests")
+    print(f"  deadlines (ms): {', '.join(f'{d:g}' for d in scenario.requests.deadline_ms)}")
+    if prepared.bundle is not None:
+        print(f"  bundle: {prepared.bundle.path} ({len(prepared.bundle.variants)} variants)")
+    for dep in scenario.deployments:
+        profile = prepared.profiles[dep.name]
+        source = dep.variant or f"{dep.service.kind} service"
+        capacity = profile.throughput_rps(dep.max_batch_size, dep.replicas)
+        print(f"  deployment {dep.name}: {source}, {dep.replicas} replica(s), batch <= {dep.max_batch_size}, "
+              f"wait {dep.batch_wait_timeout_ms:g} ms, {dep.queue}; p50 at batch 1 "
+              f"{profile.percentile_ms(1, 50):.3f} ms; capacity ~{capacity:.0f} rps at full batches")
+    params = ", ".join(f"{k}={v!r}" for k, v in scenario.policy.params.items())
+    print(f"  policy: {scenario.policy.name}({params})")
+    return 0
+
+
+def find_bundles(roots: list[Path]) -> list[Path]:
+    found = []
+    for root in roots:
+        if root.is_dir():
+            found.extend(sorted(p.parent for p in root.glob("*/bundle.json")))
+            if (root / "bundle.json").is_file():
+                found.append(root)
+    return found
+
+
+def cmd_list(args) -> int:
+    roots = [Path(p) for p in args.bundles] if args.bundles else [BUNDLED_DATA]
+    bundles = find_bundles(roots)
+    print("bundles:" if bundles else f"bundles: none found in {', '.join(map(str, roots))}")
+    for path in bundles:
+        bundle = TraceBundle.load(path)
+        print(f"  {path}: {bundle.meta.get('description', '')}")
+        for variant in bundle.variants:
+            sizes = sorted(bundle.latency_samples(variant))
+            acc = bundle.predictions.loc[bundle.predictions["variant"] == variant, "correct"]
+            accuracy = f", accuracy {acc.mean():.4f}" if len(acc) else ""
+            print(f"    {variant}: batch {sizes[0]}..{sizes[-1]}{accuracy}")
+    print("policies: " + ", ".join(policies.names()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="simulate", description="Simulate ML serving on measured traces.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a scenario and write its run output")
+    run.add_argument("scenario")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a scenario key, e.g. arrivals.rate_rps=300 or deployments.small.replicas=2")
+    run.add_argument("--seeds", help="seeds to run: 3, 1-5 or 1,4,9 (default: the scenario's seed)")
+    run.add_argument("--out", help="output directory (default: runs/<scenario name>)")
+    run.add_argument("--force", action="store_true", help="replace an existing output directory")
+    run.set_defaults(func=cmd_run)
+    validate = sub.add_parser("validate", help="check a scenario and its bundle, print what would run")
+    validate.add_argument("scenario")
+    validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    validate.set_defaults(func=cmd_validate)
+    listing = sub.add_parser("list", help="list bundles, their variants, and the policies")
+    listing.add_argument("bundles", nargs="*", help="directories to search (default: the bundled traces)")
+    listing.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""A deployment: the replicas of one variant behind one shared batcher, or one batcher per replica."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from traces.scenario import DeploymentConfig
+
+from .balancers import make_balancer
+from .batcher import Batcher, BatchSink
+from .queues import make_queue
+
+if TYPE_CHECKING:
+    import simpy
+
+
+class Deployment:
+    def __init__(self, env: "simpy.Environment", sink: BatchSink, index: int, config: DeploymentConfig,
+                 sampler, deadlines_s: list[float], window_s: tuple[float, float], rng: np.random.Generator):
+        self.env = env
+        self.sink = sink
+        self.index = index
+        self.name = config.name
+        self.config = config
+        self.variant = config.variant
+        self.sampler = sampler
+        self._deadlines_s = deadlines_s
+        self.window_s = window_s
+        self.max_batch_size = config.max_batch_size
+        self.batch_wait_timeout_ms = config.batch_wait_timeout_ms
+        self._balancer = make_balancer(config.balancer, rng)
+        self.batchers: list[Batcher] = []
+        self._gone: list[Batcher] = []  # per-replica batchers removed by a plan, kept for accounting
+        self._replica_s = 0.0
+        self._count_since_s = 0.0
+        self._count = 0
+        if self._balancer is None:
+            self.batchers.append(self._new_batcher())
+        self.set_replicas(config.replicas, 0.0)
+
+    def _new_batcher(self) -> Batcher:
+        return Batcher(self.env, self.sink, self.index, make_queue(self.config.queue), self.sampler,
+                       self._deadlines_s, max_batch_size=self.max_batch_size,
+                       batch_wait_timeout_s=self.batch_wait_timeout_ms / 1000.0,
+                       drop_expired=self.config.drop_expired, max_queue_size=self.config.max_queue_size,
+                       window_s=self.window_s)
+
+    # --- requests -----------------------------------------------------------------------
+    def submit(self, request: int, now: float) -> bool:
+        balancer = self._balancer
+        batcher = self.batchers[0] if balancer is None else balancer(self.batchers)
+        return batcher.submit(request, now)
+
+    # --- state the view reads -------------------------------------------------------------
+    @property
+    def replicas(self) -> int:
+        return self._count
+
+    @property
+    def queue_length(self) -> int:
+        return sum(len(b.queue) for b in self.batchers)
+
+    @property
+    def busy_replicas(self) -> int:
+        return sum(b.busy for b in self.batchers)
+
+    # --- changes a plan may make ------------------------------------------------------------
+    def set_batching(self, max_batch_size: int | None, batch_wait_timeout_ms: float | None, now: float) -> None:
+        if max_batch_size is not None:
+            self.sampler.ensure_batch(max_batch_size)
+            self.max_batch_size = max_batch_size
+        if batch_wait_timeout_ms is not None:
+            self.batch_wait_timeout_ms = batch_wait_timeout_ms
+        for batcher in self.batchers:
+            batcher.max_batch_size = self.max_batch_size
+            batcher.timeout_s = self.batch_wait_timeout_ms / 1000.0
+            batcher.dispatch(now)
+
+    def set_replicas(self, count: int, now: float) -> None:
+        """Add idle replicas at once; remove idle ones first, busy ones after their batch."""
+        self._account(now)
+        if self._balancer is None:
+            self._resize_shared(self.batchers[0], count, now)
+        else:
+            self._resize_per_replica(count, now)
+        self._count = count
+
+    def _resize_shared(self, batcher: Batcher, count: int, now: float) -> None:
+        active = [r for r in batcher.replicas if not r.retiring]
+        for _ in range(count - len(active)):
+            batcher.add_replica()
+        for _ in range(len(active) - count):
+            if batcher.free:
+                replica = batcher.free.pop()
+                batcher.replicas.remove(replica)
+                batcher.retired.append(replica)
+            else:
+                next(r for r in batcher.replicas if not r.retiring).retiring = True
+        batcher.dispatch(now)
+
+    def _resize_per_replica(self, count: int, now: float) -> None:
+        while len(self.batchers) < count:
+            self.batchers.append(self._new_batcher())
+            self.batchers[-1].add_replica()
+        orphans: list[int] = []
+        while len(self.batchers) > count:
+            batcher = self.batchers.pop()
+            orphans.extend(batcher.queue.drain())
+            for replica in batcher.replicas:
+                replica.retiring = True
+            if batcher.free:
+                batcher.retired.extend(batcher.free)
+                batcher.replicas.clear()
+                batcher.free.clear()
+            self._gone.append(batcher)
+        for request in orphans:
+            if not self.submit(request, now):
+                self.sink.drop(request, now, "queue_full")
+
+    # --- accounting ----------------------------------------------------------------------
+    def _account(self, now: float) -> None:
+        lo, hi = self.window_s
+        overlap = min(now, hi) - max(self._count_since_s, lo)
+        if overlap > 0:
+            self._replica_s += self._count * overlap
+        self._count_since_s = now
+
+    def all_replicas(self):
+        for batcher in self.batchers + self._gone:
+            yield from batcher.replicas
+            yield from batcher.retired
+
+    def stats(self, end_s: float) -> dict:
+        """Busy fraction, replica-seconds and batches inside the measurement window."""
+        self._account(max(end_s, self._count_since_s))
+        replicas = list(self.all_replicas())
+        busy_s = sum(r.busy_s for r in replicas)
+        batches = sum(r.batches for r in replicas)
+        items = sum(r.items for r in replicas)
+        return {
+            "replica_seconds": self._replica_s,
+            "busy_seconds": busy_s,
+            "utilization": busy_s / self._replica_s if self._replica_s > 0 else 0.0,
+            "batches": batches,
+            "mean_batch_size": items / batches if batches else 0.0,
+        }

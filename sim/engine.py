@@ -1,0 +1,221 @@
+"""The simulation: arrivals flow through policies' routes into deployments' batchers and replicas.
+
+One SimPy environment drives everything with events and callbacks: one event per arrival, one
+timeout per batch, at most one batching timer per waiting line, and one periodic process for the
+policy's plan. Request state lives in flat lists (``RequestLog``). Every random stream (arrivals,
+deadlines, samples, each deployment's service times, balancers) is spawned from the scenario seed,
+so the same seed gives the same bytes out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import simpy
+from simpy.events import Timeout
+
+from policies.base import PlanAction, Policy, Reject, Request, Route
+from traces.bundle import TraceBundle
+from traces.errors import InputError
+from traces.profiles import LatencyProfile, PredictionTable
+from traces.scenario import Scenario
+
+from .deployment import Deployment
+from .records import RequestLog
+from .service import MeasuredSampler, ParametricSampler
+from .view import EngineView
+
+
+class _Stages:
+    """A route as the engine uses it: (deployment, threshold, confidences or None) per hop."""
+
+    __slots__ = ("label", "stages")
+
+    def __init__(self, label: str, stages: tuple):
+        self.label = label
+        self.stages = stages
+
+
+@dataclass
+class RunResult:
+    requests: pd.DataFrame
+    deployments: dict[str, dict]
+
+
+class Simulation:
+    def __init__(self, scenario: Scenario, policy: Policy, *, bundle: TraceBundle | None = None,
+                 profiles: dict[str, LatencyProfile], predictions: PredictionTable | None, seed: int):
+        self.scenario = scenario
+        self.policy = policy
+        self.env = simpy.Environment()
+        streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4 + 2 * len(scenario.deployments))]
+        arrivals_rng, deadline_rng, sample_rng, _spare = streams[:4]
+        self.duration_s = scenario.duration_s
+        times = np.asarray(scenario.arrivals.times_s(scenario.duration_s, arrivals_rng), dtype=np.float64)
+        self.arrival_times: list[float] = times.tolist()
+        self.arrivals_seen = 0
+        n = times.size
+        req = scenario.requests
+        deadline_ms = (np.full(n, req.deadline_ms[0]) if len(req.deadline_ms) == 1 else
+                       np.asarray(req.deadline_ms)[deadline_rng.choice(len(req.deadline_ms), size=n, p=req.weights)])
+        self.predictions = predictions if predictions is not None and predictions.sample_ids.size else None
+        sample_index = (sample_rng.integers(0, self.predictions.sample_ids.size, size=n) if self.predictions
+                        else np.zeros(n, dtype=np.int64))
+        self.log = RequestLog(times, deadline_ms, sample_index)
+        self._deadline_ms = deadline_ms.tolist()
+        self._sample = sample_index.tolist()
+        self.deadlines_s = (times + deadline_ms / 1000.0).tolist()
+        window = (scenario.warmup_s, scenario.duration_s)
+        self.profiles = profiles
+        self.deployments: list[Deployment] = []
+        for index, config in enumerate(scenario.deployments):
+            service_rng, balance_rng = streams[4 + 2 * index], streams[5 + 2 * index]
+            sampler = (ParametricSampler(config.service, config.max_batch_size, service_rng) if config.service
+                       else MeasuredSampler(profiles[config.name], config.max_batch_size, service_rng))
+            self.deployments.append(Deployment(self.env, self, index, config, sampler, self.deadlines_s,
+                                               window, balance_rng))
+        self._by_name = {d.name: d for d in self.deployments}
+        self.deployment_names = tuple(self._by_name)
+        self._routes: dict[int, tuple[object, _Stages | Reject]] = {}
+        self.view = EngineView(self)
+        policy.setup(self.view)
+
+    def deployment(self, name: str) -> Deployment:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise InputError(f"policy {self.policy.name!r}", f"used unknown deployment {name!r}") from None
+
+    # --- arrivals and routing ---------------------------------------------------------------
+    def _schedule_next_arrival(self) -> None:
+        i = self.arrivals_seen
+        if i < len(self.arrival_times):
+            Timeout(self.env, max(0.0, self.arrival_times[i] - self.env.now)).callbacks.append(self._arrive)
+
+    def _arrive(self, _event) -> None:
+        i = self.arrivals_seen
+        self.arrivals_seen = i + 1
+        now = self.env.now
+        route = self.policy.route(Request(i, self.arrival_times[i], self._deadline_ms[i], self._sample[i]), self.view)
+        cached = self._routes.get(id(route))
+        resolved = cached[1] if cached is not None else self._resolve(route)
+        if resolved.__class__ is Reject:
+            self.drop(i, now, resolved.reason)
+        else:
+            log = self.log
+            log.route[i] = resolved
+            first = resolved.stages[0][0]
+            hop0 = log.hops[0]
+            hop0.deployment[i] = first.index
+            hop0.enqueue_s[i] = now
+            if not first.submit(i, now):
+                self.drop(i, now, "queue_full")
+        self._schedule_next_arrival()
+
+    def _resolve(self, route: object) -> _Stages | Reject:
+        if isinstance(route, Reject):
+            resolved: _Stages | Reject = route
+        elif isinstance(route, Route) and route.hops:
+            last = len(route.hops) - 1
+            stages = []
+            for k, hop in enumerate(route.hops):
+                dep = self.deployment(hop.deployment)
+                confidence = None
+                if hop.threshold is not None and k < last:
+                    table = self.predictions
+                    if table is None or dep.variant not in table.confidence:
+                        raise InputError(f"policy {self.policy.name!r}", f"cascade threshold at deployment "
+                                         f"{dep.name!r} needs per-sample predictions for its variant in the bundle")
+                    confidence = table.confidence[dep.variant].tolist()
+                stages.append((dep, hop.threshold, confidence))
+            self.log.ensure_hops(len(stages))
+            resolved = _Stages(route.label, tuple(stages))
+        else:
+            raise InputError(f"policy {self.policy.name!r}", f"route() must return a non-empty Route or a Reject, got {route!r}")
+        self._routes[id(route)] = (route, resolved)
+        return resolved
+
+    # --- the BatchSink the batchers report to -----------------------------------------------
+    def drop(self, request: int, now: float, reason: str) -> None:
+        self.log.drop_reason[request] = reason
+        self.log.finish_s[request] = now
+
+    def batch_started(self, deployment: int, batch: list[int], now: float) -> None:
+        log = self.log
+        hop, hops, size = log.hop, log.hops, len(batch)
+        for i in batch:
+            cols = hops[hop[i]]
+            cols.start_s[i] = now
+            cols.batch_size[i] = size
+
+    def batch_finished(self, deployment: int, batch: list[int], now: float) -> None:
+        log = self.log
+        hop, hops, routes, sample, finish = log.hop, log.hops, log.route, self._sample, log.finish_s
+        for i in batch:
+            k = hop[i]
+            hops[k].finish_s[i] = now
+            _, threshold, confidence = routes[i].stages[k]
+            if confidence is not None and confidence[sample[i]] < threshold:
+                k += 1
+                hop[i] = k
+                nxt = routes[i].stages[k][0]
+                cols = hops[k]
+                cols.deployment[i] = nxt.index
+                cols.enqueue_s[i] = now
+                if not nxt.submit(i, now):
+                    self.drop(i, now, "queue_full")
+            else:
+                finish[i] = now
+
+    # --- plans -------------------------------------------------------------------------------
+    def _planner(self):
+        interval = self.scenario.policy.plan_interval_s
+        while self.env.now + interval < self.duration_s:
+            yield self.env.timeout(interval)
+            for action in self.policy.plan(self.view) or ():
+                self.apply(action)
+
+    def apply(self, action: PlanAction) -> None:
+        dep = self.deployment(action.deployment)
+        where = f"policy {self.policy.name!r} plan for {dep.name!r}"
+        now = self.env.now
+        if action.max_batch_size is not None:
+            profile = self.profiles[dep.name]
+            if not 1 <= action.max_batch_size <= profile.max_batch_size:
+                raise InputError(where, f"max_batch_size must be in 1..{profile.max_batch_size}, got {action.max_batch_size}")
+        if action.batch_wait_timeout_ms is not None and not action.batch_wait_timeout_ms >= 0:
+            raise InputError(where, f"batch_wait_timeout_ms must be >= 0, got {action.batch_wait_timeout_ms}")
+        if action.replicas is not None:
+            if action.replicas < 1:
+                raise InputError(where, f"replicas must be >= 1, got {action.replicas}")
+            dep.set_replicas(action.replicas, now)
+        if action.max_batch_size is not None or action.batch_wait_timeout_ms is not None:
+            dep.set_batching(action.max_batch_size, action.batch_wait_timeout_ms, now)
+
+    # --- running -------------------------------------------------------------------------------
+    def run(self, progress=None) -> RunResult:
+        """Run until every arrival has finished or been dropped; ``progress`` gets sim-time updates."""
+        self.log.ensure_hops(1)
+        self._schedule_next_arrival()
+        if self.scenario.policy.plan_interval_s > 0 and type(self.policy).plan is not Policy.plan:
+            self.env.process(self._planner())
+        if progress is None:
+            self.env.run()
+        else:
+            steps = 50
+            for k in range(1, steps + 1):
+                self.env.run(until=self.duration_s * k / steps)
+                progress(self.duration_s * k / steps)
+            self.env.run()
+        end_s = max(self.env.now, self.duration_s)
+        for i in range(self.log.n):
+            if math.isnan(self.log.finish_s[i]):
+                self.drop(i, end_s, "unfinished")
+        frame = self.log.to_frame(list(self.deployment_names), [d.variant for d in self.deployments],
+                                  self.predictions, self.predictions.sample_ids if self.predictions else None,
+                                  self.scenario.warmup_s)
+        stats = {d.name: d.stats(self.duration_s) for d in self.deployments}
+        return RunResult(frame, stats)

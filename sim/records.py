@@ -1,0 +1,99 @@
+"""Per-request state and results, kept in flat lists indexed by request id (no object per request).
+
+At the end ``to_frame`` turns them into the ``requests`` table of the run output, one row per
+arrival: its route, each hop's deployment, enqueue, start and finish times and batch size, its
+outcome (finish or drop reason), prediction and whether it was correct and on time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+NAN = math.nan
+
+
+class HopColumns:
+    __slots__ = ("deployment", "enqueue_s", "start_s", "finish_s", "batch_size")
+
+    def __init__(self, n: int):
+        self.deployment = [-1] * n
+        self.enqueue_s = [NAN] * n
+        self.start_s = [NAN] * n
+        self.finish_s = [NAN] * n
+        self.batch_size = [0] * n
+
+
+class RequestLog:
+    def __init__(self, arrival_s: np.ndarray, deadline_ms: np.ndarray, sample_index: np.ndarray):
+        n = arrival_s.size
+        self.n = n
+        self.arrival_s = arrival_s
+        self.deadline_ms = deadline_ms
+        self.sample_index = sample_index
+        self.route: list = [None] * n
+        self.hop = [0] * n
+        self.finish_s = [NAN] * n
+        self.drop_reason: list[str | None] = [None] * n
+        self.hops: list[HopColumns] = []
+
+    def ensure_hops(self, count: int) -> None:
+        while len(self.hops) < count:
+            self.hops.append(HopColumns(self.n))
+
+    def to_frame(self, deployment_names: list[str], variants: list[str | None], predictions,
+                 sample_ids: np.ndarray | None, warmup_s: float) -> pd.DataFrame:
+        n = self.n
+        finish = np.asarray(self.finish_s, dtype=np.float64)
+        reasons = np.array([r or "" for r in self.drop_reason], dtype=object)
+        dropped = reasons != ""
+        latency_ms = np.where(dropped, np.nan, (finish - self.arrival_s) * 1000.0)
+        names = np.array(deployment_names + [""], dtype=object)
+        exit_hop = np.asarray(self.hop, dtype=np.int64)
+        frame = {
+            "id": np.arange(n, dtype=np.int64),
+            "arrival_s": self.arrival_s,
+            "deadline_ms": self.deadline_ms,
+            "sample_id": (sample_ids[self.sample_index] if sample_ids is not None and sample_ids.size
+                          else np.full(n, None, dtype=object)),
+            "route": np.array([r.label if r is not None else "" for r in self.route], dtype=object),
+            "hops": np.where(np.asarray([r is None for r in self.route]), 0, exit_hop + 1),
+        }
+        for k, cols in enumerate(self.hops):
+            frame[f"hop{k}_deployment"] = names[np.asarray(cols.deployment, dtype=np.int64)]
+            frame[f"hop{k}_enqueue_s"] = np.asarray(cols.enqueue_s)
+            frame[f"hop{k}_start_s"] = np.asarray(cols.start_s)
+            frame[f"hop{k}_finish_s"] = np.asarray(cols.finish_s)
+            frame[f"hop{k}_batch_size"] = np.asarray(cols.batch_size, dtype=np.int64)
+        frame["finish_s"] = np.where(dropped, np.nan, finish)
+        frame["latency_ms"] = latency_ms
+        frame["dropped"] = dropped
+        frame["drop_reason"] = reasons
+        pred, correct = self._outcomes(variants, predictions, exit_hop, dropped)
+        frame["pred"] = pred
+        frame["correct"] = correct
+        frame["hit"] = ~dropped & (latency_ms <= self.deadline_ms)
+        frame["measured"] = self.arrival_s >= warmup_s
+        return pd.DataFrame(frame)
+
+    def _outcomes(self, variants, predictions, exit_hop, dropped):
+        """Prediction and correctness of the variant each completed request exited at."""
+        n = self.n
+        pred = pd.array([pd.NA] * n, dtype=object)
+        correct = pd.array([pd.NA] * n, dtype="boolean")
+        if predictions is None or not self.hops:
+            return pred, correct
+        exit_dep = np.full(n, -1, dtype=np.int64)
+        for k, cols in enumerate(self.hops):
+            at_k = exit_hop == k
+            exit_dep[at_k] = np.asarray(cols.deployment, dtype=np.int64)[at_k]
+        for dep, variant in enumerate(variants):
+            if variant is None or variant not in predictions.pred:
+                continue
+            rows = np.flatnonzero((exit_dep == dep) & ~dropped)
+            samples = self.sample_index[rows]
+            pred[rows] = predictions.pred[variant][samples]
+            correct[rows] = predictions.correct[variant][samples]
+        return pred, correct

@@ -1,0 +1,143 @@
+"""The trace bundle: measured per-batch latencies and per-sample predictions of model variants.
+
+A bundle is a directory with ``bundle.json`` (name, description, hardware, software, created_at,
+units) and two tables, each Parquet or CSV:
+
+- ``service``: one row per timed batch run (variant, model, precision, device, batch_size,
+  latency_ms, optional threads);
+- ``predictions``: one row per (variant, evaluated sample) (variant, sample_id, label, pred,
+  confidence, correct).
+
+Loading validates every row; an error names the file, the row and the column.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .tables import (atomic_directory, check_boolean, check_numeric, check_text, find_table,
+                     read_table)
+
+SERVICE_COLUMNS = ("variant", "model", "precision", "device", "batch_size", "latency_ms")
+PREDICTION_COLUMNS = ("variant", "sample_id", "label", "pred", "confidence", "correct")
+META_KEYS = ("name", "description", "hardware", "software", "created_at", "units")
+
+
+@dataclass
+class TraceBundle:
+    """A validated bundle in memory. ``predictions`` may be empty for a latency-only bundle."""
+
+    meta: dict
+    service: pd.DataFrame
+    predictions: pd.DataFrame
+    path: Path | None = None
+    _samples: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", self.path.name if self.path else "bundle"))
+
+    @property
+    def variants(self) -> list[str]:
+        return sorted(self.service["variant"].unique())
+
+    @property
+    def predicted_variants(self) -> list[str]:
+        return sorted(self.predictions["variant"].unique())
+
+    def latency_samples(self, variant: str) -> dict[int, np.ndarray]:
+        """Measured batch latencies (ms) of one variant, sorted, keyed by batch size."""
+        if variant not in self._samples:
+            rows = self.service[self.service["variant"] == variant]
+            if rows.empty:
+                raise KeyError(variant)
+            self._samples[variant] = {
+                int(b): np.sort(g["latency_ms"].to_numpy(dtype=np.float64))
+                for b, g in rows.groupby("batch_size")
+            }
+        return self._samples[variant]
+
+    def common_sample_ids(self, variants: list[str]) -> np.ndarray:
+        """Sample ids that every listed variant has a prediction for, sorted."""
+        common = None
+        for variant in variants:
+            ids = set(self.predictions.loc[self.predictions["variant"] == variant, "sample_id"])
+            common = ids if common is None else common & ids
+        return np.array(sorted(common or ()), dtype=object)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TraceBundle":
+        path = Path(path)
+        if not path.is_dir():
+            raise InputError(str(path), "trace bundle directory not found")
+        meta_path = path / "bundle.json"
+        if not meta_path.is_file():
+            raise InputError(str(path), "not a trace bundle: missing bundle.json")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise InputError(str(meta_path), f"invalid JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise InputError(str(meta_path), "must hold a JSON object")
+        service = _load_service(find_table(path, "service"))
+        try:
+            pred_path = find_table(path, "predictions")
+        except InputError:
+            predictions = pd.DataFrame({c: [] for c in PREDICTION_COLUMNS})
+        else:
+            predictions = _load_predictions(pred_path)
+        return cls(meta=meta, service=service, predictions=predictions, path=path)
+
+    def save(self, path: str | Path, *, force: bool = False, fmt: str = "parquet") -> Path:
+        """Write atomically; ``fmt`` is 'parquet' or 'csv'."""
+        path = Path(path)
+        with atomic_directory(path, force=force) as staging:
+            (staging / "bundle.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
+            for stem, frame in (("service", self.service), ("predictions", self.predictions)):
+                if fmt == "csv":
+                    frame.to_csv(staging / f"{stem}.csv", index=False)
+                else:
+                    frame.to_parquet(staging / f"{stem}.parquet", index=False)
+        self.path = path
+        return path
+
+
+def _load_service(path: Path) -> pd.DataFrame:
+    frame = read_table(path, SERVICE_COLUMNS)
+    if frame.empty:
+        raise InputError(str(path), "has no rows; expected one row per timed batch run")
+    for column in ("variant", "model", "precision", "device"):
+        check_text(frame, path, column)
+    frame["batch_size"] = check_numeric(frame, path, "batch_size", low=1, low_inclusive=True,
+                                        integer=True).astype(np.int64)
+    frame["latency_ms"] = check_numeric(frame, path, "latency_ms", low=0, low_inclusive=False)
+    if "threads" in frame.columns:
+        frame["threads"] = check_numeric(frame, path, "threads", low=1, low_inclusive=True,
+                                         integer=True).astype(np.int64)
+    frame["variant"] = frame["variant"].astype(str)
+    return frame
+
+
+def _load_predictions(path: Path) -> pd.DataFrame:
+    frame = read_table(path, PREDICTION_COLUMNS)
+    check_text(frame, path, "variant")
+    frame["variant"] = frame["variant"].astype(str)
+    for column in ("sample_id", "label", "pred"):
+        row = np.flatnonzero(frame[column].isna().to_numpy())
+        if row.size:
+            raise InputError(f"{path} row {row[0] + 1}", f"{column} is missing")
+    frame["confidence"] = check_numeric(frame, path, "confidence", low=0, low_inclusive=True, high=1)
+    frame["correct"] = check_boolean(frame, path, "correct")
+    duplicated = frame.duplicated(["variant", "sample_id"]).to_numpy()
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated)[0])
+        raise InputError(f"{path} row {row + 1}",
+                         f"duplicate prediction for variant {frame['variant'].iloc[row]!r} and "
+                         f"sample_id {frame['sample_id'].iloc[row]!r}")
+    return frame

@@ -1,0 +1,131 @@
+"""Latency and accuracy profiles derived from a bundle: what policies plan with, what the engine samples.
+
+Batch sizes between two measured sizes are served by *quantile interpolation*: with measured sizes
+b0 < b < b1 and w = (b - b0) / (b1 - b0), the latency at probability p is
+(1 - w) * Q_b0(p) + w * Q_b1(p), where Q is the empirical (inverted-CDF) quantile function, on the
+grid p_k = (k + 0.5) / m, m = max(n_b0, n_b1). At a measured size the grid is exactly its sorted
+samples, so sampling the grid uniformly is sampling the measurements. Sizes outside the measured
+range are refused rather than extrapolated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+from .bundle import TraceBundle
+from .distributions import ServiceDistribution
+
+_PARAMETRIC_GRID = 2000
+
+
+def _quantile(sorted_samples: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    n = sorted_samples.size
+    index = np.clip(np.ceil(probs * n).astype(np.int64) - 1, 0, n - 1)
+    return sorted_samples[index]
+
+
+class LatencyProfile:
+    """The latency distribution (ms) of one variant or parametric service at each batch size."""
+
+    def __init__(self, grids_by_batch: dict[int, np.ndarray], *, measured: bool):
+        if not grids_by_batch:
+            raise ValueError("a latency profile needs at least one batch size")
+        self._measured = {int(b): np.sort(np.asarray(g, dtype=np.float64)) for b, g in grids_by_batch.items()}
+        self.measured_batch_sizes = tuple(sorted(self._measured))
+        self.is_measured = measured
+        self._cache: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def from_distribution(cls, dist: ServiceDistribution, max_batch_size: int) -> "LatencyProfile":
+        """A profile of a parametric service: its exact quantiles on a fine grid at every batch size."""
+        probs = (np.arange(_PARAMETRIC_GRID) + 0.5) / _PARAMETRIC_GRID
+        unit = _unit_quantiles(dist, probs)
+        grids = {b: unit * dist.batch_mean_ms(b) for b in range(1, max_batch_size + 1)}
+        return cls(grids, measured=False)
+
+    @property
+    def min_batch_size(self) -> int:
+        return self.measured_batch_sizes[0]
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.measured_batch_sizes[-1]
+
+    def grid(self, batch_size: int) -> np.ndarray:
+        """Sorted latencies whose uniform sampling is this batch size's distribution."""
+        if batch_size in self._measured:
+            return self._measured[batch_size]
+        if batch_size in self._cache:
+            return self._cache[batch_size]
+        if not self.min_batch_size <= batch_size <= self.max_batch_size:
+            raise ValueError(f"batch size {batch_size} is outside the measured range "
+                             f"{self.min_batch_size}..{self.max_batch_size}")
+        sizes = np.asarray(self.measured_batch_sizes)
+        hi = int(sizes[np.searchsorted(sizes, batch_size)])
+        lo = int(sizes[np.searchsorted(sizes, batch_size) - 1])
+        s_lo, s_hi = self._measured[lo], self._measured[hi]
+        m = max(s_lo.size, s_hi.size)
+        probs = (np.arange(m) + 0.5) / m
+        w = (batch_size - lo) / (hi - lo)
+        grid = (1.0 - w) * _quantile(s_lo, probs) + w * _quantile(s_hi, probs)
+        self._cache[batch_size] = grid
+        return grid
+
+    def percentile_ms(self, batch_size: int, q: float) -> float:
+        return float(np.percentile(self.grid(batch_size), q))
+
+    def mean_ms(self, batch_size: int) -> float:
+        return float(self.grid(batch_size).mean())
+
+    def throughput_rps(self, batch_size: int, replicas: int = 1) -> float:
+        """Requests per second that back-to-back batches of this size sustain."""
+        return replicas * batch_size * 1000.0 / self.mean_ms(batch_size)
+
+
+def _unit_quantiles(dist: ServiceDistribution, probs: np.ndarray) -> np.ndarray:
+    cv = dist.cv
+    if cv == 0:
+        return np.ones_like(probs)
+    if dist.kind == "exponential":
+        return stats.expon.ppf(probs)
+    if dist.kind == "lognormal":
+        sigma = np.sqrt(np.log1p(cv * cv))
+        return stats.lognorm.ppf(probs, s=sigma, scale=np.exp(-sigma * sigma / 2))
+    shape = 1.0 / (cv * cv)
+    return stats.gamma.ppf(probs, a=shape, scale=1.0 / shape)
+
+
+@dataclass
+class PredictionTable:
+    """Per-sample outcomes of each variant on the samples every listed variant was evaluated on.
+
+    Arrays are aligned: index i is ``sample_ids[i]`` in every variant.
+    """
+
+    sample_ids: np.ndarray
+    pred: dict[str, np.ndarray]
+    confidence: dict[str, np.ndarray]
+    correct: dict[str, np.ndarray]
+
+    @classmethod
+    def from_bundle(cls, bundle: TraceBundle, variants: list[str]) -> "PredictionTable":
+        variants = [v for v in variants if v in set(bundle.predicted_variants)]
+        ids = bundle.common_sample_ids(variants)
+        pred, conf, correct = {}, {}, {}
+        for variant in variants:
+            rows = bundle.predictions[bundle.predictions["variant"] == variant].set_index("sample_id")
+            rows = rows.loc[list(ids)]
+            pred[variant] = rows["pred"].to_numpy()
+            conf[variant] = rows["confidence"].to_numpy(dtype=np.float64)
+            correct[variant] = rows["correct"].to_numpy(dtype=bool)
+        return cls(ids, pred, conf, correct)
+
+    @property
+    def variants(self) -> list[str]:
+        return sorted(self.pred)
+
+    def accuracy(self, variant: str) -> float:
+        return float(self.correct[variant].mean()) if self.sample_ids.size else float("nan")

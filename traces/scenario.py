@@ -1,0 +1,255 @@
+"""The scenario file (TOML): one serving system and its traffic, shared by `simulate` and `measure serve`.
+
+Loading is strict: unknown keys, wrong types and out-of-range values fail with one line naming the
+file and key. ``Scenario.resolved()`` is the fully resolved form written as ``config.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import arrivals as arrivals_mod
+from .checks import as_number, boolean, integer, number, reject_unknown, table, text
+from .distributions import ServiceDistribution, service_from_config
+from .errors import InputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+QUEUE_DISCIPLINES = ("fifo", "edf")
+BALANCERS = ("shared", "round_robin", "least_loaded", "power_of_two")
+TOP_KEYS = ("seed", "duration_s", "warmup_s", "bundle", "price_per_replica_hour", "arrivals",
+            "requests", "deployments", "policy")
+DEPLOYMENT_KEYS = ("name", "variant", "service", "replicas", "max_batch_size", "batch_wait_timeout_ms",
+                   "queue", "max_queue_size", "drop_expired", "balancer")
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    """One deployment: replicas of one variant (or a parametric service) behind a dynamic batcher."""
+
+    name: str
+    variant: str | None = None
+    service: ServiceDistribution | None = None
+    replicas: int = 1
+    max_batch_size: int = 1
+    batch_wait_timeout_ms: float = 0.0
+    queue: str = "fifo"
+    max_queue_size: int = 0
+    drop_expired: bool = True
+    balancer: str = "shared"
+    service_cfg: dict | None = field(default=None, compare=False)
+
+    def resolved(self) -> dict:
+        out = {k: getattr(self, k) for k in DEPLOYMENT_KEYS if k not in ("variant", "service")}
+        if self.variant is not None:
+            out["variant"] = self.variant
+        else:
+            out["service"] = dict(self.service_cfg or {})
+        return out
+
+
+@dataclass(frozen=True)
+class RequestsConfig:
+    """Request classes: each request draws its deadline from ``deadline_ms`` with ``weights``."""
+
+    deadline_ms: tuple[float, ...]
+    weights: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    name: str
+    plan_interval_s: float
+    params: dict
+
+
+@dataclass(frozen=True)
+class Scenario:
+    seed: int
+    duration_s: float
+    warmup_s: float
+    bundle: Path | None
+    price_per_replica_hour: float
+    arrivals: arrivals_mod.ArrivalProcess
+    arrivals_cfg: dict
+    requests: RequestsConfig
+    deployments: tuple[DeploymentConfig, ...]
+    policy: PolicyConfig
+    source: Path | None = None
+
+    def deployment(self, name: str) -> DeploymentConfig:
+        for dep in self.deployments:
+            if dep.name == name:
+                return dep
+        raise KeyError(name)
+
+    def resolved(self) -> dict:
+        """Every setting, defaults included, as plain JSON-able data."""
+        arrivals_cfg = dict(self.arrivals_cfg)
+        if "path" in arrivals_cfg and self.source is not None:
+            arrivals_cfg["path"] = str((self.source.parent / arrivals_cfg["path"]).resolve())
+        return {
+            "seed": self.seed,
+            "duration_s": self.duration_s,
+            "warmup_s": self.warmup_s,
+            "bundle": str(self.bundle) if self.bundle else None,
+            "price_per_replica_hour": self.price_per_replica_hour,
+            "arrivals": arrivals_cfg,
+            "requests": {"deadline_ms": list(self.requests.deadline_ms), "weights": list(self.requests.weights)},
+            "deployments": [d.resolved() for d in self.deployments],
+            "policy": {"name": self.policy.name, "plan_interval_s": self.policy.plan_interval_s,
+                       **self.policy.params},
+            "source": str(self.source) if self.source else None,
+        }
+
+
+def read_toml(path: Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(str(path), "scenario file not found")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(str(path), f"invalid TOML ({exc})") from None
+
+
+def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
+    """Read, apply ``--set key=value`` overrides, and validate a scenario file."""
+    path = Path(path)
+    raw = read_toml(path)
+    for item in overrides:
+        apply_override(raw, item)
+    try:
+        return scenario_from_dict(raw, base_dir=path.parent, source=path)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc.where}", exc.problem) from None
+
+
+def parse_value(text_value: str) -> Any:
+    """A TOML literal (number, bool, string, array, inline table), else the raw string."""
+    try:
+        return tomllib.loads(f"v = {text_value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text_value
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Set a dotted key, e.g. ``arrivals.rate_rps=300`` or ``deployments.small.replicas=2``.
+
+    A list element is addressed by its index or, for deployments, by its name.
+    """
+    if "=" not in item:
+        raise InputError(f"--set {item}", "expected key=value")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    node: Any = raw
+    for depth, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, ".".join(parts[: depth + 1]))
+        else:
+            node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            raise InputError(f"--set {key}", f"'{'.'.join(parts[:depth + 1])}' is not a table")
+    if isinstance(node, list):
+        raise InputError(f"--set {key}", "cannot replace a list element; set one of its keys")
+    node[parts[-1]] = parse_value(value.strip())
+
+
+def _list_item(items: list, part: str, where: str) -> Any:
+    if part.isdigit() and int(part) < len(items):
+        return items[int(part)]
+    for item in items:
+        if isinstance(item, dict) and item.get("name") == part:
+            return item
+    raise InputError(f"--set {where}", "no such list element (give an index or a deployment name)")
+
+
+def scenario_from_dict(raw: dict, base_dir: Path = Path("."), source: Path | None = None) -> Scenario:
+    raw = copy.deepcopy(raw)
+    reject_unknown(raw, TOP_KEYS, "")
+    seed = integer(raw, "seed", "", default=1, low=0)
+    duration_s = number(raw, "duration_s", "", low=0, strict=True)
+    warmup_s = number(raw, "warmup_s", "", default=0.0, low=0)
+    if warmup_s >= duration_s:
+        raise InputError("warmup_s", f"must be smaller than duration_s ({duration_s:g}), got {warmup_s:g}")
+    bundle = raw.get("bundle")
+    if bundle is not None:
+        bundle = Path(text(raw, "bundle", ""))
+        bundle = bundle if bundle.is_absolute() else (base_dir / bundle)
+    arrivals_cfg = table(raw, "arrivals", "")
+    process = arrivals_mod.from_config(arrivals_cfg, base_dir, where="arrivals")
+    deployments = _deployments(raw.get("deployments"))
+    return Scenario(
+        seed=seed, duration_s=duration_s, warmup_s=warmup_s, bundle=bundle,
+        price_per_replica_hour=number(raw, "price_per_replica_hour", "", default=1.0, low=0),
+        arrivals=process, arrivals_cfg=arrivals_cfg,
+        requests=_requests(table(raw, "requests", "")),
+        deployments=deployments, policy=_policy(table(raw, "policy", "")), source=source,
+    )
+
+
+def _requests(cfg: dict) -> RequestsConfig:
+    reject_unknown(cfg, ("deadline_ms", "weights"), "requests")
+    deadlines = cfg.get("deadline_ms")
+    if deadlines is None:
+        raise InputError("requests.deadline_ms", "is required (a number of ms, or a list for request classes)")
+    deadlines = deadlines if isinstance(deadlines, list) else [deadlines]
+    if not deadlines:
+        raise InputError("requests.deadline_ms", "must not be an empty list")
+    values = tuple(as_number(d, "requests.deadline_ms", low=0, strict=True) for d in deadlines)
+    weights = cfg.get("weights", [1.0] * len(values))
+    if not isinstance(weights, list) or len(weights) != len(values):
+        raise InputError("requests.weights", f"must be a list of {len(values)} numbers, one per deadline")
+    weights = tuple(as_number(w, "requests.weights", low=0) for w in weights)
+    if sum(weights) <= 0:
+        raise InputError("requests.weights", "must not all be zero")
+    total = sum(weights)
+    return RequestsConfig(values, tuple(w / total for w in weights))
+
+
+def _deployments(items: Any) -> tuple[DeploymentConfig, ...]:
+    if not isinstance(items, list) or not items:
+        raise InputError("deployments", "at least one [[deployments]] table is required")
+    out, names = [], set()
+    for index, cfg in enumerate(items):
+        where = f"deployments[{index}]"
+        if not isinstance(cfg, dict):
+            raise InputError(where, "must be a table")
+        reject_unknown(cfg, DEPLOYMENT_KEYS, where)
+        name = text(cfg, "name", where)
+        if name in names:
+            raise InputError(f"{where}.name", f"duplicate deployment name {name!r}")
+        names.add(name)
+        where = f"deployments.{name}"
+        has_variant, has_service = "variant" in cfg, "service" in cfg
+        if has_variant == has_service:
+            raise InputError(where, "needs exactly one of 'variant' (measured) or 'service' (parametric)")
+        service_cfg = cfg.get("service")
+        out.append(DeploymentConfig(
+            name=name,
+            variant=text(cfg, "variant", where) if has_variant else None,
+            service=service_from_config(service_cfg, f"{where}.service") if has_service else None,
+            replicas=integer(cfg, "replicas", where, default=1, low=1),
+            max_batch_size=integer(cfg, "max_batch_size", where, default=1, low=1),
+            batch_wait_timeout_ms=number(cfg, "batch_wait_timeout_ms", where, default=0.0, low=0),
+            queue=text(cfg, "queue", where, default="fifo", choices=QUEUE_DISCIPLINES),
+            max_queue_size=integer(cfg, "max_queue_size", where, default=0, low=0),
+            drop_expired=boolean(cfg, "drop_expired", where, default=True),
+            balancer=text(cfg, "balancer", where, default="shared", choices=BALANCERS),
+            service_cfg=service_cfg,
+        ))
+    return tuple(out)
+
+
+def _policy(cfg: dict) -> PolicyConfig:
+    name = text(cfg, "name", "policy")
+    interval = number(cfg, "plan_interval_s", "policy", default=0.0, low=0)
+    params = {k: v for k, v in cfg.items() if k not in ("name", "plan_interval_s")}
+    return PolicyConfig(name=name, plan_interval_s=interval, params=params)
