@@ -27,28 +27,24 @@ class BatchSink(Protocol):
     """What the engine does when a batch forms or finishes."""
 
     def drop(self, request: int, now: float, reason: str) -> None: ...
-    def batch_started(self, deployment: int, batch: list[int], now: float) -> None: ...
+    def batch_started(self, deployment: int, batch: list[int], now: float, replica: int) -> None: ...
     def batch_finished(self, deployment: int, batch: list[int], now: float) -> None: ...
 
 
 class Replica:
     """One server; it serves one batch at a time and records its busy time inside the window."""
 
-    __slots__ = ("batcher", "batch", "started_s", "busy_s", "batches", "items", "retiring")
+    __slots__ = ("batcher", "index", "batch", "started_s", "busy_s", "batches", "items", "retiring")
 
-    def __init__(self, batcher: "Batcher"):
+    def __init__(self, batcher: "Batcher", index: int):
         self.batcher = batcher
+        self.index = index
         self.batch: list[int] | None = None
         self.started_s = 0.0
         self.busy_s = 0.0
         self.batches = 0
         self.items = 0
         self.retiring = False
-
-    def serve(self, batch: list[int], now: float, service_s: float) -> None:
-        self.batch = batch
-        self.started_s = now
-        Timeout(self.batcher.env, service_s).callbacks.append(self._done)
 
     def _done(self, _event) -> None:
         batcher = self.batcher
@@ -62,7 +58,13 @@ class Replica:
             self.batches += 1
             self.items += len(batch)
         batcher.sink.batch_finished(batcher.deployment, batch, now)
-        batcher.replica_free(self, now)
+        if self.retiring:
+            batcher.replicas.remove(self)
+            batcher.retired.append(self)
+        else:
+            batcher.free.append(self)
+        if batcher.queue:
+            batcher.dispatch(now)
 
 
 class Batcher:
@@ -88,8 +90,8 @@ class Batcher:
         self.retired: list[Replica] = []
         self._timer_armed = False
 
-    def add_replica(self) -> Replica:
-        replica = Replica(self)
+    def add_replica(self, index: int) -> Replica:
+        replica = Replica(self, index)
         self.replicas.append(replica)
         self.free.append(replica)
         return replica
@@ -103,18 +105,10 @@ class Batcher:
         queue = self.queue
         if self.max_queue_size and len(queue) >= self.max_queue_size:
             return False
-        queue.push(request, now, self.deadlines_s[request])
+        queue.push(request, now)
         if self.free:
             self.dispatch(now)
         return True
-
-    def replica_free(self, replica: Replica, now: float) -> None:
-        if replica.retiring:
-            self.replicas.remove(replica)
-            self.retired.append(replica)
-        else:
-            self.free.append(replica)
-        self.dispatch(now)
 
     def dispatch(self, now: float) -> None:
         queue, free = self.queue, self.free
@@ -130,16 +124,18 @@ class Batcher:
             batch = self._take(now, max_b)
             if batch:
                 replica = free.pop()
-                self.sink.batch_started(self.deployment, batch, now)
-                replica.serve(batch, now, self.sampler.draw_s(len(batch)))
+                self.sink.batch_started(self.deployment, batch, now, replica.index)
+                replica.batch = batch
+                replica.started_s = now
+                Timeout(self.env, self.sampler.draw_s(len(batch))).callbacks.append(replica._done)
 
     def _take(self, now: float, max_b: int) -> list[int]:
         queue = self.queue
         if not self.drop_expired:
-            return [queue.pop() for _ in range(min(max_b, len(queue)))]
+            return [queue.take() for _ in range(min(max_b, len(queue)))]
         deadlines, batch = self.deadlines_s, []
         while queue and len(batch) < max_b:
-            request = queue.pop()
+            request = queue.take()
             if deadlines[request] <= now:
                 self.sink.drop(request, now, "expired")
             else:

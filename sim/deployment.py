@@ -36,12 +36,14 @@ class Deployment:
         self._replica_s = 0.0
         self._count_since_s = 0.0
         self._count = 0
+        self._replica_ids = 0  # replicas are numbered in order of creation, never reused
         if self._balancer is None:
             self.batchers.append(self._new_batcher())
+            self.submit = self.batchers[0].submit  # one call less on the hottest path
         self.set_replicas(config.replicas, 0.0)
 
     def _new_batcher(self) -> Batcher:
-        return Batcher(self.env, self.sink, self.index, make_queue(self.config.queue), self.sampler,
+        return Batcher(self.env, self.sink, self.index, make_queue(self.config.queue, self._deadlines_s), self.sampler,
                        self._deadlines_s, max_batch_size=self.max_batch_size,
                        batch_wait_timeout_s=self.batch_wait_timeout_ms / 1000.0,
                        drop_expired=self.config.drop_expired, max_queue_size=self.config.max_queue_size,
@@ -49,9 +51,8 @@ class Deployment:
 
     # --- requests -----------------------------------------------------------------------
     def submit(self, request: int, now: float) -> bool:
-        balancer = self._balancer
-        batcher = self.batchers[0] if balancer is None else balancer(self.batchers)
-        return batcher.submit(request, now)
+        """Join the queue the balancer picks; False when it is full."""
+        return self._balancer(self.batchers).submit(request, now)
 
     # --- state the view reads -------------------------------------------------------------
     @property
@@ -90,7 +91,7 @@ class Deployment:
     def _resize_shared(self, batcher: Batcher, count: int, now: float) -> None:
         active = [r for r in batcher.replicas if not r.retiring]
         for _ in range(count - len(active)):
-            batcher.add_replica()
+            batcher.add_replica(self._next_replica_id())
         for _ in range(len(active) - count):
             if batcher.free:
                 replica = batcher.free.pop()
@@ -103,7 +104,7 @@ class Deployment:
     def _resize_per_replica(self, count: int, now: float) -> None:
         while len(self.batchers) < count:
             self.batchers.append(self._new_batcher())
-            self.batchers[-1].add_replica()
+            self.batchers[-1].add_replica(self._next_replica_id())
         orphans: list[int] = []
         while len(self.batchers) > count:
             batcher = self.batchers.pop()
@@ -118,6 +119,10 @@ class Deployment:
         for request in orphans:
             if not self.submit(request, now):
                 self.sink.drop(request, now, "queue_full")
+
+    def _next_replica_id(self) -> int:
+        self._replica_ids += 1
+        return self._replica_ids - 1
 
     # --- accounting ----------------------------------------------------------------------
     def _account(self, now: float) -> None:

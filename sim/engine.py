@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import simpy
-from simpy.events import Timeout
 
 from policies.base import PlanAction, Policy, Reject, Request, Route
 from traces.bundle import TraceBundle
@@ -24,6 +22,7 @@ from traces.profiles import LatencyProfile, PredictionTable
 from traces.scenario import Scenario
 
 from .deployment import Deployment
+from .environment import ServingEnvironment
 from .records import RequestLog
 from .service import MeasuredSampler, ParametricSampler
 from .view import EngineView
@@ -50,7 +49,7 @@ class Simulation:
                  profiles: dict[str, LatencyProfile], predictions: PredictionTable | None, seed: int):
         self.scenario = scenario
         self.policy = policy
-        self.env = simpy.Environment()
+        self.env = ServingEnvironment()
         streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4 + 2 * len(scenario.deployments))]
         arrivals_rng, deadline_rng, sample_rng, _spare = streams[:4]
         self.duration_s = scenario.duration_s
@@ -79,7 +78,7 @@ class Simulation:
                                                window, balance_rng))
         self._by_name = {d.name: d for d in self.deployments}
         self.deployment_names = tuple(self._by_name)
-        self._routes: dict[int, tuple[object, _Stages | Reject]] = {}
+        self._routes: dict[object, _Stages | Reject] = {}  # Route and Reject hash by identity
         self.view = EngineView(self)
         policy.setup(self.view)
 
@@ -90,18 +89,11 @@ class Simulation:
             raise InputError(f"policy {self.policy.name!r}", f"used unknown deployment {name!r}") from None
 
     # --- arrivals and routing ---------------------------------------------------------------
-    def _schedule_next_arrival(self) -> None:
-        i = self.arrivals_seen
-        if i < len(self.arrival_times):
-            Timeout(self.env, max(0.0, self.arrival_times[i] - self.env.now)).callbacks.append(self._arrive)
-
-    def _arrive(self, _event) -> None:
-        i = self.arrivals_seen
+    def _arrive(self, i: int) -> None:
         self.arrivals_seen = i + 1
         now = self.env.now
         route = self.policy.route(Request(i, self.arrival_times[i], self._deadline_ms[i], self._sample[i]), self.view)
-        cached = self._routes.get(id(route))
-        resolved = cached[1] if cached is not None else self._resolve(route)
+        resolved = self._routes.get(route) or self._resolve(route)
         if resolved.__class__ is Reject:
             self.drop(i, now, resolved.reason)
         else:
@@ -113,7 +105,6 @@ class Simulation:
             hop0.enqueue_s[i] = now
             if not first.submit(i, now):
                 self.drop(i, now, "queue_full")
-        self._schedule_next_arrival()
 
     def _resolve(self, route: object) -> _Stages | Reject:
         if isinstance(route, Reject):
@@ -135,7 +126,7 @@ class Simulation:
             resolved = _Stages(route.label, tuple(stages))
         else:
             raise InputError(f"policy {self.policy.name!r}", f"route() must return a non-empty Route or a Reject, got {route!r}")
-        self._routes[id(route)] = (route, resolved)
+        self._routes[route] = resolved
         return resolved
 
     # --- the BatchSink the batchers report to -----------------------------------------------
@@ -143,13 +134,14 @@ class Simulation:
         self.log.drop_reason[request] = reason
         self.log.finish_s[request] = now
 
-    def batch_started(self, deployment: int, batch: list[int], now: float) -> None:
+    def batch_started(self, deployment: int, batch: list[int], now: float, replica: int) -> None:
         log = self.log
         hop, hops, size = log.hop, log.hops, len(batch)
         for i in batch:
             cols = hops[hop[i]]
             cols.start_s[i] = now
             cols.batch_size[i] = size
+            cols.replica[i] = replica
 
     def batch_finished(self, deployment: int, batch: list[int], now: float) -> None:
         log = self.log
@@ -196,20 +188,20 @@ class Simulation:
             dep.set_batching(action.max_batch_size, action.batch_wait_timeout_ms, now)
 
     # --- running -------------------------------------------------------------------------------
+    def _run_until(self, until_s: float) -> None:
+        self.arrivals_seen = self.env.run_merged(self.arrival_times, self.arrivals_seen, self._arrive, until_s)
+
     def run(self, progress=None) -> RunResult:
         """Run until every arrival has finished or been dropped; ``progress`` gets sim-time updates."""
         self.log.ensure_hops(1)
-        self._schedule_next_arrival()
         if self.scenario.policy.plan_interval_s > 0 and type(self.policy).plan is not Policy.plan:
             self.env.process(self._planner())
-        if progress is None:
-            self.env.run()
-        else:
+        if progress is not None:
             steps = 50
             for k in range(1, steps + 1):
-                self.env.run(until=self.duration_s * k / steps)
+                self._run_until(self.duration_s * k / steps)
                 progress(self.duration_s * k / steps)
-            self.env.run()
+        self._run_until(math.inf)
         end_s = max(self.env.now, self.duration_s)
         for i in range(self.log.n):
             if math.isnan(self.log.finish_s[i]):

@@ -8,6 +8,7 @@ outcome (finish or drop reason), prediction and whether it was correct and on ti
 from __future__ import annotations
 
 import math
+from array import array
 
 import numpy as np
 import pandas as pd
@@ -16,14 +17,16 @@ NAN = math.nan
 
 
 class HopColumns:
-    __slots__ = ("deployment", "enqueue_s", "start_s", "finish_s", "batch_size")
+    __slots__ = ("deployment", "replica", "enqueue_s", "start_s", "finish_s", "batch_size")
 
     def __init__(self, n: int):
-        self.deployment = [-1] * n
-        self.enqueue_s = [NAN] * n
-        self.start_s = [NAN] * n
-        self.finish_s = [NAN] * n
-        self.batch_size = [0] * n
+        # array.array: item writes as cheap as a list's, and numpy reads it without a copy
+        self.deployment = array("q", [-1]) * n
+        self.replica = array("q", [-1]) * n
+        self.enqueue_s = array("d", [NAN]) * n
+        self.start_s = array("d", [NAN]) * n
+        self.finish_s = array("d", [NAN]) * n
+        self.batch_size = array("q", [0]) * n
 
 
 class RequestLog:
@@ -35,7 +38,7 @@ class RequestLog:
         self.sample_index = sample_index
         self.route: list = [None] * n
         self.hop = [0] * n
-        self.finish_s = [NAN] * n
+        self.finish_s = array("d", [NAN]) * n
         self.drop_reason: list[str | None] = [None] * n
         self.hops: list[HopColumns] = []
 
@@ -46,7 +49,7 @@ class RequestLog:
     def to_frame(self, deployment_names: list[str], variants: list[str | None], predictions,
                  sample_ids: np.ndarray | None, warmup_s: float) -> pd.DataFrame:
         n = self.n
-        finish = np.asarray(self.finish_s, dtype=np.float64)
+        finish = np.frombuffer(self.finish_s, dtype=np.float64)
         reasons = np.array([r or "" for r in self.drop_reason], dtype=object)
         dropped = reasons != ""
         latency_ms = np.where(dropped, np.nan, (finish - self.arrival_s) * 1000.0)
@@ -62,11 +65,12 @@ class RequestLog:
             "hops": np.where(np.asarray([r is None for r in self.route]), 0, exit_hop + 1),
         }
         for k, cols in enumerate(self.hops):
-            frame[f"hop{k}_deployment"] = names[np.asarray(cols.deployment, dtype=np.int64)]
-            frame[f"hop{k}_enqueue_s"] = np.asarray(cols.enqueue_s)
-            frame[f"hop{k}_start_s"] = np.asarray(cols.start_s)
-            frame[f"hop{k}_finish_s"] = np.asarray(cols.finish_s)
-            frame[f"hop{k}_batch_size"] = np.asarray(cols.batch_size, dtype=np.int64)
+            frame[f"hop{k}_deployment"] = names[np.frombuffer(cols.deployment, dtype=np.int64)]
+            frame[f"hop{k}_replica"] = np.frombuffer(cols.replica, dtype=np.int64)
+            frame[f"hop{k}_enqueue_s"] = np.frombuffer(cols.enqueue_s, dtype=np.float64)
+            frame[f"hop{k}_start_s"] = np.frombuffer(cols.start_s, dtype=np.float64)
+            frame[f"hop{k}_finish_s"] = np.frombuffer(cols.finish_s, dtype=np.float64)
+            frame[f"hop{k}_batch_size"] = np.frombuffer(cols.batch_size, dtype=np.int64)
         frame["finish_s"] = np.where(dropped, np.nan, finish)
         frame["latency_ms"] = latency_ms
         frame["dropped"] = dropped
@@ -81,14 +85,15 @@ class RequestLog:
     def _outcomes(self, variants, predictions, exit_hop, dropped):
         """Prediction and correctness of the variant each completed request exited at."""
         n = self.n
-        pred = pd.array([pd.NA] * n, dtype=object)
-        correct = pd.array([pd.NA] * n, dtype="boolean")
+        pred = np.full(n, None, dtype=object)
+        correct = np.zeros(n, dtype=bool)
+        known = np.zeros(n, dtype=bool)
         if predictions is None or not self.hops:
-            return pred, correct
+            return pred, pd.arrays.BooleanArray(correct, ~known)
         exit_dep = np.full(n, -1, dtype=np.int64)
         for k, cols in enumerate(self.hops):
             at_k = exit_hop == k
-            exit_dep[at_k] = np.asarray(cols.deployment, dtype=np.int64)[at_k]
+            exit_dep[at_k] = np.frombuffer(cols.deployment, dtype=np.int64)[at_k]
         for dep, variant in enumerate(variants):
             if variant is None or variant not in predictions.pred:
                 continue
@@ -96,4 +101,5 @@ class RequestLog:
             samples = self.sample_index[rows]
             pred[rows] = predictions.pred[variant][samples]
             correct[rows] = predictions.correct[variant][samples]
-        return pred, correct
+            known[rows] = True
+        return pred, pd.arrays.BooleanArray(correct, ~known)

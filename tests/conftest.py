@@ -1,0 +1,55 @@
+"""Shared fixtures: a tiny hand-made bundle and helpers to write scenario files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from traces.bundle import TraceBundle
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+# Two variants, four samples. "fast" is unsure on samples 2 and 3 and wrong on 3; "slow" is right
+# everywhere. Latencies are constant per batch size so every completion time is exact.
+FAST_MS = {1: 2.0, 2: 3.0, 4: 5.0}
+SLOW_MS = {1: 10.0, 2: 16.0, 4: 28.0}
+FAST_CONF = [0.95, 0.90, 0.60, 0.55]
+FAST_CORRECT = [True, True, True, False]
+
+
+def tiny_bundle_frames() -> tuple[pd.DataFrame, pd.DataFrame]:
+    service = []
+    for variant, table in (("fast/int8/cpu", FAST_MS), ("slow/fp32/cpu", SLOW_MS)):
+        model, precision, device = variant.split("/")
+        for b, ms in table.items():
+            service += [(variant, model, precision, device, b, ms)] * 5
+    service = pd.DataFrame(service, columns=["variant", "model", "precision", "device", "batch_size", "latency_ms"])
+    preds = []
+    for s in range(4):
+        preds.append(("fast/int8/cpu", s, s % 2, (s % 2) if FAST_CORRECT[s] else 1 - s % 2, FAST_CONF[s], FAST_CORRECT[s]))
+        preds.append(("slow/fp32/cpu", s, s % 2, s % 2, 0.99, True))
+    predictions = pd.DataFrame(preds, columns=["variant", "sample_id", "label", "pred", "confidence", "correct"])
+    return service, predictions
+
+
+@pytest.fixture
+def tiny_bundle(tmp_path: Path) -> Path:
+    service, predictions = tiny_bundle_frames()
+    bundle = TraceBundle(meta={"name": "tiny", "description": "hand-made test bundle", "units": {"latency": "ms"}},
+                         service=service, predictions=predictions)
+    return bundle.save(tmp_path / "tiny", fmt="csv")
+
+
+def write_scenario(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    data = SHARED / "data"
+    if not data.is_dir():
+        pytest.skip(f"../shared/data not present at {data}: real-trace tests need it")
+    return data
