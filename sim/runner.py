@@ -61,8 +61,12 @@ def prepare(scenario: Scenario) -> Prepared:
     predictions = None
     if bundle is not None and bundle.predicted_variants:
         predictions = PredictionTable.from_bundle(bundle, sorted({d.variant for d in measured}))
-    policies.create(scenario.policy.name, scenario.policy.params)  # fail fast on name and parameters
-    return Prepared(scenario, bundle, profiles, predictions)
+    prepared = Prepared(scenario, bundle, profiles, predictions)
+    # fail fast on the policy: its name, its parameters, and its setup against the deployments
+    dry = dataclasses.replace(scenario, duration_s=min(scenario.duration_s, 1e-6), warmup_s=0.0)
+    Simulation(dry, policies.create(scenario.policy.name, scenario.policy.params), bundle=bundle,
+               profiles=profiles, predictions=predictions, seed=scenario.seed)
+    return prepared
 
 
 def run_once(prepared: Prepared, seed: int, progress: Callable[[float], None] | None = None):

@@ -53,3 +53,13 @@ def shared_data() -> Path:
     if not data.is_dir():
         pytest.skip(f"../shared/data not present at {data}: real-trace tests need it")
     return data
+
+
+def simulate(raw: dict, seed: int | None = None, base_dir: Path = Path(".")):
+    """Run a scenario given as a dict in-process; returns (requests frame, summary)."""
+    from sim.runner import prepare, run_once
+    from traces.scenario import scenario_from_dict
+
+    scenario = scenario_from_dict(raw, base_dir=base_dir)
+    _, requests, summary = run_once(prepare(scenario), scenario.seed if seed is None else seed)
+    return requests, summary

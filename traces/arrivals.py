@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from traces.errors import InputError
+from traces.tables import plain
 
 __all__ = ["ArrivalProcess", "Poisson", "Bursty", "Piecewise", "Replay", "from_config"]
 
@@ -290,7 +291,7 @@ class Replay(ArrivalProcess):
         if len(drops):
             r = drops[0] + 2
             raise InputError(f"{self.path} row {r}", f"timestamps must be non-decreasing; {column!r} goes back from "
-                             f"{col.iloc[r - 2]!r} (row {r - 1}) to {col.iloc[r - 1]!r}")
+                             f"{plain(col.iloc[r - 2])} (row {r - 1}) to {plain(col.iloc[r - 1])}")
         return secs
 
     def _jsonl_rows(self) -> list[dict]:

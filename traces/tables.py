@@ -42,6 +42,12 @@ def read_table(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     return frame
 
 
+def plain(value) -> str:
+    """A cell as the user wrote it: numpy scalars unwrapped, strings quoted."""
+    value = value.item() if hasattr(value, "item") else value
+    return repr(value)
+
+
 def _first_bad(mask: np.ndarray) -> int | None:
     bad = np.flatnonzero(mask)
     return int(bad[0]) if bad.size else None
@@ -62,7 +68,7 @@ def check_numeric(frame: pd.DataFrame, path: Path, column: str, *, low: float, l
         op = ">=" if low_inclusive else ">"
         span = f"{op} {low:g}" + (f" and <= {high:g}" if high is not None else "")
         kind = "an integer" if integer else "a finite number"
-        raise InputError(f"{path} row {row + 1}", f"{column} must be {kind} {span}, got {frame[column].iloc[row]!r}")
+        raise InputError(f"{path} row {row + 1}", f"{column} must be {kind} {span}, got {plain(frame[column].iloc[row])}")
     return values
 
 
@@ -76,7 +82,7 @@ def check_boolean(frame: pd.DataFrame, path: Path, column: str) -> np.ndarray:
     mapped = raw.astype(str).str.strip().str.lower().map(_TRUTH)
     row = _first_bad(mapped.isna().to_numpy())
     if row is not None:
-        raise InputError(f"{path} row {row + 1}", f"{column} must be true/false or 1/0, got {raw.iloc[row]!r}")
+        raise InputError(f"{path} row {row + 1}", f"{column} must be true/false or 1/0, got {plain(raw.iloc[row])}")
     return mapped.to_numpy(dtype=bool)
 
 
