@@ -175,9 +175,10 @@ class Simulation:
         where = f"policy {self.policy.name!r} plan for {dep.name!r}"
         now = self.env.now
         if action.max_batch_size is not None:
-            profile = self.profiles[dep.name]
-            if not 1 <= action.max_batch_size <= profile.max_batch_size:
-                raise InputError(where, f"max_batch_size must be in 1..{profile.max_batch_size}, got {action.max_batch_size}")
+            limit = self.profiles[dep.name].max_batch_size if dep.variant else action.max_batch_size
+            if not 1 <= action.max_batch_size <= limit:
+                raise InputError(where, f"max_batch_size must be in 1..{limit} (the measured sizes), "
+                                 f"got {action.max_batch_size}")
         if action.batch_wait_timeout_ms is not None and not action.batch_wait_timeout_ms >= 0:
             raise InputError(where, f"batch_wait_timeout_ms must be >= 0, got {action.batch_wait_timeout_ms}")
         if action.replicas is not None:

@@ -45,7 +45,7 @@ def prepare(scenario: Scenario) -> Prepared:
     for dep in scenario.deployments:
         where = f"deployments.{dep.name}"
         if dep.variant is None:
-            profiles[dep.name] = LatencyProfile.from_distribution(dep.service, dep.max_batch_size)
+            profiles[dep.name] = LatencyProfile.from_distribution(dep.service, max(dep.max_batch_size, 64))
             continue
         if dep.variant not in bundle.variants:
             raise InputError(f"{where}.variant", f"{dep.variant!r} is not in bundle {bundle.path}; "
