@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from policies.base import PlanAction, Policy, Reject, Request, Route
@@ -20,6 +19,7 @@ from traces.bundle import TraceBundle
 from traces.errors import InputError
 from traces.profiles import LatencyProfile, PredictionTable
 from traces.scenario import Scenario
+from traces.workload import make_workload
 
 from .deployment import Deployment
 from .environment import ServingEnvironment
@@ -50,28 +50,20 @@ class Simulation:
         self.scenario = scenario
         self.policy = policy
         self.env = ServingEnvironment()
-        streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4 + 2 * len(scenario.deployments))]
-        arrivals_rng, deadline_rng, sample_rng, _spare = streams[:4]
         self.duration_s = scenario.duration_s
-        times = np.asarray(scenario.arrivals.times_s(scenario.duration_s, arrivals_rng), dtype=np.float64)
-        self.arrival_times: list[float] = times.tolist()
-        self.arrivals_seen = 0
-        n = times.size
-        req = scenario.requests
-        deadline_ms = (np.full(n, req.deadline_ms[0]) if len(req.deadline_ms) == 1 else
-                       np.asarray(req.deadline_ms)[deadline_rng.choice(len(req.deadline_ms), size=n, p=req.weights)])
         self.predictions = predictions if predictions is not None and predictions.sample_ids.size else None
-        sample_index = (sample_rng.integers(0, self.predictions.sample_ids.size, size=n) if self.predictions
-                        else np.zeros(n, dtype=np.int64))
-        self.log = RequestLog(times, deadline_ms, sample_index)
-        self._deadline_ms = deadline_ms.tolist()
-        self._sample = sample_index.tolist()
-        self.deadlines_s = (times + deadline_ms / 1000.0).tolist()
+        work = make_workload(scenario, seed, self.predictions.sample_ids.size if self.predictions else 0)
+        self.arrival_times: list[float] = work.arrival_s.tolist()
+        self.arrivals_seen = 0
+        self.log = RequestLog(work.arrival_s, work.deadline_ms, work.sample_index)
+        self._deadline_ms = work.deadline_ms.tolist()
+        self._sample = work.sample_index.tolist()
+        self.deadlines_s = (work.arrival_s + work.deadline_ms / 1000.0).tolist()
         window = (scenario.warmup_s, scenario.duration_s)
         self.profiles = profiles
         self.deployments: list[Deployment] = []
         for index, config in enumerate(scenario.deployments):
-            service_rng, balance_rng = streams[4 + 2 * index], streams[5 + 2 * index]
+            service_rng, balance_rng = work.deployment_rngs[index]
             sampler = (ParametricSampler(config.service, config.max_batch_size, service_rng) if config.service
                        else MeasuredSampler(profiles[config.name], config.max_batch_size, service_rng))
             self.deployments.append(Deployment(self.env, self, index, config, sampler, self.deadlines_s,
