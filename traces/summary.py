@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -69,3 +70,47 @@ def summarize(requests: pd.DataFrame, *, warmup_s: float, duration_s: float, dep
         },
         "window_s": [warmup_s, duration_s],
     }
+
+
+def flatten(summary: dict, prefix: str = "") -> dict:
+    """``{"latency_ms": {"p99": 3}}`` -> ``{"latency_ms.p99": 3}``."""
+    flat = {}
+    for key, value in summary.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        elif not isinstance(value, list):
+            flat[name] = value
+    return flat
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+COLUMNS = (("hit_rate", "hit", ("hit_rate",), 4), ("accuracy", "acc", ("accuracy",), 4),
+           ("ontime_accuracy", "ontime", ("ontime_accuracy",), 4), ("p50", "p50 ms", ("latency_ms", "p50"), 2),
+           ("p95", "p95 ms", ("latency_ms", "p95"), 2), ("p99", "p99 ms", ("latency_ms", "p99"), 2),
+           ("tput", "rps", ("throughput_rps",), 1), ("batch", "batch", ("mean_batch_size",), 2),
+           ("cost", "cost", ("cost", "total"), 4))
+
+
+def _get(summary: dict, path: tuple[str, ...]) -> float:
+    for key in path:
+        summary = summary[key]
+    return math.nan if summary is None else float(summary)
+
+
+def summary_table(summaries: list[dict]) -> str:
+    header = ["seed", "requests", "dropped"] + [c[1] for c in COLUMNS]
+    rows = [[str(s["seed"]), str(s["requests"]), str(s["dropped"])] + [_fmt(_get(s, c[2]), c[3]) for c in COLUMNS]
+            for s in summaries]
+    if len(summaries) > 1:
+        cells = ["mean", "", ""]
+        for c in COLUMNS:
+            values = np.array([_get(s, c[2]) for s in summaries])
+            half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+            cells.append(f"{_fmt(values.mean(), c[3])}±{_fmt(half, c[3])}")
+        rows.append(cells)
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths)) for row in [header] + rows)

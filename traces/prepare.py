@@ -1,0 +1,56 @@
+"""A scenario checked against its trace bundle: the latency profiles and prediction table it runs on.
+
+Shared by both executors (the simulator and the real server), so they refuse the same scenarios
+with the same messages and sample requests from the same table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .bundle import TraceBundle
+from .errors import InputError
+from .profiles import LatencyProfile, PredictionTable
+from .scenario import Scenario
+
+
+@dataclass
+class Prepared:
+    """A scenario checked against its bundle, with what every seed's run shares."""
+
+    scenario: Scenario
+    bundle: TraceBundle | None
+    profiles: dict[str, LatencyProfile]
+    predictions: PredictionTable | None
+
+
+def check_against_bundle(scenario: Scenario) -> Prepared:
+    """Load the bundle, check every deployment's variant and batch range, build profiles."""
+    measured = [d for d in scenario.deployments if d.variant is not None]
+    bundle = None
+    if measured:
+        if scenario.bundle is None:
+            raise InputError("bundle", f"deployment {measured[0].name!r} serves a measured variant, so the "
+                             "scenario needs bundle = \"path/to/bundle\"")
+        bundle = TraceBundle.load(scenario.bundle)
+    profiles: dict[str, LatencyProfile] = {}
+    for dep in scenario.deployments:
+        where = f"deployments.{dep.name}"
+        if dep.variant is None:
+            profiles[dep.name] = LatencyProfile.from_distribution(dep.service, max(dep.max_batch_size, 64))
+            continue
+        if dep.variant not in bundle.variants:
+            raise InputError(f"{where}.variant", f"{dep.variant!r} is not in bundle {bundle.path}; "
+                             f"variants: {', '.join(bundle.variants)}")
+        profile = LatencyProfile(bundle.latency_samples(dep.variant), measured=True)
+        if not profile.min_batch_size <= dep.max_batch_size <= profile.max_batch_size:
+            raise InputError(f"{where}.max_batch_size", f"{dep.variant!r} is measured at batch sizes "
+                             f"{profile.min_batch_size}..{profile.max_batch_size}; got {dep.max_batch_size}")
+        if profile.min_batch_size > 1:
+            raise InputError(f"{where}.variant", f"{dep.variant!r} has no batch-size-1 measurements; "
+                             "a batch of one request could not be timed")
+        profiles[dep.name] = profile
+    predictions = None
+    if bundle is not None and bundle.predicted_variants:
+        predictions = PredictionTable.from_bundle(bundle, sorted({d.variant for d in measured}))
+    return Prepared(scenario, bundle, profiles, predictions)
