@@ -9,31 +9,12 @@ from pathlib import Path
 import policies
 from traces.bundle import TraceBundle
 from traces.errors import InputError
-from traces.scenario import load_scenario
+from traces.scenario import load_scenario, parse_seeds
 from traces.summary import summary_table
 
 from .runner import prepare, run_seeds
 
 BUNDLED_DATA = Path(__file__).resolve().parents[1] / "traces" / "data"
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``3``, ``1-5`` or ``1,4,9`` -> a list of seeds."""
-    seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if hi < lo:
-                    raise ValueError
-                seeds.extend(range(lo, hi + 1))
-            else:
-                seeds.append(int(part))
-    except ValueError:
-        raise InputError("--seeds", f"expected a seed, a range like 1-5, or a list like 1,4,9; got {text!r}") from None
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise InputError("--seeds", f"seeds must be distinct non-negative integers; got {text!r}")
-    return seeds
 
 
 def cmd_run(args) -> int:

@@ -113,7 +113,7 @@ class Scenario:
 def read_toml(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise InputError(str(path), "scenario file not found")
+        raise InputError(str(path), "file not found")
     try:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -253,3 +253,22 @@ def _policy(cfg: dict) -> PolicyConfig:
     interval = number(cfg, "plan_interval_s", "policy", default=0.0, low=0)
     params = {k: v for k, v in cfg.items() if k not in ("name", "plan_interval_s")}
     return PolicyConfig(name=name, plan_interval_s=interval, params=params)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``3``, ``1-5`` or ``1,4,9`` -> a list of seeds."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(part))
+    except ValueError:
+        raise InputError("--seeds", f"expected a seed, a range like 1-5, or a list like 1,4,9; got {text!r}") from None
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise InputError("--seeds", f"seeds must be distinct non-negative integers; got {text!r}")
+    return seeds

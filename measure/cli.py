@@ -1,0 +1,126 @@
+"""`measure`: train the zoo, time and evaluate variants into a bundle, serve a scenario for real.
+
+Bad input -> one line on stderr, exit status 2, no traceback, nothing half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from traces.errors import InputError
+
+from .profile import Profile, load_profile
+
+
+def _progress() -> bool:
+    from sim.runner import show_progress
+
+    return show_progress()
+
+
+def _command(argv: list[str] | None) -> str:
+    return "measure " + shlex.join(sys.argv[1:] if argv is None else argv)
+
+
+def cmd_train(args, profile: Profile | None = None) -> int:
+    from .data import DataConfig
+    from .train import TrainConfig
+    from .zoo import train_zoo
+
+    profile = profile or load_profile(args.profile)
+    models = sorted({v.model for v in profile.variants})
+    data_cfg = DataConfig(seed=profile.seed, **{k: v for k, v in profile.data.items() if k != "task"})
+    train_cfg = TrainConfig(seed=profile.seed, **profile.train)
+    result = train_zoo(profile.task, profile.zoo_dir, data_cfg, train_cfg, models=models, progress=_progress())
+    for model in models:
+        info = result.get("models", result).get(model, {}) if isinstance(result, dict) else {}
+        acc = info.get("eval_accuracy")
+        print(f"  {profile.task}/{model}: " + (f"eval accuracy {acc:.4f}" if acc is not None else "trained"))
+    print(f"zoo: {profile.zoo_dir / profile.task}")
+    return 0
+
+
+def _measure(args, *, latency: bool, accuracy: bool, argv) -> int:
+    from .harness import assemble, measure
+
+    profile = load_profile(args.profile)
+    out = Path(args.out)
+    if args.force and out.exists():
+        import shutil
+        shutil.rmtree(out)
+    if getattr(args, "train", False):
+        cmd_train(args, profile)
+    store = measure(profile, out, latency=latency, accuracy=accuracy, progress=_progress())
+    bundle = assemble(profile, out, _command(argv))
+    for failure in bundle.meta.get("failed", []):
+        print(f"  skipped {failure['variant']}: {failure['reason']}")
+    print_bundle_table(bundle)
+    print(f"wrote {out} ({len(bundle.service)} latency rows, {len(bundle.predictions)} predictions)")
+    del store
+    return 0
+
+
+def print_bundle_table(bundle) -> None:
+    """Per variant: p50 latency at batch 1 and 8 (where measured) and accuracy."""
+    from traces.profiles import LatencyProfile
+
+    print(f"{'variant':32s} {'p50 b1 ms':>10s} {'p50 b8 ms':>10s} {'accuracy':>9s}")
+    for variant in bundle.variants:
+        profile = LatencyProfile(bundle.latency_samples(variant), measured=True)
+        cells = []
+        for b in (1, 8):
+            cells.append(f"{profile.percentile_ms(b, 50):10.3f}" if b in profile.measured_batch_sizes else f"{'-':>10s}")
+        acc = bundle.predictions.loc[bundle.predictions["variant"] == variant, "correct"]
+        print(f"{variant:32s} {cells[0]} {cells[1]} {acc.mean():9.4f}" if len(acc) else f"{variant:32s} {cells[0]} {cells[1]} {'-':>9s}")
+
+
+def cmd_serve(args) -> int:
+    from .serve_cli import serve_command
+
+    return serve_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="measure", description="Measure model variants and serve them for real.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train the profile's models into its zoo (skips trained ones)")
+    train.add_argument("profile")
+    train.set_defaults(func=lambda a, argv: cmd_train(a))
+    for name, lat, acc, text in (("latency", True, False, "time every variant x batch size"),
+                                 ("accuracy", False, True, "per-sample predictions of every variant"),
+                                 ("all", True, True, "train if needed, then latency and accuracy")):
+        p = sub.add_parser(name, help=text + " into a bundle (resumable)")
+        p.add_argument("profile")
+        p.add_argument("--out", required=True, help="bundle directory (created, or resumed if it exists)")
+        p.add_argument("--force", action="store_true", help="start the bundle afresh instead of resuming")
+        if name == "all":
+            p.set_defaults(train=True)
+        p.set_defaults(func=lambda a, argv, lat=lat, acc=acc: _measure(a, latency=lat, accuracy=acc, argv=argv))
+    serve = sub.add_parser("serve", help="run a scenario on real model replicas; writes the simulator's run output")
+    serve.add_argument("scenario")
+    serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    serve.add_argument("--seeds", help="seeds: 3, 1-5 or 1,4,9 (default: the scenario's seed)")
+    serve.add_argument("--out", help="output directory (default: runs/<scenario name>-real)")
+    serve.add_argument("--force", action="store_true")
+    serve.add_argument("--zoo", help="zoo directory (default: the one recorded in the bundle's profile)")
+    serve.set_defaults(func=lambda a, argv: cmd_serve(a))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args, argv)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted (finished work is kept; run the same command to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

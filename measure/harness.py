@@ -1,0 +1,230 @@
+"""Timing and evaluating every variant of a profile, resumably, into a trace bundle.
+
+Each finished piece of work (one variant's latencies at one batch size, one variant's predictions,
+one variant's failure) is written at once as a small file in a hidden folder beside the bundle, so
+an interrupted run resumes where it stopped. ``assemble`` merges the pieces with what the bundle
+already holds and replaces the bundle atomically; nothing measured is ever dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import time
+import zlib
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from traces.bundle import PREDICTION_COLUMNS, SERVICE_COLUMNS, TraceBundle
+from traces.errors import InputError
+
+from .profile import Profile, VariantSpec
+from .variants import ModelRunner, VariantUnsupported, load_variant
+
+EVAL_BATCH = 64
+
+
+class PartStore:
+    def __init__(self, out: Path):
+        self.out = out
+        self.dir = out.parent / f".{out.name}.parts"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._done: set[str] = {p.stem for p in self.dir.iterdir() if p.suffix in (".parquet", ".json")}
+        if (out / "bundle.json").is_file():
+            bundle = TraceBundle.load(out)
+            for (variant, b), _ in bundle.service.groupby(["variant", "batch_size"]):
+                self._done.add(self.latency_key(variant, int(b)))
+            for variant in bundle.predicted_variants:
+                self._done.add(self.accuracy_key(variant))
+            for failure in bundle.meta.get("failed", []):
+                self._done.add(self.failure_key(failure["variant"]))
+
+    @staticmethod
+    def latency_key(variant: str, batch_size: int) -> str:
+        return f"service__{variant.replace('/', '__')}__b{batch_size}"
+
+    @staticmethod
+    def accuracy_key(variant: str) -> str:
+        return f"predictions__{variant.replace('/', '__')}"
+
+    @staticmethod
+    def failure_key(variant: str) -> str:
+        return f"failed__{variant.replace('/', '__')}"
+
+    def has(self, key: str) -> bool:
+        return key in self._done
+
+    def write(self, key: str, frame: pd.DataFrame | None = None, record: dict | None = None) -> None:
+        path = self.dir / (f"{key}.parquet" if frame is not None else f"{key}.json")
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        if frame is not None:
+            frame.to_parquet(tmp, index=False)
+        else:
+            tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
+        self._done.add(key)
+
+    def read(self, prefix: str) -> list:
+        out = []
+        for path in sorted(self.dir.glob(f"{prefix}__*")):
+            out.append(pd.read_parquet(path) if path.suffix == ".parquet" else json.loads(path.read_text()))
+        return out
+
+
+def hardware() -> dict:
+    info = {"machine": platform.machine(), "cores": os.cpu_count(), "platform": platform.platform()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        mem_kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        info["memory_gb"] = round(mem_kb / 2**20, 1)
+    except (OSError, StopIteration, ValueError):
+        pass
+    info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def software() -> dict:
+    import torchvision
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "transformers": transformers.__version__, "numpy": np.__version__, "pandas": pd.__version__}
+
+
+def _rng(profile: Profile, variant: str, batch_size: int) -> np.random.Generator:
+    return np.random.default_rng([profile.seed, zlib.crc32(variant.encode()), batch_size])
+
+
+def time_runner(runner: ModelRunner, profile: Profile, spec: VariantSpec, batch_size: int, n_samples: int) -> pd.DataFrame:
+    """Warm-up runs, then timed runs of ``runner.run`` on random samples; one row per timed run."""
+    cfg = profile.latency
+    rng = _rng(profile, spec.id, batch_size)
+    draws = [rng.integers(0, n_samples, batch_size).tolist() for _ in range(cfg.warmup_runs + cfg.timed_runs)]
+    for indices in draws[: cfg.warmup_runs]:
+        runner.run(indices)
+    latencies = []
+    started = time.perf_counter()
+    for indices in draws[cfg.warmup_runs:]:
+        t0 = time.perf_counter()
+        runner.run(indices)
+        latencies.append((time.perf_counter() - t0) * 1000.0)
+        if time.perf_counter() - started > cfg.max_seconds_per_config and len(latencies) >= 3:
+            break
+    n = len(latencies)
+    return pd.DataFrame({"variant": [spec.id] * n, "model": [spec.model] * n, "precision": [spec.precision] * n,
+                         "device": [spec.device] * n, "batch_size": [batch_size] * n, "latency_ms": latencies,
+                         "threads": [profile.threads] * n, "pruning": [spec.pruning] * n})
+
+
+def evaluate_runner(runner: ModelRunner, spec: VariantSpec, labels: torch.Tensor, eval_ids: list[str]) -> pd.DataFrame:
+    preds, confs = [], []
+    for start in range(0, len(eval_ids), EVAL_BATCH):
+        p, c = runner.run(list(range(start, min(start + EVAL_BATCH, len(eval_ids)))))
+        preds += p
+        confs += c
+    labels = labels.tolist()
+    return pd.DataFrame({"variant": spec.id, "sample_id": eval_ids, "label": labels, "pred": preds,
+                         "confidence": np.clip(confs, 0.0, 1.0), "correct": [p == l for p, l in zip(preds, labels)]})
+
+
+def measure(profile: Profile, out: Path, *, latency: bool, accuracy: bool, progress: bool = False) -> PartStore:
+    """Measure every variant of the profile that the bundle (or its parts) does not have yet."""
+    from .zoo import load_zoo_task
+
+    store = PartStore(out)
+    data = load_zoo_task(profile.zoo_dir, profile.task)
+    torch.set_num_threads(profile.threads)
+    calibration = data.calibration(256)
+    todo = []
+    for spec in profile.variants:
+        keys = [store.latency_key(spec.id, b) for b in profile.latency.batch_sizes] if latency else []
+        keys += [store.accuracy_key(spec.id)] if accuracy else []
+        if not store.has(store.failure_key(spec.id)) and not all(store.has(k) for k in keys):
+            todo.append((spec, [k for k in keys if not store.has(k)]))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=sum(len(k) for _, k in todo), desc=profile.name, unit="config")
+    for spec, keys in todo:
+        try:
+            model = load_variant(profile.zoo_dir, profile.task, spec, calibration)
+            runner = ModelRunner(model, data.x_eval, spec)
+            for key in keys:
+                if key.startswith("predictions"):
+                    store.write(key, evaluate_runner(runner, spec, data.y_eval, list(data.eval_ids)))
+                else:
+                    b = int(key.rsplit("__b", 1)[1])
+                    store.write(key, time_runner(runner, profile, spec, b, len(data.eval_ids)))
+                if bar is not None:
+                    bar.update(1)
+        except (VariantUnsupported, RuntimeError, NotImplementedError, torch.OutOfMemoryError) as exc:
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            store.write(store.failure_key(spec.id), record={"variant": spec.id, "reason": reason})
+            if bar is not None:
+                bar.update(len(keys))
+    if bar is not None:
+        bar.close()
+    return store
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _portable(path: Path) -> str:
+    """A path relative to the repository root when it lies inside it, so bundles travel with it."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(Path(path).resolve())
+
+
+def zoo_summary(zoo_dir: Path, task: str) -> dict:
+    """The zoo's own record of its models (accuracy, size, training), kept in bundle.json."""
+    path = zoo_dir / task / "zoo.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def assemble(profile: Profile, out: Path, command: str) -> TraceBundle:
+    """Merge the bundle's rows with the new parts; write it atomically; drop the parts."""
+    store = PartStore(out)
+    old = TraceBundle.load(out) if (out / "bundle.json").is_file() else None
+    service = [old.service] if old is not None else []
+    predictions = [old.predictions] if old is not None and len(old.predictions) else []
+    service += store.read("service")
+    predictions += store.read("predictions")
+    failed = (old.meta.get("failed", []) if old is not None else []) + store.read("failed")
+    if not service:
+        raise InputError(str(out), "nothing was measured: every variant failed (see the reasons above)")
+    meta = dict(old.meta) if old is not None else {}
+    commands = meta.get("commands", [])
+    meta.update({
+        "name": profile.name, "description": profile.description, "task": profile.task,
+        "hardware": hardware(), "software": software(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "units": {"latency": "ms", "confidence": "max softmax probability"},
+        "command": command, "commands": commands + [command], "profile": profile.raw,
+        "zoo": zoo_summary(profile.zoo_dir, profile.task), "zoo_dir": _portable(profile.zoo_dir), "threads": profile.threads, "failed": failed,
+    })
+    service_frame = pd.concat(service, ignore_index=True).sort_values(["variant", "batch_size"], kind="stable")
+    pred_frame = (pd.concat(predictions, ignore_index=True) if predictions
+                  else pd.DataFrame({c: [] for c in PREDICTION_COLUMNS}))
+    for column, default in (("threads", profile.threads), ("pruning", "none")):
+        if column not in service_frame:
+            service_frame[column] = default
+        service_frame[column] = service_frame[column].fillna(default)
+    bundle = TraceBundle(meta=meta, service=service_frame[list(SERVICE_COLUMNS) + ["threads", "pruning"]],
+                         predictions=pred_frame)
+    bundle.save(out, force=True)
+    shutil.rmtree(store.dir, ignore_errors=True)
+    return TraceBundle.load(out)

@@ -1,0 +1,157 @@
+"""The measurement profile (TOML): which variants to build, time and evaluate, and how.
+
+```toml
+name = "digits-cpu"
+description = "digits classifiers on this CPU"
+zoo_dir = "zoo"                  # trained checkpoints (relative to this file)
+device = "cpu"                   # cpu | cuda
+threads = 1                      # torch intra-op threads while timing and serving
+seed = 0
+
+[data]
+task = "digits"                  # digits | sst2 | cifar10
+# max_train, max_eval, sst2_dir, cifar10_dir
+
+[latency]
+batch_sizes = [1, 2, 4, 8, 16, 32]
+warmup_runs = 5
+timed_runs = 30
+max_seconds_per_config = 20.0    # stop timing one (variant, batch) after this long (>= 3 runs)
+
+[[variants]]
+model = "resnet18"
+precisions = ["fp32", "int8"]    # fp32 | bf16 | fp16 (CUDA) | int8
+pruning = ["none", "l1", "channel"]
+```
+A variant id is ``model[-pruning]/precision/device``, e.g. ``resnet18-channel/int8/cpu``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from traces.checks import integer, number, reject_unknown, table, text
+from traces.errors import InputError
+from traces.scenario import read_toml
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+PRUNING = ("none", "l1", "channel")
+DEVICES = ("cpu", "cuda")
+TASKS = ("digits", "sst2", "cifar10")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    model: str
+    precision: str
+    pruning: str
+    device: str
+
+    @property
+    def id(self) -> str:
+        base = self.model if self.pruning == "none" else f"{self.model}-{self.pruning}"
+        return f"{base}/{self.precision}/{self.device}"
+
+    @classmethod
+    def parse(cls, variant_id: str) -> "VariantSpec":
+        """Inverse of ``id``; pruning suffixes are the known ones."""
+        parts = variant_id.split("/")
+        if len(parts) != 3 or parts[1] not in PRECISIONS or parts[2] not in DEVICES:
+            raise InputError("variant", f"{variant_id!r} is not model[-pruning]/precision/device")
+        model, pruning = parts[0], "none"
+        for suffix in PRUNING[1:]:
+            if model.endswith(f"-{suffix}"):
+                model, pruning = model[: -len(suffix) - 1], suffix
+        return cls(model, parts[1], pruning, parts[2])
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    warmup_runs: int = 5
+    timed_runs: int = 30
+    max_seconds_per_config: float = 20.0
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    zoo_dir: Path
+    device: str
+    threads: int
+    seed: int
+    task: str
+    data: dict
+    train: dict
+    latency: LatencyConfig
+    variants: tuple[VariantSpec, ...]
+    source: Path | None = None
+    raw: dict = field(default_factory=dict, compare=False)
+
+
+def _list(cfg: dict, key: str, where: str, choices: tuple[str, ...] | None, default: list) -> list:
+    value = cfg.get(key, default)
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise InputError(f"{where}.{key}", f"must be a non-empty list, got {value!r}")
+    for item in value:
+        if choices is not None and item not in choices:
+            raise InputError(f"{where}.{key}", f"must contain only {', '.join(choices)}; got {item!r}")
+    return value
+
+
+def load_profile(path: str | Path) -> Profile:
+    path = Path(path)
+    raw = read_toml(path)
+    try:
+        return profile_from_dict(raw, path.parent, source=path)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc.where}", exc.problem) from None
+
+
+def profile_from_dict(raw: dict, base_dir: Path = Path("."), source: Path | None = None) -> Profile:
+    reject_unknown(raw, ("name", "description", "zoo_dir", "device", "threads", "seed", "data", "train",
+                         "latency", "variants"), "")
+    data = table(raw, "data", "")
+    task = text(data, "task", "data", choices=TASKS)
+    reject_unknown(data, ("task", "max_train", "max_eval", "sst2_dir", "cifar10_dir"), "data")
+    for key in ("max_train", "max_eval"):
+        if key in data:
+            integer(data, key, "data", low=1)
+    for key in ("sst2_dir", "cifar10_dir"):
+        if key in data:
+            data = {**data, key: str((base_dir / text(data, key, "data")).resolve())}
+    lat = table(raw, "latency", "", required=False)
+    reject_unknown(lat, ("batch_sizes", "warmup_runs", "timed_runs", "max_seconds_per_config"), "latency")
+    sizes = lat.get("batch_sizes", list(LatencyConfig.batch_sizes))
+    if (not isinstance(sizes, list) or not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes)
+            or sizes != sorted(set(sizes))):
+        raise InputError("latency.batch_sizes", f"must be increasing positive integers, got {sizes!r}")
+    latency = LatencyConfig(tuple(sizes), integer(lat, "warmup_runs", "latency", default=5, low=0),
+                            integer(lat, "timed_runs", "latency", default=30, low=3),
+                            number(lat, "max_seconds_per_config", "latency", default=20.0, low=0, strict=True))
+    device = text(raw, "device", "", default="cpu", choices=DEVICES)
+    items = raw.get("variants")
+    if not isinstance(items, list) or not items:
+        raise InputError("variants", "at least one [[variants]] table is required")
+    variants: list[VariantSpec] = []
+    for index, item in enumerate(items):
+        where = f"variants[{index}]"
+        if not isinstance(item, dict):
+            raise InputError(where, "must be a table")
+        reject_unknown(item, ("model", "precisions", "pruning"), where)
+        model = text(item, "model", where)
+        for pruning in _list(item, "pruning", where, PRUNING, ["none"]):
+            for precision in _list(item, "precisions", where, PRECISIONS, ["fp32"]):
+                spec = VariantSpec(model, precision, pruning, device)
+                if spec not in variants:
+                    variants.append(spec)
+    train = table(raw, "train", "", required=False)
+    return Profile(
+        name=text(raw, "name", ""), description=str(raw.get("description", "")),
+        zoo_dir=(base_dir / text(raw, "zoo_dir", "", default="zoo")).resolve(), device=device,
+        threads=integer(raw, "threads", "", default=1, low=1), seed=integer(raw, "seed", "", default=0, low=0),
+        task=task, data=data, train=train, latency=latency, variants=tuple(variants), source=source, raw=raw)

@@ -1,0 +1,101 @@
+"""`measure serve`: the scenario file that `simulate run` takes, executed on real model replicas."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import policies
+from traces.errors import InputError
+from traces.prepare import Prepared, check_against_bundle
+from traces.progress import show_progress
+from traces.runoutput import write_into
+from traces.scenario import load_scenario, parse_seeds
+from traces.summary import flatten, summarize, summary_table
+from traces.tables import atomic_directory
+
+from .harness import REPO_ROOT
+from .profile import VariantSpec
+
+
+def zoo_location(prepared: Prepared, override: str | None) -> tuple[Path, str]:
+    meta = prepared.bundle.meta
+    task = meta.get("task")
+    if override:
+        zoo = Path(override)
+    elif meta.get("zoo_dir"):
+        zoo = Path(meta["zoo_dir"])
+        zoo = zoo if zoo.is_absolute() else REPO_ROOT / zoo
+    else:
+        raise InputError(str(prepared.bundle.path), "bundle.json names no zoo_dir; pass --zoo DIR")
+    if not task or not (zoo / task).is_dir():
+        raise InputError(str(zoo), f"no trained models for task {task!r} here; run `measure train` or pass --zoo DIR")
+    return zoo, task
+
+
+def runner_factories(prepared: Prepared, zoo_override: str | None, seed: int) -> tuple[dict, np.ndarray | None]:
+    """One factory per deployment (called once per replica) and the labels in sample order."""
+    from .server import sleep_runner_factory
+
+    factories, labels = {}, None
+    measured = [d for d in prepared.scenario.deployments if d.variant is not None]
+    if measured:
+        import torch
+
+        from .variants import ModelRunner, load_variant
+        from .zoo import load_zoo_task
+
+        zoo, task = zoo_location(prepared, zoo_override)
+        data = load_zoo_task(zoo, task)
+        threads = int(prepared.bundle.meta.get("threads", 1))
+        torch.set_num_threads(threads)
+        row_of = {sample_id: row for row, sample_id in enumerate(data.eval_ids)}
+        table = prepared.predictions
+        if table is None:
+            raise InputError(str(prepared.bundle.path), "serving needs the bundle's predictions (run `measure accuracy`)")
+        missing = [s for s in table.sample_ids if s not in row_of]
+        if missing:
+            raise InputError(str(prepared.bundle.path), f"sample {missing[0]!r} is not in the zoo's evaluation set")
+        rows = torch.as_tensor([row_of[s] for s in table.sample_ids])
+        inputs = data.x_eval.index_select(0, rows)
+        labels = data.y_eval.index_select(0, rows).numpy()
+        calibration = data.calibration(256)
+        for dep in measured:
+            spec = VariantSpec.parse(dep.variant)
+            factories[dep.name] = (lambda spec=spec: ModelRunner(load_variant(zoo, task, spec, calibration), inputs, spec))
+    rng = np.random.default_rng([seed, 7])
+    for dep in prepared.scenario.deployments:
+        if dep.service is not None:
+            factories[dep.name] = sleep_runner_factory(dep.service, rng)
+    return factories, labels
+
+
+def serve_command(args) -> int:
+    from .server import serve
+
+    scenario = load_scenario(args.scenario, args.set)
+    prepared = check_against_bundle(scenario)
+    policies.create(scenario.policy.name, scenario.policy.params)
+    seeds = parse_seeds(args.seeds) if args.seeds else [scenario.seed]
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.scenario).stem}-real"
+    summaries = []
+    with atomic_directory(out, force=args.force) as staging:
+        for seed in seeds:
+            factories, labels = runner_factories(prepared, args.zoo, seed)
+            run_scenario = dataclasses.replace(scenario, seed=seed)
+            policy = policies.create(scenario.policy.name, scenario.policy.params)
+            requests, stats = serve(run_scenario, policy, factories, seed=seed, labels=labels,
+                                    profiles=prepared.profiles, predictions=prepared.predictions,
+                                    progress=show_progress())
+            summary = summarize(requests, warmup_s=scenario.warmup_s, duration_s=scenario.duration_s,
+                                deployments=stats, price_per_replica_hour=scenario.price_per_replica_hour)
+            summary.update({"seed": seed, "deployments": stats, "executor": "real"})
+            write_into(staging / f"seed-{seed}", {**run_scenario.resolved(), "executor": "real"}, requests, summary)
+            summaries.append(summary)
+        pd.DataFrame([flatten(s) for s in summaries]).to_csv(staging / "runs.csv", index=False)
+    print(summary_table(summaries))
+    print(f"wrote {out}/ (real executor)")
+    return 0

@@ -1,0 +1,98 @@
+"""Building a variant (model x pruning x precision x device) and running real batches of it.
+
+Precisions: ``fp32``; ``bf16`` (weights and activations in bfloat16); ``fp16`` (CUDA only);
+``int8``: static post-training quantization with calibration (FX graph mode) for convolutional
+models, since dynamic quantization leaves convolutions in FP32, and dynamic quantization of the
+Linear layers for transformers. ``ModelRunner.run`` is the one code path that both the latency
+harness times and the real server calls, so measured service times are what the server pays.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .profile import VariantSpec
+from .pruning import PruningUnsupported, prune_channels, prune_l1
+
+
+class VariantUnsupported(Exception):
+    """This variant cannot be built here; the message says why (recorded, and the run goes on)."""
+
+
+def _has_conv(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def quantize_int8(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import get_default_qconfig_mapping, quantize_dynamic
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+        engines = torch.backends.quantized.supported_engines
+        torch.backends.quantized.engine = "x86" if "x86" in engines else "fbgemm"
+        if not _has_conv(model):
+            return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        prepared = prepare_fx(model, get_default_qconfig_mapping(torch.backends.quantized.engine),
+                              (calibration[:2],))
+        with torch.inference_mode():
+            for start in range(0, calibration.shape[0], 64):
+                prepared(calibration[start:start + 64])
+        return convert_fx(prepared)
+
+
+def build_variant(spec: VariantSpec, fp32_model: nn.Module, calibration: torch.Tensor) -> nn.Module:
+    """Apply pruning then precision to a trained FP32 model (which is modified)."""
+    if spec.device == "cuda" and not torch.cuda.is_available():
+        raise VariantUnsupported("device cuda requested but no CUDA device is available")
+    if spec.precision == "fp16" and spec.device != "cuda":
+        raise VariantUnsupported("fp16 is measured on a CUDA device only")
+    if spec.precision == "int8" and spec.device != "cpu":
+        raise VariantUnsupported("int8 quantized kernels (x86/fbgemm) run on the CPU only")
+    model = fp32_model.eval()
+    if spec.pruning == "l1":
+        model = prune_l1(model)
+    elif spec.pruning == "channel":
+        try:
+            model = prune_channels(model)
+        except PruningUnsupported as exc:
+            raise VariantUnsupported(str(exc)) from None
+    if spec.precision == "int8":
+        return quantize_int8(model, calibration).eval()
+    if spec.precision == "bf16":
+        model = model.to(torch.bfloat16)
+    elif spec.precision == "fp16":
+        model = model.to(torch.float16)
+    return model.to(spec.device).eval()
+
+
+class ModelRunner:
+    """Runs the model on the evaluation inputs selected by sample index, as one batch."""
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor, spec: VariantSpec):
+        self.model = model
+        self.spec = spec
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.precision)
+        if dtype is not None and inputs.is_floating_point():
+            inputs = inputs.to(dtype)
+        self.inputs = inputs.to(spec.device)
+        self._cuda = spec.device == "cuda"
+
+    def run(self, sample_indices: list[int]) -> tuple[list, list[float]]:
+        index = torch.as_tensor(sample_indices, dtype=torch.long, device=self.inputs.device)
+        with torch.inference_mode():
+            logits = self.model(self.inputs.index_select(0, index))
+            confidence, pred = torch.softmax(logits.float(), dim=1).max(dim=1)
+            if self._cuda:
+                torch.cuda.synchronize()
+            return pred.tolist(), confidence.tolist()
+
+
+def load_variant(zoo_dir: Path, task: str, spec: VariantSpec, calibration: torch.Tensor) -> nn.Module:
+    from .zoo import load_model
+
+    return build_variant(spec, load_model(zoo_dir, task, spec.model), calibration)

@@ -1,0 +1,69 @@
+"""The measurement profile and the `measure` CLI's handling of bad input (no model is built here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from measure.cli import main
+from measure.profile import VariantSpec, load_profile
+
+REPO = Path(__file__).resolve().parents[1]
+
+GOOD = """name = "p"
+zoo_dir = "zoo"
+[data]
+task = "digits"
+[latency]
+batch_sizes = [1, 2, 4]
+[[variants]]
+model = "cnn-small"
+precisions = ["fp32", "int8"]
+pruning = ["none", "l1"]
+"""
+
+
+def test_shipped_profiles_load():
+    for name in ("digits-cpu", "sst2-cpu"):
+        profile = load_profile(REPO / "examples" / "profiles" / f"{name}.toml")
+        assert len(profile.variants) >= 8
+        assert profile.latency.batch_sizes == (1, 2, 4, 8, 16, 32)
+        assert profile.zoo_dir == (REPO / "zoo").resolve()
+
+
+def test_variant_grid_and_ids(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text(GOOD)
+    profile = load_profile(path)
+    assert [v.id for v in profile.variants] == ["cnn-small/fp32/cpu", "cnn-small/int8/cpu",
+                                                "cnn-small-l1/fp32/cpu", "cnn-small-l1/int8/cpu"]
+    for spec in profile.variants:
+        assert VariantSpec.parse(spec.id) == spec
+
+
+@pytest.mark.parametrize("edit, where", [
+    (("[data]\ntask = \"digits\"", "[data]\ntask = \"imagenet\""), "data.task"),
+    (("batch_sizes = [1, 2, 4]", "batch_sizes = [4, 2]"), "latency.batch_sizes"),
+    (("precisions = [\"fp32\", \"int8\"]", "precisions = [\"fp8\"]"), "variants[0].precisions"),
+    (("pruning = [\"none\", \"l1\"]", "pruning = [\"magic\"]"), "variants[0].pruning"),
+    (("name = \"p\"", "name = \"p\"\ncolour = 3"), "colour"),
+    (("[latency]", "[latency]\ntimed_runs = 1"), "latency.timed_runs"),
+])
+def test_bad_profile_is_one_clear_line(tmp_path, capsys, edit, where):
+    path = tmp_path / "p.toml"
+    path.write_text(GOOD.replace(*edit))
+    assert main(["latency", str(path), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and where in err[0] and str(path) in err[0]
+    assert not (tmp_path / "b").exists()
+
+
+def test_missing_profile_file(tmp_path, capsys):
+    assert main(["all", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "b")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_bad_variant_id():
+    with pytest.raises(Exception, match="model\\[-pruning\\]/precision/device"):
+        VariantSpec.parse("resnet18/int4/cpu")
