@@ -47,6 +47,10 @@ class EngineView:
     def queue_length(self, deployment: str) -> int:
         return self._dep(deployment).queue_length
 
+    def load(self, deployment: str) -> tuple[int, int, int]:
+        dep = self._dep(deployment)
+        return dep.queue_length, dep.busy_replicas, dep.replicas
+
     def max_batch_size(self, deployment: str) -> int:
         return self._dep(deployment).max_batch_size
 

@@ -1,0 +1,81 @@
+"""Load-aware latency predictions from profiles, shared by the policies that plan with them.
+
+All are closed-form and cheap: they run per request. For a deployment with R replicas, maximum
+batch B, batch wait timeout T and arrival rate lambda:
+
+- the batch the batcher forms is b = min(B, max(1 + lambda T, lambda / R * s(b))), the larger of
+  what arrives during one timeout and what piles up during one service of b (a fixed point found
+  by a few iterations from b = 1);
+- a request arriving now waits for the batches ahead of it, ``queue / (R b)`` service rounds, plus
+  half a service when every replica is busy (the mean residual), plus the time for its own batch to
+  fill or time out when a replica is idle and the batch is not full;
+- its predicted latency is that wait plus the profiled service time of b at a chosen percentile.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from traces.profiles import LatencyProfile
+
+    from .base import SystemView
+
+
+def formed_batch_size(profile: "LatencyProfile", rate_rps: float, replicas: int, max_batch_size: int,
+                      timeout_ms: float, q: float = 50.0) -> int:
+    limit = min(max_batch_size, profile.max_batch_size)
+    if rate_rps <= 0:
+        return 1
+    by_timeout = 1.0 + rate_rps * timeout_ms / 1000.0
+    b = 1
+    for _ in range(8):
+        piled = rate_rps / max(replicas, 1) * profile.percentile_ms(b, q) / 1000.0
+        nxt = int(min(limit, max(1, math.ceil(max(by_timeout, piled)))))
+        if nxt == b:
+            break
+        b = nxt
+    return b
+
+
+def queue_delay_ms(waiting: int, busy: int, replicas: int, batch: int, service_ms: float,
+                   timeout_ms: float, rate_rps: float) -> float:
+    """Expected time before a request that arrives now starts service."""
+    rounds = waiting // max(batch, 1) / max(replicas, 1)
+    delay = rounds * service_ms
+    if busy >= replicas:
+        delay += 0.5 * service_ms
+    elif waiting + 1 < batch and timeout_ms > 0:
+        to_fill = (batch - waiting - 1) / rate_rps * 1000.0 if rate_rps > 0 else math.inf
+        delay += min(timeout_ms, to_fill)
+    return delay
+
+
+class DeploymentModel:
+    """A deployment's profile summarised for fast per-request predictions at the current rate."""
+
+    __slots__ = ("name", "profile", "q", "batch", "service_ms", "timeout_ms", "rate_rps")
+
+    def __init__(self, name: str, profile: "LatencyProfile", q: float = 95.0):
+        self.name = name
+        self.profile = profile
+        self.q = q
+        self.batch = 1
+        self.service_ms = profile.percentile_ms(1, q)
+        self.timeout_ms = 0.0
+        self.rate_rps = 0.0
+
+    def update(self, view: "SystemView", rate_rps: float) -> None:
+        """Recompute the formed batch and its service time for ``rate_rps`` reaching this deployment."""
+        self.rate_rps = rate_rps
+        self.timeout_ms = view.batch_wait_timeout_ms(self.name)
+        self.batch = formed_batch_size(self.profile, rate_rps, view.replicas(self.name),
+                                       view.max_batch_size(self.name), self.timeout_ms)
+        self.service_ms = self.profile.percentile_ms(self.batch, self.q)
+
+    def latency_ms(self, view: "SystemView") -> float:
+        """Predicted latency of a request joining this deployment now."""
+        waiting, busy, replicas = view.load(self.name)
+        return self.service_ms + queue_delay_ms(waiting, busy, replicas, self.batch, self.service_ms,
+                                                self.timeout_ms, self.rate_rps)

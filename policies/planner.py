@@ -1,0 +1,153 @@
+"""`planner`: the deadline-aware cascade planner, this project's own method.
+
+Per request it takes, among single deployments and two-stage cascades (a fast variant, then an
+accurate one when the fast one's confidence is below a threshold tau), the option with the highest
+expected accuracy whose predicted latency fits the time the request has left.
+
+- Expected accuracy and coverage (the share of requests the first stage answers) of every
+  (pair, tau) come from the bundle's per-sample predictions.
+- Load is accounted for at plan time (every ``refresh_s`` of simulated time): with the current
+  arrival rate lambda, an option is *sustainable* when every stage keeps its utilisation under
+  ``max_utilization`` if all traffic took it: lambda on the first stage, (1 - coverage) lambda on
+  the second, each at the batch size its batcher forms at that rate. For each pair only its most
+  accurate sustainable tau is kept; options are sorted by expected accuracy.
+- Per request, the prediction for a deployment is the profiled p``q`` service time of its formed
+  batch plus the queueing delay of its current queue (``policies.estimates``); a cascade must fit
+  with both stages (its worst case). The first option that fits wins; when none does, the
+  deployment with the lowest predicted latency. The per-request work is a scan of a short,
+  precomputed list.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from traces.errors import InputError
+
+from .base import Policy, Route
+from .estimates import DeploymentModel, formed_batch_size
+from .registry import register
+
+DEFAULT_TAUS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
+
+
+class _Option:
+    __slots__ = ("route", "first", "second", "accuracy", "coverage", "tau")
+
+    def __init__(self, route, first, second, accuracy, coverage, tau):
+        self.route, self.first, self.second = route, first, second
+        self.accuracy, self.coverage, self.tau = accuracy, coverage, tau
+
+
+@register
+class Planner(Policy):
+    name = "planner"
+
+    def __init__(self, taus: list[float] | None = None, q: float = 95.0, max_utilization: float = 0.9,
+                 refresh_s: float = 0.5, rate_window_s: float = 2.0, cascades: bool = True):
+        self.taus = tuple(taus) if taus is not None else DEFAULT_TAUS
+        if not self.taus or any(not 0 <= t <= 1 for t in self.taus):
+            raise InputError("policy.taus", f"must be thresholds in [0, 1], got {taus!r}")
+        if not 0 < max_utilization <= 1:
+            raise InputError("policy.max_utilization", f"must be in (0, 1], got {max_utilization!r}")
+        self.q, self.max_utilization = q, max_utilization
+        self.refresh_s, self.rate_window_s, self.use_cascades = refresh_s, rate_window_s, cascades
+
+    # --- plan time -------------------------------------------------------------------------
+    def setup(self, view):
+        deps = list(view.deployments)
+        self._index = {d: i for i, d in enumerate(deps)}
+        self._models = [DeploymentModel(d, view.latency_profile(d), self.q) for d in deps]
+        speed = {d: view.latency_profile(d).percentile_ms(1, 50) for d in deps}
+        self._fallback = [self._index[d] for d in sorted(deps, key=speed.get)]
+        self._singles = [_Option(Route.single(d), self._index[d], -1, _nan_low(view.accuracy(d)), 1.0, None)
+                         for d in deps]
+        self._cascades: list[list[_Option]] = []  # per pair, one option per tau
+        table = view.predictions
+        if self.use_cascades and table is not None:
+            for fast in deps:
+                for slow in deps:
+                    vf, vs = view.variant(fast), view.variant(slow)
+                    if fast == slow or speed[fast] >= speed[slow] or vf not in table.pred or vs not in table.pred:
+                        continue
+                    conf, ok_fast, ok_slow = table.confidence[vf], table.correct[vf], table.correct[vs]
+                    pair = []
+                    for tau in self.taus:
+                        exits = conf >= tau
+                        pair.append(_Option(Route.cascade([fast, slow], [tau]), self._index[fast], self._index[slow],
+                                            float(np.where(exits, ok_fast, ok_slow).mean()), float(exits.mean()), tau))
+                    self._cascades.append(pair)
+        self._last_s = -math.inf
+        self._replan(view)
+
+    def _utilization(self, view, index: int, rate_rps: float) -> float:
+        model = self._models[index]
+        profile = model.profile
+        replicas = view.replicas(model.name)
+        b = formed_batch_size(profile, rate_rps, replicas, view.max_batch_size(model.name),
+                              view.batch_wait_timeout_ms(model.name))
+        return rate_rps * profile.mean_ms(b) / 1000.0 / (b * replicas)
+
+    def _sustainable(self, view, option: _Option, rate_rps: float) -> bool:
+        if self._utilization(view, option.first, rate_rps) > self.max_utilization:
+            return False
+        return option.second < 0 or self._utilization(view, option.second, (1 - option.coverage) * rate_rps) <= self.max_utilization
+
+    def _replan(self, view) -> None:
+        now = view.now_s
+        self._last_s = now
+        rate = view.arrival_rate_rps(self.rate_window_s) if now > 0 else 0.0
+        self.rate_rps = rate
+        options = [o for o in self._singles if self._sustainable(view, o, rate)]
+        stage_rate = [0.0] * len(self._models)
+        for pair in self._cascades:
+            usable = [o for o in pair if self._sustainable(view, o, rate)]
+            if usable:
+                options.append(max(usable, key=lambda o: o.accuracy))
+        options.sort(key=lambda o: -o.accuracy)
+        self._options = options
+        # deployments' batch and service estimates at the rate the best option would give them
+        if options:
+            best = options[0]
+            stage_rate[best.first] = rate
+            if best.second >= 0:
+                stage_rate[best.second] = (1 - best.coverage) * rate
+        for index, model in enumerate(self._models):
+            model.update(view, stage_rate[index] if stage_rate[index] > 0 else rate * 0.5)
+
+    def plan(self, view):
+        self._replan(view)
+        return ()
+
+    # --- per request -------------------------------------------------------------------------
+    def route(self, request, view):
+        now = view.now_s
+        if now - self._last_s >= self.refresh_s:
+            self._replan(view)
+        left = request.deadline_ms - (now - request.arrival_s) * 1000.0
+        models = self._models
+        predicted = [-1.0] * len(models)
+        for option in self._options:
+            first = predicted[option.first]
+            if first < 0:
+                first = predicted[option.first] = models[option.first].latency_ms(view)
+            total = first
+            if option.second >= 0:
+                second = predicted[option.second]
+                if second < 0:
+                    second = predicted[option.second] = models[option.second].latency_ms(view)
+                total += second
+            if total <= left:
+                return option.route
+        best = min(self._fallback, key=lambda i: predicted[i] if predicted[i] >= 0 else models[i].latency_ms(view))
+        return self._singles[best].route
+
+    def describe(self) -> list[dict]:
+        """The current option list, most accurate first (for reports and tests)."""
+        return [{"route": o.route.label, "accuracy": o.accuracy, "coverage": o.coverage} for o in self._options]
+
+
+def _nan_low(value: float) -> float:
+    return -1.0 if math.isnan(value) else value

@@ -1,0 +1,95 @@
+"""Decisions of each policy on small hand-made profiles."""
+
+from __future__ import annotations
+
+import pytest
+
+import policies
+from policy_fakes import FakeView, request, two_model_table
+from traces.errors import InputError
+
+FAST_SLOW = {"fast": {"ms": 2.0}, "slow": {"ms": 10.0}}
+
+
+def make(name, view, **params):
+    policy = policies.create(name, params)
+    policy.setup(view)
+    return policy
+
+
+def test_static_extremes():
+    view = FakeView(FAST_SLOW, two_model_table())
+    assert make("static-small", view).route(request(50), view).label == "fast"
+    assert make("static-large", view).route(request(50), view).label == "slow"
+
+
+def test_planner_takes_the_accurate_single_when_it_fits_and_is_sustainable():
+    view = FakeView(FAST_SLOW, two_model_table(), rate_rps=20.0)
+    planner = make("planner", view)
+    assert planner.route(request(15), view).label == "slow"
+
+
+def test_planner_takes_a_cascade_when_the_large_model_alone_cannot_keep_up():
+    """150 rps: 'slow' alone (100 rps capacity) is unsustainable; a cascade sending it the
+    unconfident half is, and is more accurate than 'fast' alone."""
+    table = two_model_table()
+    view = FakeView(FAST_SLOW, table, rate_rps=150.0)
+    planner = make("planner", view)
+    label = planner.route(request(30), view).label
+    assert label.startswith("fast@") and label.endswith(">slow")
+    best = planner.describe()[0]
+    assert best["accuracy"] > table.accuracy("fast") + 0.05
+    assert (1 - best["coverage"]) * 150.0 <= 0.9 * 100.0  # the second stage stays sustainable
+
+
+def test_planner_falls_back_to_fast_when_only_fast_fits():
+    view = FakeView(FAST_SLOW, two_model_table(), rate_rps=20.0)
+    planner = make("planner", view)
+    assert planner.route(request(5), view).label == "fast"  # a cascade's worst case is 12 ms
+    # with time already spent waiting, even a 15 ms deadline leaves room for 'fast' only
+    assert planner.route(request(15, arrival_s=view.now_s - 0.006), view).label == "fast"
+
+
+def test_planner_accounts_for_queues():
+    deps = {"fast": {"ms": 2.0}, "slow": {"ms": 10.0, "queue": 3, "busy": 1}}
+    view = FakeView(deps, two_model_table(), rate_rps=20.0)
+    planner = make("planner", view)
+    # slow: 3 waiting + half a service in progress -> 45 ms predicted; 30 ms leaves 'fast' only
+    assert planner.route(request(30), view).label == "fast"
+    assert planner.route(request(60), view).label == "slow"
+
+
+def test_planner_rejects_bad_parameters():
+    with pytest.raises(InputError, match="policy.taus"):
+        policies.create("planner", {"taus": [1.5]})
+
+
+def test_infaas_takes_the_cheapest_feasible():
+    view = FakeView({"fast": {"ms": 2.0}, "mid": {"ms": 5.0}, "slow": {"ms": 10.0}}, None)
+    infaas = make("infaas", view)
+    assert infaas.route(request(50), view).label == "fast"
+
+
+def test_infaas_accuracy_floor_and_fastest_when_nothing_fits():
+    view = FakeView(FAST_SLOW, two_model_table())
+    infaas = make("infaas", view, accuracy_floor=0.9)
+    assert infaas.route(request(50), view).label == "slow"
+    assert infaas.route(request(1), view).label == "fast"  # nothing fits: fastest
+
+
+def test_infaas_counts_queueing_delay():
+    deps = {"fast": {"ms": 2.0, "queue": 20, "busy": 1}, "slow": {"ms": 10.0}}
+    view = FakeView(deps, two_model_table())
+    infaas = make("infaas", view)
+    assert infaas.route(request(20), view).label == "slow"  # fast has 41 ms of queue ahead
+
+
+def test_autotuner_picks_highest_throughput_that_fits():
+    deps = {"fast": {"ms": 2.0, "per_item_ms": 1.0, "max_batch_size": 8},
+            "slow": {"ms": 10.0, "per_item_ms": 0.5, "max_batch_size": 8}}
+    view = FakeView(deps, None)
+    tuner = make("throughput-autotuner", view, deadline_ms=6.0)
+    actions = tuner.plan(view)
+    # fast at b=5 takes 6 ms: 833 rps, the best within 6 ms; slow never fits
+    assert [(a.deployment, a.max_batch_size) for a in actions] == [("fast", 5)]
+    assert tuner.route(request(6), view).label == "fast"
