@@ -29,12 +29,13 @@ class BatchSink(Protocol):
     def drop(self, request: int, now: float, reason: str) -> None: ...
     def batch_started(self, deployment: int, batch: list[int], now: float, replica: int) -> None: ...
     def batch_finished(self, deployment: int, batch: list[int], now: float) -> None: ...
+    def batch_failed(self, deployment: int, batch: list[int], now: float) -> None: ...
 
 
 class Replica:
     """One server; it serves one batch at a time and records its busy time inside the window."""
 
-    __slots__ = ("batcher", "index", "batch", "started_s", "busy_s", "batches", "items", "retiring")
+    __slots__ = ("batcher", "index", "batch", "started_s", "busy_s", "batches", "items", "retiring", "down", "event")
 
     def __init__(self, batcher: "Batcher", index: int):
         self.batcher = batcher
@@ -45,15 +46,23 @@ class Replica:
         self.batches = 0
         self.items = 0
         self.retiring = False
+        self.down = False
+        self.event = None  # the completion of the batch in service; a crash orphans it
 
-    def _done(self, _event) -> None:
-        batcher = self.batcher
-        now = batcher.env.now
-        batch, self.batch = self.batch, None
-        lo, hi = batcher.window_s
+    def _account(self, now: float) -> None:
+        lo, hi = self.batcher.window_s
         overlap = min(now, hi) - max(self.started_s, lo)
         if overlap > 0:
             self.busy_s += overlap
+
+    def _done(self, event) -> None:
+        if event is not self.event:
+            return  # the replica crashed while serving this batch
+        batcher = self.batcher
+        now = batcher.env.now
+        batch, self.batch = self.batch, None
+        self._account(now)
+        lo, hi = batcher.window_s
         if lo <= self.started_s < hi:
             self.batches += 1
             self.items += len(batch)
@@ -88,6 +97,7 @@ class Batcher:
         self.replicas: list[Replica] = []
         self.free: list[Replica] = []
         self.retired: list[Replica] = []
+        self.down = 0  # replicas crashed and not yet recovered
         self._timer_armed = False
 
     def add_replica(self, index: int) -> Replica:
@@ -98,7 +108,36 @@ class Batcher:
 
     @property
     def busy(self) -> int:
-        return len(self.replicas) - len(self.free)
+        return len(self.replicas) - len(self.free) - self.down
+
+    @property
+    def alive(self) -> int:
+        return len(self.replicas) - self.down
+
+    def crash(self, replica: Replica, now: float) -> None:
+        """The replica stops at once; the requests of its batch go back to the engine."""
+        if replica.down or replica not in self.replicas:
+            return
+        replica.down = True
+        self.down += 1
+        if replica in self.free:
+            self.free.remove(replica)
+        elif replica.batch is not None:
+            replica._account(now)
+            batch, replica.batch, replica.event = replica.batch, None, None
+            self.sink.batch_failed(self.deployment, batch, now)
+
+    def recover(self, replica: Replica, now: float) -> None:
+        if not replica.down:
+            return
+        replica.down = False
+        self.down -= 1
+        if replica.retiring:
+            self.replicas.remove(replica)
+            self.retired.append(replica)
+            return
+        self.free.append(replica)
+        self.dispatch(now)
 
     def submit(self, request: int, now: float) -> bool:
         """Enqueue; False when the queue is full (the caller records the rejection)."""
@@ -127,7 +166,8 @@ class Batcher:
                 self.sink.batch_started(self.deployment, batch, now, replica.index)
                 replica.batch = batch
                 replica.started_s = now
-                Timeout(self.env, self.sampler.draw_s(len(batch))).callbacks.append(replica._done)
+                event = replica.event = Timeout(self.env, self.sampler.draw_s(len(batch)))
+                event.callbacks.append(replica._done)
 
     def _take(self, now: float, max_b: int) -> list[int]:
         queue = self.queue

@@ -33,6 +33,7 @@ class Deployment:
         self._balancer = make_balancer(config.balancer, rng)
         self.batchers: list[Batcher] = []
         self._gone: list[Batcher] = []  # per-replica batchers removed by a plan, kept for accounting
+        self._live: list[Batcher] = []  # per-replica batchers whose replica is up
         self._replica_s = 0.0
         self._count_since_s = 0.0
         self._count = 0
@@ -51,13 +52,40 @@ class Deployment:
 
     # --- requests -----------------------------------------------------------------------
     def submit(self, request: int, now: float) -> bool:
-        """Join the queue the balancer picks; False when it is full."""
-        return self._balancer(self.batchers).submit(request, now)
+        """Join the queue the balancer picks among live replicas; False when it is full."""
+        return self._balancer(self._live or self.batchers).submit(request, now)
 
     # --- state the view reads -------------------------------------------------------------
     @property
     def replicas(self) -> int:
-        return self._count
+        """Replicas able to serve now: provisioned ones less those crashed."""
+        return self._count - sum(b.down for b in self.batchers)
+
+    # --- faults --------------------------------------------------------------------------------
+    def replica(self, index: int):
+        for batcher in self.batchers:
+            for replica in batcher.replicas:
+                if replica.index == index:
+                    return batcher, replica
+        return None, None
+
+    def crash(self, index: int, now: float) -> None:
+        batcher, replica = self.replica(index)
+        if replica is None:
+            return
+        batcher.crash(replica, now)
+        if self._balancer is not None:
+            # a load balancer with health checks: the dead replica's line moves to live ones
+            self._live = [b for b in self.batchers if b.alive]
+            for request in batcher.queue.drain():
+                if not self.submit(request, now):
+                    self.sink.drop(request, now, "queue_full")
+
+    def recover(self, index: int, now: float) -> None:
+        batcher, replica = self.replica(index)
+        if replica is not None:
+            batcher.recover(replica, now)
+            self._live = [b for b in self.batchers if b.alive]
 
     @property
     def queue_length(self) -> int:
@@ -116,6 +144,7 @@ class Deployment:
                 batcher.replicas.clear()
                 batcher.free.clear()
             self._gone.append(batcher)
+        self._live = [b for b in self.batchers if b.alive]
         for request in orphans:
             if not self.submit(request, now):
                 self.sink.drop(request, now, "queue_full")

@@ -42,6 +42,7 @@ class _Stages:
 class RunResult:
     requests: pd.DataFrame
     deployments: dict[str, dict]
+    faults: list[dict]
 
 
 class Simulation:
@@ -69,6 +70,9 @@ class Simulation:
             self.deployments.append(Deployment(self.env, self, index, config, sampler, self.deadlines_s,
                                                window, balance_rng))
         self._by_name = {d.name: d for d in self.deployments}
+        self._fault_rng = work.fault_rng
+        self._on_failure = {self._by_name[f.deployment].index: f.on_failure for f in scenario.faults}
+        self.fault_log: list[dict] = []
         self.deployment_names = tuple(self._by_name)
         self._routes: dict[object, _Stages | Reject] = {}  # Route and Reject hash by identity
         self.view = EngineView(self)
@@ -154,6 +158,53 @@ class Simulation:
             else:
                 finish[i] = now
 
+    def batch_failed(self, deployment: int, batch: list[int], now: float) -> None:
+        """A replica crashed mid-batch: each request is retried on the deployment, or fails."""
+        dep = self.deployments[deployment]
+        retry = self._on_failure.get(deployment, "retry") == "retry"
+        log = self.log
+        for i in batch:
+            log.retries[i] += 1
+            if not retry:
+                self.drop(i, now, "replica_failed")
+                continue
+            cols = log.hops[log.hop[i]]
+            cols.start_s[i] = math.nan
+            cols.batch_size[i] = 0
+            cols.replica[i] = -1
+            cols.enqueue_s[i] = now
+            if not dep.submit(i, now):
+                self.drop(i, now, "queue_full")
+
+    # --- faults --------------------------------------------------------------------------------
+    def _outage(self, dep: Deployment, replica: int, down_s: float):
+        now = self.env.now
+        dep.crash(replica, now)
+        record = {"deployment": dep.name, "replica": replica, "crash_s": now, "recover_s": now + down_s}
+        self.fault_log.append(record)
+        yield self.env.timeout(down_s)
+        dep.recover(replica, self.env.now)
+
+    def _scheduled_fault(self, fault):
+        yield self.env.timeout(fault.at_s)
+        yield from self._outage(self._by_name[fault.deployment], fault.replica, fault.down_s)
+
+    def _random_faults(self, fault, replica: int):
+        rng = self._fault_rng
+        while True:
+            yield self.env.timeout(rng.exponential(fault.mttf_s))
+            if self.env.now >= self.duration_s:
+                return
+            yield from self._outage(self._by_name[fault.deployment], replica, rng.exponential(fault.mttr_s))
+
+    def _start_faults(self) -> None:
+        for fault in self.scenario.faults:
+            if fault.at_s is not None:
+                self.env.process(self._scheduled_fault(fault))
+            else:
+                for replica in range(self._by_name[fault.deployment].config.replicas):
+                    self.env.process(self._random_faults(fault, replica))
+
     # --- plans -------------------------------------------------------------------------------
     def _planner(self):
         interval = self.scenario.policy.plan_interval_s
@@ -187,6 +238,7 @@ class Simulation:
     def run(self, progress=None) -> RunResult:
         """Run until every arrival has finished or been dropped; ``progress`` gets sim-time updates."""
         self.log.ensure_hops(1)
+        self._start_faults()
         if self.scenario.policy.plan_interval_s > 0 and type(self.policy).plan is not Policy.plan:
             self.env.process(self._planner())
         if progress is not None:
@@ -203,4 +255,4 @@ class Simulation:
                                   self.predictions, self.predictions.sample_ids if self.predictions else None,
                                   self.scenario.warmup_s)
         stats = {d.name: d.stats(self.duration_s) for d in self.deployments}
-        return RunResult(frame, stats)
+        return RunResult(frame, stats, self.fault_log)

@@ -38,6 +38,7 @@ class RequestLog:
         self.sample_index = sample_index
         self.route: list = [None] * n
         self.hop = [0] * n
+        self.retries = array("q", [0]) * n
         self.finish_s = array("d", [NAN]) * n
         self.drop_reason: list[str | None] = [None] * n
         self.hops: list[HopColumns] = []
@@ -71,6 +72,7 @@ class RequestLog:
             frame[f"hop{k}_start_s"] = np.frombuffer(cols.start_s, dtype=np.float64)
             frame[f"hop{k}_finish_s"] = np.frombuffer(cols.finish_s, dtype=np.float64)
             frame[f"hop{k}_batch_size"] = np.frombuffer(cols.batch_size, dtype=np.int64)
+        frame["retries"] = np.frombuffer(self.retries, dtype=np.int64)
         frame["finish_s"] = np.where(dropped, np.nan, finish)
         frame["latency_ms"] = latency_ms
         frame["dropped"] = dropped

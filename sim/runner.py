@@ -40,6 +40,7 @@ def run_once(prepared: Prepared, seed: int, progress: Callable[[float], None] | 
                         deployments=result.deployments, price_per_replica_hour=scenario.price_per_replica_hour)
     summary["seed"] = seed
     summary["deployments"] = result.deployments
+    summary["faults"] = result.faults
     return scenario.resolved(), result.requests, summary
 
 

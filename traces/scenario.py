@@ -25,7 +25,9 @@ else:  # pragma: no cover
 QUEUE_DISCIPLINES = ("fifo", "edf")
 BALANCERS = ("shared", "round_robin", "least_loaded", "power_of_two")
 TOP_KEYS = ("seed", "duration_s", "warmup_s", "bundle", "price_per_replica_hour", "arrivals",
-            "requests", "deployments", "policy")
+            "requests", "deployments", "policy", "faults")
+FAULT_KEYS = ("deployment", "replica", "at_s", "down_s", "mttf_s", "mttr_s", "on_failure")
+ON_FAILURE = ("retry", "fail")
 DEPLOYMENT_KEYS = ("name", "variant", "service", "replicas", "max_batch_size", "batch_wait_timeout_ms",
                    "queue", "max_queue_size", "drop_expired", "balancer")
 
@@ -64,6 +66,24 @@ class RequestsConfig:
 
 
 @dataclass(frozen=True)
+class FaultConfig:
+    """A replica crash and its recovery: scheduled (``at_s`` for ``down_s``) on one replica, or
+    random on every replica of the deployment (exponential times with means ``mttf_s``, ``mttr_s``).
+    Requests in the crashed replica's batch are retried on the deployment or fail (``on_failure``)."""
+
+    deployment: str
+    replica: int = 0
+    at_s: float | None = None
+    down_s: float | None = None
+    mttf_s: float | None = None
+    mttr_s: float | None = None
+    on_failure: str = "retry"
+
+    def resolved(self) -> dict:
+        return {k: getattr(self, k) for k in FAULT_KEYS if getattr(self, k) is not None}
+
+
+@dataclass(frozen=True)
 class PolicyConfig:
     name: str
     plan_interval_s: float
@@ -83,6 +103,7 @@ class Scenario:
     deployments: tuple[DeploymentConfig, ...]
     policy: PolicyConfig
     source: Path | None = None
+    faults: tuple[FaultConfig, ...] = ()
 
     def deployment(self, name: str) -> DeploymentConfig:
         for dep in self.deployments:
@@ -106,6 +127,7 @@ class Scenario:
             "deployments": [d.resolved() for d in self.deployments],
             "policy": {"name": self.policy.name, "plan_interval_s": self.policy.plan_interval_s,
                        **self.policy.params},
+            "faults": [f.resolved() for f in self.faults],
             "source": str(self.source) if self.source else None,
         }
 
@@ -192,6 +214,7 @@ def scenario_from_dict(raw: dict, base_dir: Path = Path("."), source: Path | Non
         arrivals=process, arrivals_cfg=arrivals_cfg,
         requests=_requests(table(raw, "requests", "")),
         deployments=deployments, policy=_policy(table(raw, "policy", "")), source=source,
+        faults=_faults(raw.get("faults", []), deployments),
     )
 
 
@@ -245,6 +268,33 @@ def _deployments(items: Any) -> tuple[DeploymentConfig, ...]:
             balancer=text(cfg, "balancer", where, default="shared", choices=BALANCERS),
             service_cfg=service_cfg,
         ))
+    return tuple(out)
+
+
+def _faults(items: Any, deployments: tuple[DeploymentConfig, ...]) -> tuple[FaultConfig, ...]:
+    if not isinstance(items, list):
+        raise InputError("faults", "must be a list of [[faults]] tables")
+    names = {d.name: d for d in deployments}
+    out = []
+    for index, cfg in enumerate(items):
+        where = f"faults[{index}]"
+        if not isinstance(cfg, dict):
+            raise InputError(where, "must be a table")
+        reject_unknown(cfg, FAULT_KEYS, where)
+        name = text(cfg, "deployment", where, choices=names)
+        scheduled, random = "at_s" in cfg or "down_s" in cfg, "mttf_s" in cfg or "mttr_s" in cfg
+        if scheduled == random:
+            raise InputError(where, "needs either at_s and down_s (a scheduled crash) or mttf_s and mttr_s (random crashes)")
+        fault = FaultConfig(
+            deployment=name, replica=integer(cfg, "replica", where, default=0, low=0),
+            at_s=number(cfg, "at_s", where, low=0) if scheduled else None,
+            down_s=number(cfg, "down_s", where, low=0, strict=True) if scheduled else None,
+            mttf_s=number(cfg, "mttf_s", where, low=0, strict=True) if random else None,
+            mttr_s=number(cfg, "mttr_s", where, low=0, strict=True) if random else None,
+            on_failure=text(cfg, "on_failure", where, default="retry", choices=ON_FAILURE))
+        if fault.replica >= names[name].replicas:
+            raise InputError(f"{where}.replica", f"deployment {name!r} has replicas 0..{names[name].replicas - 1}")
+        out.append(fault)
     return tuple(out)
 
 

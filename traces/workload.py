@@ -2,7 +2,7 @@
 
 Both executors, the simulator and the real server (`measure serve`), draw it here, so the same
 scenario and seed give them identical arrivals, deadlines and samples. Random streams are spawned
-from the seed in a fixed order: arrivals, deadlines, samples, one spare, then two per deployment
+from the seed in a fixed order: arrivals, deadlines, samples, faults, then two per deployment
 (service times, balancer) for the executor's own use.
 """
 
@@ -23,6 +23,7 @@ class Workload:
     deadline_ms: np.ndarray
     sample_index: np.ndarray    # index into the prediction table's samples (0 when there are none)
     deployment_rngs: tuple[tuple[np.random.Generator, np.random.Generator], ...]  # (service, balancer)
+    fault_rng: np.random.Generator
 
     @property
     def size(self) -> int:
@@ -33,7 +34,7 @@ def make_workload(scenario: Scenario, seed: int, n_samples: int) -> Workload:
     """``n_samples`` is how many evaluated samples requests may draw from (0: none)."""
     count = STREAMS_BEFORE_DEPLOYMENTS + 2 * len(scenario.deployments)
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(count)]
-    arrivals_rng, deadline_rng, sample_rng = streams[:3]
+    arrivals_rng, deadline_rng, sample_rng, fault_rng = streams[:4]
     times = np.asarray(scenario.arrivals.times_s(scenario.duration_s, arrivals_rng), dtype=np.float64)
     n = times.size
     req = scenario.requests
@@ -43,4 +44,4 @@ def make_workload(scenario: Scenario, seed: int, n_samples: int) -> Workload:
         deadline_ms = np.asarray(req.deadline_ms)[deadline_rng.choice(len(req.deadline_ms), size=n, p=req.weights)]
     sample_index = sample_rng.integers(0, n_samples, size=n) if n_samples else np.zeros(n, dtype=np.int64)
     rest = streams[STREAMS_BEFORE_DEPLOYMENTS:]
-    return Workload(times, deadline_ms, sample_index, tuple(zip(rest[0::2], rest[1::2])))
+    return Workload(times, deadline_ms, sample_index, tuple(zip(rest[0::2], rest[1::2])), fault_rng)

@@ -1,0 +1,69 @@
+"""Replica crashes and recoveries: nothing is lost, nothing is served by a dead replica."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import simulate
+from traces.errors import InputError
+from traces.scenario import scenario_from_dict
+
+
+def scenario(faults, replicas=1, balancer="shared", rate=200.0, duration=6.0):
+    return {"duration_s": duration, "arrivals": {"kind": "poisson", "rate_rps": rate},
+            "requests": {"deadline_ms": 1e6}, "policy": {"name": "static"}, "faults": faults,
+            "deployments": [{"name": "m", "service": {"kind": "deterministic", "mean_ms": 3.0},
+                             "replicas": replicas, "max_batch_size": 4, "balancer": balancer,
+                             "drop_expired": False}]}
+
+
+def test_scheduled_crash_retries_the_batch_and_serves_nothing_while_down():
+    # 1250 rps against 1333 rps of capacity: the replica is busy when it crashes
+    requests, summary = simulate(scenario([{"deployment": "m", "at_s": 2.0, "down_s": 1.0}], rate=1250.0), seed=1)
+    assert len(requests) > 7000 and not requests["dropped"].any()
+    assert summary["faults"] == [{"deployment": "m", "replica": 0, "crash_s": 2.0, "recover_s": 3.0}]
+    starts = requests["hop0_start_s"]
+    assert not ((starts >= 2.0) & (starts < 3.0)).any()
+    retried = requests[requests["retries"] > 0]
+    assert 1 <= len(retried) <= 4 and (retried["hop0_start_s"] >= 3.0).all()
+    # the backlog built during the outage is served after it
+    assert requests.loc[(requests["arrival_s"] > 2.0) & (requests["arrival_s"] < 3.0), "hop0_start_s"].min() >= 3.0
+
+
+def test_crash_without_retry_fails_the_batch():
+    faults = [{"deployment": "m", "at_s": 2.0, "down_s": 0.5, "on_failure": "fail"}]
+    requests, summary = simulate(scenario(faults, rate=1250.0), seed=1)
+    failed = requests[requests["drop_reason"] == "replica_failed"]
+    assert 1 <= len(failed) <= 4
+    assert summary["completed"] + summary["dropped"] == summary["requests"]
+
+
+def test_random_faults_follow_their_rates():
+    faults = [{"deployment": "m", "mttf_s": 2.0, "mttr_s": 0.5}]
+    requests, summary = simulate(scenario(faults, replicas=4, rate=400.0, duration=60.0), seed=2)
+    per_replica = 60.0 / 2.5  # renewal cycles of mean 2.5 s
+    assert len(summary["faults"]) == pytest.approx(4 * per_replica, rel=0.3)
+    assert summary["completed"] + summary["dropped"] == summary["requests"] == summary["completed"]
+    for fault in summary["faults"]:
+        on_replica = requests[requests["hop0_replica"] == fault["replica"]]
+        starts = on_replica["hop0_start_s"]
+        assert not ((starts > fault["crash_s"]) & (starts < fault["recover_s"])).any()
+
+
+def test_balancer_routes_around_a_dead_replica():
+    faults = [{"deployment": "m", "replica": 1, "at_s": 1.0, "down_s": 3.0}]
+    requests, _ = simulate(scenario(faults, replicas=2, balancer="round_robin", rate=100.0), seed=3)
+    during = requests[(requests["arrival_s"] > 1.01) & (requests["arrival_s"] < 4.0)]
+    assert (during["hop0_replica"] == 0).all()
+    after = requests[requests["arrival_s"] > 4.01]
+    assert set(after["hop0_replica"]) == {0, 1}
+
+
+def test_bad_fault_config():
+    with pytest.raises(InputError, match="faults\\[0\\].replica"):
+        scenario_from_dict(scenario([{"deployment": "m", "replica": 3, "at_s": 1.0, "down_s": 1.0}]))
+    with pytest.raises(InputError, match="faults\\[0\\]"):
+        scenario_from_dict(scenario([{"deployment": "m", "at_s": 1.0, "mttr_s": 1.0}]))
+    with pytest.raises(InputError, match="faults\\[0\\].deployment"):
+        scenario_from_dict(scenario([{"deployment": "x", "at_s": 1.0, "down_s": 1.0}]))
