@@ -97,6 +97,8 @@ class SystemView(Protocol):
     def max_batch_size(self, deployment: str) -> int: ...
     def batch_wait_timeout_ms(self, deployment: str) -> float: ...
     def arrival_rate_rps(self, window_s: float = 1.0) -> float: ...
+    def recent_batch_latency_ms(self, deployment: str, q: float = 95.0, window_s: float = 5.0) -> float:
+        """Observed q-th percentile batch service time over the last ``window_s`` (NaN if none)."""
     def latency_profile(self, deployment: str) -> "LatencyProfile": ...
     def accuracy(self, deployment: str) -> float: ...
 
@@ -116,3 +118,7 @@ class Policy(abc.ABC):
 
     def plan(self, view: SystemView) -> Sequence[PlanAction]:
         return ()
+
+    def report(self) -> dict:
+        """What the policy did, for the run output (e.g. overrides by reason). JSON-able."""
+        return {}

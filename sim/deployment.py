@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,6 +35,7 @@ class Deployment:
         self.batchers: list[Batcher] = []
         self._gone: list[Batcher] = []  # per-replica batchers removed by a plan, kept for accounting
         self._live: list[Batcher] = []  # per-replica batchers whose replica is up
+        self.recent: deque[tuple[float, float, int]] = deque(maxlen=1024)  # (finish_s, service_s, size)
         self._replica_s = 0.0
         self._count_since_s = 0.0
         self._count = 0

@@ -43,6 +43,7 @@ class RunResult:
     requests: pd.DataFrame
     deployments: dict[str, dict]
     faults: list[dict]
+    policy: dict
 
 
 class Simulation:
@@ -142,6 +143,8 @@ class Simulation:
     def batch_finished(self, deployment: int, batch: list[int], now: float) -> None:
         log = self.log
         hop, hops, routes, sample, finish = log.hop, log.hops, log.route, self._sample, log.finish_s
+        first = batch[0]
+        self.deployments[deployment].recent.append((now, now - hops[hop[first]].start_s[first], len(batch)))
         for i in batch:
             k = hop[i]
             hops[k].finish_s[i] = now
@@ -255,4 +258,4 @@ class Simulation:
                                   self.predictions, self.predictions.sample_ids if self.predictions else None,
                                   self.scenario.warmup_s)
         stats = {d.name: d.stats(self.duration_s) for d in self.deployments}
-        return RunResult(frame, stats, self.fault_log)
+        return RunResult(frame, stats, self.fault_log, self.policy.report())

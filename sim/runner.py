@@ -41,6 +41,7 @@ def run_once(prepared: Prepared, seed: int, progress: Callable[[float], None] | 
     summary["seed"] = seed
     summary["deployments"] = result.deployments
     summary["faults"] = result.faults
+    summary["policy"] = {"name": scenario.policy.name, **result.policy}
     return scenario.resolved(), result.requests, summary
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import bisect
 import math
+
+import numpy as np
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -67,6 +69,12 @@ class EngineView:
         seen = sim.arrivals_seen
         first = bisect.bisect_left(sim.arrival_times, now - span, 0, seen)
         return (seen - first) / span
+
+    def recent_batch_latency_ms(self, deployment: str, q: float = 95.0, window_s: float = 5.0) -> float:
+        """The q-th percentile service time of batches finished in the last ``window_s`` (NaN if none)."""
+        now = self._sim.env.now
+        values = [s for t, s, _ in self._dep(deployment).recent if t >= now - window_s]
+        return float(np.percentile(values, q)) * 1000.0 if values else math.nan
 
     def latency_profile(self, deployment: str) -> "LatencyProfile":
         return self._sim.profiles[deployment]

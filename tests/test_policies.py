@@ -93,3 +93,39 @@ def test_autotuner_picks_highest_throughput_that_fits():
     # fast at b=5 takes 6 ms: 833 rps, the best within 6 ms; slow never fits
     assert [(a.deployment, a.max_batch_size) for a in actions] == [("fast", 5)]
     assert tuner.route(request(6), view).label == "fast"
+
+
+def test_degrade_steps_down_under_overload_and_counts_it():
+    deps = {"fast": {"ms": 2.0}, "slow": {"ms": 10.0, "queue": 10, "busy": 1}}
+    view = FakeView(deps, two_model_table(), rate_rps=20.0)
+    degrade = make("degrade", view, inner="static-large")
+    assert degrade.route(request(30), view).label == "fast"  # slow has 105 ms predicted
+    assert degrade.report()["overrides"] == {"step_down": 1}
+    shed = make("degrade", view, inner="static-large", on_overload="shed")
+    assert shed.route(request(1), view).reason == "shed"
+    assert shed.report()["overrides"] == {"shed": 1}
+
+
+def test_degrade_routes_around_a_dead_deployment():
+    deps = {"fast": {"ms": 2.0}, "slow": {"ms": 10.0, "replicas": 0}}
+    view = FakeView(deps, two_model_table())
+    degrade = make("degrade", view, inner="static-large")
+    assert degrade.route(request(100), view).label == "fast"
+    assert degrade.report()["overrides"] == {"route_around_crash": 1}
+
+
+def test_aimd_grows_while_under_budget_and_halves_when_over():
+    class View(FakeView):
+        observed = 1.0
+
+        def recent_batch_latency_ms(self, d, q=95.0, window_s=5.0):
+            return self.observed
+
+    view = View({"m": {"ms": 2.0, "max_batch_size": 4, "max_measured": 16}}, None)
+    aimd = make("aimd-batching", view, deadline_ms=20.0)
+    sizes = []
+    for step in range(6):
+        view.now_s += 1.0
+        view.observed = 4.0 if step < 4 else 15.0  # budget is 10 ms
+        sizes += [a.max_batch_size for a in aimd.plan(view)]
+    assert sizes == [5, 6, 7, 8, 4, 2]
