@@ -72,7 +72,22 @@ def cmd_list(args) -> int:
             acc = bundle.predictions.loc[bundle.predictions["variant"] == variant, "correct"]
             accuracy = f", accuracy {acc.mean():.4f}" if len(acc) else ""
             print(f"    {variant}: batch {sizes[0]}..{sizes[-1]}{accuracy}")
-    print("policies: " + ", ".join(policies.names()))
+    print("policies: " + ", ".join(policies.names()) + "; bounds: oracle-static, isolation-bound")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from traces.progress import show_progress
+
+    from .sweep import run_sweep
+
+    frame = run_sweep(args.sweep, args.out, executor=args.executor, workers=args.workers, address=args.address,
+                      progress=show_progress())
+    print(f"{len(frame)} runs; results in {Path(args.out) / 'results.parquet'}")
+    axes = [a for a in frame.attrs.get("axes", []) if a != "seed"]
+    shown = [c for c in ("hit_rate", "accuracy", "ontime_accuracy", "latency_ms.p99") if c in frame.columns]
+    if axes:
+        print(frame.groupby(axes, sort=False)[shown].mean().round(4).to_string())
     return 0
 
 
@@ -91,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("scenario")
     validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     validate.set_defaults(func=cmd_validate)
+    sweep = sub.add_parser("sweep", help="expand a sweep file into a grid of runs (parallel, resumable)")
+    sweep.add_argument("sweep")
+    sweep.add_argument("--out", required=True, help="directory for runs/ and results.parquet (resumed if it exists)")
+    sweep.add_argument("--executor", choices=("local", "ray"), default="local")
+    sweep.add_argument("--workers", type=int, help="local worker processes (default: all cores)")
+    sweep.add_argument("--address", help="with --executor ray: the address of an existing Ray cluster")
+    sweep.set_defaults(func=cmd_sweep)
     listing = sub.add_parser("list", help="list bundles, their variants, and the policies")
     listing.add_argument("bundles", nargs="*", help="directories to search (default: the bundled traces)")
     listing.set_defaults(func=cmd_list)

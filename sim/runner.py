@@ -9,6 +9,7 @@ from typing import Callable
 import pandas as pd
 
 import policies
+from traces.errors import InputError
 from traces.prepare import Prepared, check_against_bundle
 from traces.progress import show_progress
 from traces.runoutput import write_into
@@ -19,9 +20,17 @@ from traces.tables import atomic_directory
 from .engine import Simulation
 
 
+BOUNDS = ("oracle-static", "isolation-bound")  # computed by sim.bounds, not routing policies
+
+
 def prepare(scenario: Scenario) -> Prepared:
     """Check the scenario against its bundle and the policy against the deployments."""
     prepared = check_against_bundle(scenario)
+    if scenario.policy.name in BOUNDS:
+        if scenario.policy.params:
+            key = next(iter(scenario.policy.params))
+            raise InputError(f"policy.{key}", f"{scenario.policy.name} takes no parameters")
+        return prepared
     # fail fast on the policy: its name, its parameters, and its setup against the deployments
     dry = dataclasses.replace(scenario, duration_s=min(scenario.duration_s, 1e-6), warmup_s=0.0)
     Simulation(dry, policies.create(scenario.policy.name, scenario.policy.params), bundle=prepared.bundle,
@@ -31,6 +40,11 @@ def prepare(scenario: Scenario) -> Prepared:
 
 def run_once(prepared: Prepared, seed: int, progress: Callable[[float], None] | None = None):
     """One seed: returns (config, requests, summary), the three parts of a run output."""
+    if prepared.scenario.policy.name in BOUNDS:
+        from .bounds import isolation_bound, oracle_static
+
+        bound = oracle_static if prepared.scenario.policy.name == "oracle-static" else isolation_bound
+        return bound(prepared, seed)
     scenario = dataclasses.replace(prepared.scenario, seed=seed)
     policy = policies.create(scenario.policy.name, scenario.policy.params)
     sim = Simulation(scenario, policy, bundle=prepared.bundle, profiles=prepared.profiles,

@@ -163,14 +163,20 @@ def parse_value(text_value: str) -> Any:
 
 
 def apply_override(raw: dict, item: str) -> None:
-    """Set a dotted key, e.g. ``arrivals.rate_rps=300`` or ``deployments.small.replicas=2``.
-
-    A list element is addressed by its index or, for deployments, by its name.
-    """
+    """Apply ``--set key=value``, e.g. ``arrivals.rate_rps=300`` or ``deployments.small.replicas=2``."""
     if "=" not in item:
         raise InputError(f"--set {item}", "expected key=value")
     key, value = item.split("=", 1)
-    parts = key.strip().split(".")
+    set_path(raw, key.strip(), parse_value(value.strip()), where=f"--set {key.strip()}")
+
+
+def set_path(raw: dict, key: str, value: Any, where: str | None = None) -> None:
+    """Set a dotted key to a value (a table replaces the whole subtree).
+
+    A list element is addressed by its index or, for deployments, by its name.
+    """
+    where = where or key
+    parts = key.split(".")
     node: Any = raw
     for depth, part in enumerate(parts[:-1]):
         if isinstance(node, list):
@@ -178,10 +184,10 @@ def apply_override(raw: dict, item: str) -> None:
         else:
             node = node.setdefault(part, {})
         if not isinstance(node, (dict, list)):
-            raise InputError(f"--set {key}", f"'{'.'.join(parts[:depth + 1])}' is not a table")
+            raise InputError(where, f"'{'.'.join(parts[:depth + 1])}' is not a table")
     if isinstance(node, list):
-        raise InputError(f"--set {key}", "cannot replace a list element; set one of its keys")
-    node[parts[-1]] = parse_value(value.strip())
+        raise InputError(where, "cannot replace a list element; set one of its keys")
+    node[parts[-1]] = copy.deepcopy(value)
 
 
 def _list_item(items: list, part: str, where: str) -> Any:
