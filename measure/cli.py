@@ -16,7 +16,7 @@ from .profile import Profile, load_profile
 
 
 def _progress() -> bool:
-    from sim.runner import show_progress
+    from traces.progress import show_progress
 
     return show_progress()
 

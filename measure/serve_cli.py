@@ -38,7 +38,7 @@ def zoo_location(prepared: Prepared, override: str | None) -> tuple[Path, str]:
 
 def runner_factories(prepared: Prepared, zoo_override: str | None, seed: int) -> tuple[dict, np.ndarray | None]:
     """One factory per deployment (called once per replica) and the labels in sample order."""
-    from .server import sleep_runner_factory
+    from .server import parametric_runners
 
     factories, labels = {}, None
     measured = [d for d in prepared.scenario.deployments if d.variant is not None]
@@ -66,10 +66,8 @@ def runner_factories(prepared: Prepared, zoo_override: str | None, seed: int) ->
         for dep in measured:
             spec = VariantSpec.parse(dep.variant)
             factories[dep.name] = (lambda spec=spec: ModelRunner(load_variant(zoo, task, spec, calibration), inputs, spec))
-    rng = np.random.default_rng([seed, 7])
-    for dep in prepared.scenario.deployments:
-        if dep.service is not None:
-            factories[dep.name] = sleep_runner_factory(dep.service, rng)
+    # parametric deployments sleep their sampled times, drawn from the simulator's own streams
+    factories.update(parametric_runners(prepared.scenario, seed))
     return factories, labels
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from simpy.events import Timeout
 
-from .queues import EdfQueue, FifoQueue
+from traces.queues import EdfQueue, FifoQueue
 
 if TYPE_CHECKING:
     import simpy

@@ -9,9 +9,9 @@ import numpy as np
 
 from traces.scenario import DeploymentConfig
 
-from .balancers import make_balancer
+from traces.balancers import make_balancer
 from .batcher import Batcher, BatchSink
-from .queues import make_queue
+from traces.queues import make_queue
 
 if TYPE_CHECKING:
     import simpy

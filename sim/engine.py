@@ -23,7 +23,7 @@ from traces.workload import make_workload
 
 from .deployment import Deployment
 from .environment import ServingEnvironment
-from .records import RequestLog
+from traces.records import RequestLog
 from .service import MeasuredSampler, ParametricSampler
 from .view import EngineView
 

@@ -1,12 +1,22 @@
-"""How a deployment with per-replica queues picks the queue an arriving request joins."""
+"""How a deployment with per-replica queues picks the queue an arriving request joins.
+
+Shared by both executors (the simulator's batchers and the real server's), which is why it sees a
+batcher only as something with a ``queue`` and a ``busy`` count.
+"""
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence, Sized
 
 import numpy as np
 
-from .batcher import Batcher
+
+class Batcher(Protocol):
+    queue: Sized
+
+    @property
+    def busy(self) -> int: ...
+
 
 Balancer = Callable[[Sequence[Batcher]], Batcher]
 

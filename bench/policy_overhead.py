@@ -1,0 +1,78 @@
+"""Microseconds per routing decision for each policy, and simulated requests per second with each.
+
+The decision benchmark calls ``route`` in a loop on a live simulation's view (a 4-deployment system
+built from the bundle, mid-run, with queues), so per-request predictions read real state. The
+throughput benchmark simulates the same scenario end to end with each policy.
+
+    python bench/policy_overhead.py [--bundle traces/data/digits-cpu] [--requests 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import policies  # noqa: E402
+from policies.base import Request  # noqa: E402
+from sim.engine import Simulation  # noqa: E402
+from sim.runner import prepare  # noqa: E402
+from traces.bundle import TraceBundle  # noqa: E402
+from traces.scenario import scenario_from_dict  # noqa: E402
+
+POLICIES = {
+    "static-small": {}, "static-large": {}, "throughput-autotuner": {}, "infaas": {"accuracy_floor": 0.0},
+    "planner": {}, "degrade": {"inner": "planner"}, "aimd-batching": {"inner": "planner"},
+}
+
+
+def scenario(bundle: Path, variants: list[str], rate_rps: float, duration_s: float, policy: str) -> dict:
+    return {"duration_s": duration_s, "bundle": str(bundle), "arrivals": {"kind": "poisson", "rate_rps": rate_rps},
+            "requests": {"deadline_ms": [20.0, 80.0], "weights": [0.5, 0.5]},
+            "deployments": [{"name": v.split("/")[0], "variant": v, "replicas": 2, "max_batch_size": 8,
+                             "batch_wait_timeout_ms": 2.0} for v in variants],
+            "policy": {"name": policy, "plan_interval_s": 1.0, **POLICIES[policy]}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", default=str(Path(__file__).resolve().parents[1] / "traces" / "data" / "digits-cpu"))
+    parser.add_argument("--requests", type=int, default=50_000)
+    parser.add_argument("--decisions", type=int, default=20_000)
+    args = parser.parse_args()
+    bundle = TraceBundle.load(args.bundle)
+    variants = [v for v in bundle.variants if v.endswith("/fp32/cpu") and "-" not in v.split("/")[0]][:4]
+    if len(variants) < 2:
+        variants = bundle.variants[:4]
+    # about 60% of the fastest variant's capacity at full batches
+    from traces.profiles import LatencyProfile
+    fastest = min(LatencyProfile(bundle.latency_samples(v), measured=True).throughput_rps(8, 2) for v in variants)
+    rate = 0.6 * fastest
+    print(f"bundle {args.bundle}: deployments {', '.join(variants)}; Poisson {rate:.0f} rps, deadlines 20/80 ms")
+    print(f"{'policy':22s} {'us/decision':>12s} {'sim requests/s':>15s}")
+    for name in POLICIES:
+        raw = scenario(Path(args.bundle), variants, rate, args.requests / rate, name)
+        prepared = prepare(scenario_from_dict(raw))
+        sim = Simulation(prepared.scenario, policies.create(name, POLICIES[name]), profiles=prepared.profiles,
+                         predictions=prepared.predictions, seed=1)
+        sim.log.ensure_hops(2)
+        sim._run_until(prepared.scenario.duration_s / 2)  # mid-run: queues, rates and plans are live
+        policy, view = sim.policy, sim.view
+        requests = [Request(i, view.now_s, 20.0 if i % 2 else 80.0, i % 100) for i in range(args.decisions)]
+        start = time.perf_counter()
+        for request in requests:
+            policy.route(request, view)
+        per_decision = (time.perf_counter() - start) / len(requests) * 1e6
+        sim = Simulation(prepared.scenario, policies.create(name, POLICIES[name]), profiles=prepared.profiles,
+                         predictions=prepared.predictions, seed=1)
+        start = time.perf_counter()
+        result = sim.run()
+        rps = len(result.requests) / (time.perf_counter() - start)
+        print(f"{name:22s} {per_decision:12.2f} {rps:15.0f}")
+
+
+if __name__ == "__main__":
+    main()
