@@ -97,19 +97,43 @@ def _prune_inverted_residual(block, fraction: float) -> bool:
 
 
 def _prune_bert(hf_model, fraction: float) -> None:
-    config = hf_model.config
-    heads = config.num_attention_heads
-    head_dim = config.hidden_size // heads
-    to_prune = {}
-    for index, layer in enumerate(hf_model.bert.encoder.layer):
-        out = layer.attention.output.dense.weight.data  # [hidden, heads * head_dim]
-        scores = out.abs().sum(dim=0).view(heads, head_dim).sum(dim=1)
-        kept = set(_keep(scores, fraction).tolist())
-        to_prune[index] = [h for h in range(heads) if h not in kept]
+    """Drop the attention heads whose output projection has the smallest L1 norm, and the
+    feed-forward neurons with the smallest input weights, layer by layer."""
+    for layer in hf_model.bert.encoder.layer:
+        attention = layer.attention.self
+        heads, size = attention.num_attention_heads, attention.attention_head_size
+        out = layer.attention.output.dense
+        scores = out.weight.data.abs().sum(dim=0).view(heads, size).sum(dim=1)
+        kept = _keep(scores, fraction)
+        rows = torch.cat([torch.arange(h * size, (h + 1) * size) for h in kept.tolist()])
+        for linear in (attention.query, attention.key, attention.value):
+            _slice_linear(linear, out_keep=rows)
+        _slice_linear(out, in_keep=rows)
+        attention.num_attention_heads = len(kept)
+        attention.all_head_size = len(kept) * size
         keep = _keep(layer.intermediate.dense.weight.data.abs().sum(dim=1), fraction)
         _slice_linear(layer.intermediate.dense, out_keep=keep)
         _slice_linear(layer.output.dense, in_keep=keep)
-    hf_model.prune_heads(to_prune)
+
+
+def _prune_sequential(seq: nn.Sequential, fraction: float) -> int:
+    """Conv -> BN -> (activation, pooling) -> Conv chains inside a plain Sequential."""
+    layers, pruned = list(seq), 0
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, nn.Conv2d) or layer.groups != 1:
+            continue
+        j = i + 1
+        bn = layers[j] if j < len(layers) and isinstance(layers[j], nn.BatchNorm2d) else None
+        while j < len(layers) and isinstance(layers[j], (nn.BatchNorm2d, nn.ReLU, nn.ReLU6, nn.MaxPool2d)):
+            j += 1
+        if j < len(layers) and isinstance(layers[j], nn.Conv2d) and layers[j].groups == 1:
+            keep = _keep(layer.weight.data.abs().sum(dim=(1, 2, 3)), fraction)
+            _slice_conv(layer, out_keep=keep)
+            if bn is not None:
+                _slice_bn(bn, keep)
+            _slice_conv(layers[j], in_keep=keep)
+            pruned += 1
+    return pruned
 
 
 def prune_channels(model: nn.Module, fraction: float = CHANNEL_KEEP) -> nn.Module:
@@ -128,6 +152,8 @@ def prune_channels(model: nn.Module, fraction: float = CHANNEL_KEEP) -> nn.Modul
             pruned += 1
         elif isinstance(module, InvertedResidual):
             pruned += _prune_inverted_residual(module, fraction)
+    if not pruned and isinstance(model, nn.Sequential):
+        pruned += _prune_sequential(model, fraction)
     if not pruned:
         raise PruningUnsupported(f"no structured pruning rule for {type(model).__name__}")
     return model
