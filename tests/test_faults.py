@@ -67,3 +67,22 @@ def test_bad_fault_config():
         scenario_from_dict(scenario([{"deployment": "m", "at_s": 1.0, "mttr_s": 1.0}]))
     with pytest.raises(InputError, match="faults\\[0\\].deployment"):
         scenario_from_dict(scenario([{"deployment": "x", "at_s": 1.0, "down_s": 1.0}]))
+
+
+def test_degrade_routes_around_a_crashed_deployment_with_nothing_lost(tiny_bundle):
+    raw = {"duration_s": 8.0, "bundle": str(tiny_bundle), "arrivals": {"kind": "poisson", "rate_rps": 40.0},
+           "requests": {"deadline_ms": 200.0},
+           "deployments": [{"name": "fast", "variant": "fast/int8/cpu", "max_batch_size": 4},
+                           {"name": "slow", "variant": "slow/fp32/cpu", "max_batch_size": 4}],
+           "faults": [{"deployment": "slow", "at_s": 2.0, "down_s": 3.0}],
+           "policy": {"name": "degrade", "inner": "static-large"}}
+    requests, summary = simulate(raw, seed=5)
+    assert summary["completed"] + summary["dropped"] == summary["requests"]
+    # only the batch in service at the crash can miss: retried on the dead deployment, it expires
+    lost = requests[requests["dropped"]]
+    assert (lost["retries"] == 1).all() and (lost["drop_reason"] == "expired").all() and len(lost) <= 4
+    down = requests[(requests["arrival_s"] > 2.0) & (requests["arrival_s"] < 5.0)]
+    assert (down["route"] == "fast").all() and len(down) > 60
+    up = requests[requests["arrival_s"] > 5.1]
+    assert (up["route"] == "slow").all()
+    assert summary["policy"]["overrides"] == {"route_around_crash": len(down)}

@@ -1,0 +1,137 @@
+"""Fidelity: the simulator's predictions against the real server on the same arrivals.
+
+In one go on this machine: (1) a fresh latency and accuracy profile of the variants used (a new
+bundle, measured now, with the zoo's trained models); (2) for each load level and each of two
+scenarios, one deployment with dynamic batching and a two-stage cascade, `measure serve` and
+`simulate run` on the same scenario and seed; (3) a table of p50, p95, p99 latency and hit rate,
+real vs simulated, with relative errors (percentage points for the hit rate).
+
+    python bench/fidelity.py [--zoo zoo] [--out runs/fidelity] [--duration 30] [--loads 0.3,0.5,0.7,0.9]
+
+The zoo must hold the digits models (`measure train examples/profiles/digits-cpu.toml`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from measure.cli import main as measure_main  # noqa: E402
+from sim.cli import main as simulate_main  # noqa: E402
+from traces.bundle import TraceBundle  # noqa: E402
+from traces.profiles import LatencyProfile, PredictionTable  # noqa: E402
+
+SINGLE = "mobilenet_v2/int8/cpu"
+FAST, SLOW = "cnn-small-kd/fp32/cpu", "resnet18/int8/cpu"
+MAX_BATCH, TIMEOUT_MS, THRESHOLD = 8, 2.0, 0.9
+
+
+def profile_toml(zoo: Path, runs: int) -> str:
+    return f"""name = "fidelity"
+description = "fresh profile for bench/fidelity.py"
+zoo_dir = "{zoo}"
+threads = 1
+[data]
+task = "digits"
+[latency]
+batch_sizes = [1, 2, 3, 4, 5, 6, 7, 8]
+warmup_runs = 10
+timed_runs = {runs}
+max_seconds_per_config = 20.0
+[[variants]]
+model = "mobilenet_v2"
+precisions = ["int8"]
+[[variants]]
+model = "cnn-small-kd"
+precisions = ["fp32"]
+[[variants]]
+model = "resnet18"
+precisions = ["int8"]
+"""
+
+
+def scenario_toml(bundle: Path, kind: str, rate_rps: float, deadline_ms: float, duration_s: float, seed: int) -> str:
+    head = f"""seed = {seed}
+duration_s = {duration_s}
+warmup_s = {min(5.0, duration_s / 5)}
+bundle = "{bundle}"
+[arrivals]
+kind = "poisson"
+rate_rps = {rate_rps:.3f}
+[requests]
+deadline_ms = {deadline_ms:.3f}
+"""
+    dep = f'max_batch_size = {MAX_BATCH}\nbatch_wait_timeout_ms = {TIMEOUT_MS}\n'
+    if kind == "single":
+        return head + f'[[deployments]]\nname = "m"\nvariant = "{SINGLE}"\nreplicas = 2\n{dep}[policy]\nname = "static"\n'
+    return head + (f'[[deployments]]\nname = "fast"\nvariant = "{FAST}"\nreplicas = 1\n{dep}'
+                   f'[[deployments]]\nname = "slow"\nvariant = "{SLOW}"\nreplicas = 1\n{dep}'
+                   f'[policy]\nname = "static"\ncascade = ["fast", "slow"]\nthreshold = {THRESHOLD}\n')
+
+
+def capacity_and_deadline(bundle: TraceBundle, kind: str) -> tuple[float, float]:
+    profile = lambda v: LatencyProfile(bundle.latency_samples(v), measured=True)  # noqa: E731
+    if kind == "single":
+        p = profile(SINGLE)
+        return p.throughput_rps(MAX_BATCH, 2), 3.0 * p.percentile_ms(MAX_BATCH, 50)
+    table = PredictionTable.from_bundle(bundle, [FAST, SLOW])
+    onward = float((table.confidence[FAST] < THRESHOLD).mean())
+    fast, slow = profile(FAST), profile(SLOW)
+    capacity = min(fast.throughput_rps(MAX_BATCH), slow.throughput_rps(MAX_BATCH) / max(onward, 1e-9))
+    return capacity, 3.0 * (fast.percentile_ms(MAX_BATCH, 50) + slow.percentile_ms(MAX_BATCH, 50))
+
+
+def metrics(run_dir: Path) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"p50": summary["latency_ms"]["p50"], "p95": summary["latency_ms"]["p95"],
+            "p99": summary["latency_ms"]["p99"], "hit": summary["hit_rate"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", default=str(REPO / "zoo"))
+    parser.add_argument("--out", default=str(REPO / "runs" / "fidelity"))
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--loads", default="0.3,0.5,0.7,0.9")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--timed-runs", type=int, default=200)
+    args = parser.parse_args()
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    (out / "profile.toml").write_text(profile_toml(Path(args.zoo).resolve(), args.timed_runs))
+    bundle_dir = out / "bundle"
+    if measure_main(["all", str(out / "profile.toml"), "--out", str(bundle_dir)]) != 0:
+        sys.exit("fresh profile failed")
+    bundle = TraceBundle.load(bundle_dir)
+    rows = []
+    for kind in ("single", "cascade"):
+        capacity, deadline = capacity_and_deadline(bundle, kind)
+        for load in (float(x) for x in args.loads.split(",")):
+            name = f"{kind}-{load:g}"
+            path = out / f"{name}.toml"
+            path.write_text(scenario_toml(bundle_dir.resolve(), kind, load * capacity, deadline, args.duration, args.seed))
+            assert measure_main(["serve", str(path), "--out", str(out / f"{name}-real"), "--zoo", args.zoo]) == 0
+            assert simulate_main(["run", str(path), "--out", str(out / f"{name}-sim")]) == 0
+            real = metrics(out / f"{name}-real" / f"seed-{args.seed}")
+            sim = metrics(out / f"{name}-sim" / f"seed-{args.seed}")
+            rows.append((kind, load, load * capacity, deadline, real, sim))
+    lines = ["| scenario | load | rate rps | deadline ms | p50 real / sim (err) | p95 real / sim (err) | "
+             "p99 real / sim (err) | hit real / sim (pts) |", "|---" * 8 + "|"]
+    for kind, load, rate, deadline, real, sim in rows:
+        cells = [f"{real[q]:.2f} / {sim[q]:.2f} ({(sim[q] - real[q]) / real[q] * 100:+.1f}%)" for q in ("p50", "p95", "p99")]
+        hit = f"{real['hit']:.4f} / {sim['hit']:.4f} ({(sim['hit'] - real['hit']) * 100:+.2f})"
+        lines.append(f"| {kind} | {load:g} | {rate:.0f} | {deadline:.1f} | " + " | ".join(cells) + f" | {hit} |")
+    table = "\n".join(lines)
+    (out / "fidelity.md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
