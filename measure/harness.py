@@ -145,7 +145,6 @@ def measure(profile: Profile, out: Path, *, latency: bool, accuracy: bool, progr
     store = PartStore(out)
     data = load_zoo_task(profile.zoo_dir, profile.task)
     torch.set_num_threads(profile.threads)
-    calibration = data.calibration(256)
     todo = []
     for spec in profile.variants:
         keys = [store.latency_key(spec.id, b) for b in profile.latency.batch_sizes] if latency else []
@@ -158,7 +157,7 @@ def measure(profile: Profile, out: Path, *, latency: bool, accuracy: bool, progr
         bar = tqdm(total=sum(len(k) for _, k in todo), desc=profile.name, unit="config")
     for spec, keys in todo:
         try:
-            model = load_variant(profile.zoo_dir, profile.task, spec, calibration)
+            model = load_variant(profile.zoo_dir, profile.task, spec, data)
             runner = ModelRunner(model, data.x_eval, spec)
             for key in keys:
                 if key.startswith("predictions"):

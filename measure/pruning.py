@@ -4,8 +4,12 @@
   kernels still multiply the zeros, so it costs accuracy and saves no time on CPU or GPU.
 - ``channel``: structured pruning that removes whole channels, heads and neurons, shrinking the
   tensors themselves: ResNet basic blocks lose half of their inner channels, MobileNetV2 inverted
-  residuals half of their expanded channels, BERT layers half of their attention heads and of their
-  feed-forward neurons. The kept channels are those with the largest L1 norm.
+  residuals half of their expanded channels, plain conv stacks half of the channels between two
+  convolutions, BERT layers half of their attention heads and of their feed-forward neurons. The
+  kept channels are those with the largest L1 norm.
+
+Either way the pruned model is then fine-tuned briefly on the training split, as practitioners do,
+before it is measured (``measure.variants.finetuned_pruned_state``).
 """
 
 from __future__ import annotations
@@ -22,10 +26,20 @@ class PruningUnsupported(Exception):
     """This model has no structured pruning rule."""
 
 
-def prune_l1(model: nn.Module, amount: float = L1_AMOUNT) -> nn.Module:
+def prune_l1(model: nn.Module, amount: float = L1_AMOUNT, *, keep_masks: bool = False) -> nn.Module:
+    """Zero the smallest weights; with ``keep_masks`` the zeros stay enforced (for fine-tuning)
+    until ``remove_masks``."""
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             prune.l1_unstructured(module, "weight", amount=amount)
+            if not keep_masks:
+                prune.remove(module, "weight")
+    return model
+
+
+def remove_masks(model: nn.Module) -> nn.Module:
+    for module in model.modules():
+        if prune.is_pruned(module) and hasattr(module, "weight_mask"):
             prune.remove(module, "weight")
     return model
 

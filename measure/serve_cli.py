@@ -62,10 +62,9 @@ def runner_factories(prepared: Prepared, zoo_override: str | None, seed: int) ->
         rows = torch.as_tensor([row_of[s] for s in table.sample_ids])
         inputs = data.x_eval.index_select(0, rows)
         labels = data.y_eval.index_select(0, rows).numpy()
-        calibration = data.calibration(256)
         for dep in measured:
             spec = VariantSpec.parse(dep.variant)
-            factories[dep.name] = (lambda spec=spec: ModelRunner(load_variant(zoo, task, spec, calibration), inputs, spec))
+            factories[dep.name] = (lambda spec=spec: ModelRunner(load_variant(zoo, task, spec, data), inputs, spec))
     # parametric deployments sleep their sampled times, drawn from the simulator's own streams
     factories.update(parametric_runners(prepared.scenario, seed))
     return factories, labels

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .profile import VariantSpec
-from .pruning import PruningUnsupported, prune_channels, prune_l1
+from .pruning import PruningUnsupported, prune_channels, prune_l1, remove_masks
 
 
 class VariantUnsupported(Exception):
@@ -45,22 +45,21 @@ def quantize_int8(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
         return convert_fx(prepared)
 
 
-def build_variant(spec: VariantSpec, fp32_model: nn.Module, calibration: torch.Tensor) -> nn.Module:
-    """Apply pruning then precision to a trained FP32 model (which is modified)."""
+def build_variant(spec: VariantSpec, fp32_model: nn.Module, calibration: torch.Tensor,
+                  pruned_state: dict | None = None) -> nn.Module:
+    """Apply pruning then precision to a trained FP32 model (which is modified).
+
+    ``pruned_state`` replaces the pruned model's weights (a fine-tuned checkpoint of the same shape).
+    """
     if spec.device == "cuda" and not torch.cuda.is_available():
         raise VariantUnsupported("device cuda requested but no CUDA device is available")
     if spec.precision == "fp16" and spec.device != "cuda":
         raise VariantUnsupported("fp16 is measured on a CUDA device only")
     if spec.precision == "int8" and spec.device != "cpu":
         raise VariantUnsupported("int8 quantized kernels (x86/fbgemm) run on the CPU only")
-    model = fp32_model.eval()
-    if spec.pruning == "l1":
-        model = prune_l1(model)
-    elif spec.pruning == "channel":
-        try:
-            model = prune_channels(model)
-        except PruningUnsupported as exc:
-            raise VariantUnsupported(str(exc)) from None
+    model = prune(spec.pruning, fp32_model.eval())
+    if pruned_state is not None:
+        model.load_state_dict(pruned_state)
     if spec.precision == "int8":
         return quantize_int8(model, calibration).eval()
     if spec.precision == "bf16":
@@ -68,6 +67,46 @@ def build_variant(spec: VariantSpec, fp32_model: nn.Module, calibration: torch.T
     elif spec.precision == "fp16":
         model = model.to(torch.float16)
     return model.to(spec.device).eval()
+
+
+def prune(method: str, model: nn.Module) -> nn.Module:
+    if method == "l1":
+        return prune_l1(model)
+    if method == "channel":
+        try:
+            return prune_channels(model)
+        except PruningUnsupported as exc:
+            raise VariantUnsupported(str(exc)) from None
+    return model
+
+
+FINETUNE = {"epochs": {"image": 3, "tokens": 1}, "lr": {"image": 1e-3, "tokens": 3e-4}}
+
+
+def finetuned_pruned_state(zoo_dir: Path, task: str, model_name: str, method: str, data) -> dict:
+    """Pruned weights after a short fine-tune (``FINETUNE``) on the training split, cached in the zoo
+    as ``<model>-<method>-ft.pt`` next to the checkpoint it was derived from."""
+    from .train import TrainConfig, train_model
+    from .zoo import load_model
+
+    task_dir = Path(zoo_dir) / task
+    base = task_dir / f"{model_name}.pt"
+    cache = task_dir / f"{model_name}-{method}-ft.pt"
+    if cache.is_file() and cache.stat().st_mtime >= base.stat().st_mtime:
+        return torch.load(cache, weights_only=True)
+    model = load_model(zoo_dir, task, model_name)
+    if method == "l1":
+        model = prune_l1(model, keep_masks=True)
+    else:
+        model = prune(method, model)
+    train_model(model, data, TrainConfig(**FINETUNE), name=model_name)
+    if method == "l1":
+        remove_masks(model)
+    state = model.eval().state_dict()
+    tmp = cache.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(cache)
+    return state
 
 
 class ModelRunner:
@@ -92,7 +131,11 @@ class ModelRunner:
             return pred.tolist(), confidence.tolist()
 
 
-def load_variant(zoo_dir: Path, task: str, spec: VariantSpec, calibration: torch.Tensor) -> nn.Module:
+def load_variant(zoo_dir: Path, task: str, spec: VariantSpec, data) -> nn.Module:
+    """A variant of a trained zoo model; pruned ones are fine-tuned once (then cached)."""
     from .zoo import load_model
 
-    return build_variant(spec, load_model(zoo_dir, task, spec.model), calibration)
+    state = None
+    if spec.pruning != "none":
+        state = finetuned_pruned_state(zoo_dir, task, spec.model, spec.pruning, data)
+    return build_variant(spec, load_model(zoo_dir, task, spec.model), data.calibration(256), state)

@@ -56,7 +56,10 @@ def run_once(prepared: Prepared, seed: int, progress: Callable[[float], None] | 
     summary["deployments"] = result.deployments
     summary["faults"] = result.faults
     summary["policy"] = {"name": scenario.policy.name, **result.policy}
-    return scenario.resolved(), result.requests, summary
+    config = scenario.resolved()
+    if prepared.bundle is not None:
+        config["bundle"] = str(prepared.bundle.path)  # the bundle actually used, bundled default included
+    return config, result.requests, summary
 
 
 def run_seeds(prepared: Prepared, seeds: list[int], out: Path, *, force: bool = False) -> list[dict]:

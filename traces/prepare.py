@@ -7,6 +7,7 @@ with the same messages and sample requests from the same table.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .bundle import TraceBundle
 from .errors import InputError
@@ -24,15 +25,30 @@ class Prepared:
     predictions: PredictionTable | None
 
 
+BUNDLED = Path(__file__).resolve().parent / "data"
+
+
+def bundled_bundle_for(variant: str) -> Path | None:
+    """The first bundle shipped under ``traces/data/`` that measured this variant."""
+    for meta in sorted(BUNDLED.glob("*/bundle.json")):
+        try:
+            if variant in TraceBundle.load(meta.parent).variants:
+                return meta.parent
+        except InputError:
+            continue
+    return None
+
+
 def check_against_bundle(scenario: Scenario) -> Prepared:
     """Load the bundle, check every deployment's variant and batch range, build profiles."""
     measured = [d for d in scenario.deployments if d.variant is not None]
     bundle = None
     if measured:
-        if scenario.bundle is None:
-            raise InputError("bundle", f"deployment {measured[0].name!r} serves a measured variant, so the "
-                             "scenario needs bundle = \"path/to/bundle\"")
-        bundle = TraceBundle.load(scenario.bundle)
+        path = scenario.bundle or bundled_bundle_for(measured[0].variant)
+        if path is None:
+            raise InputError("bundle", f"deployment {measured[0].name!r} serves a measured variant that no bundled "
+                             "bundle has, so the scenario needs bundle = \"path/to/bundle\"")
+        bundle = TraceBundle.load(path)
     profiles: dict[str, LatencyProfile] = {}
     for dep in scenario.deployments:
         where = f"deployments.{dep.name}"
