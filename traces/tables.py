@@ -106,6 +106,9 @@ def atomic_directory(target: Path, *, force: bool = False) -> Iterator[Path]:
         raise InputError(str(target), "already exists; pass --force to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary directory
     try:
         yield staging
     except BaseException:
