@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import platform
@@ -148,7 +149,9 @@ def train_zoo(task: str, zoo_dir: Path, data_cfg: DataConfig, train_cfg: TrainCo
         model = build_model(data.meta, name, data.num_classes, tiny=tiny)
         outcome = train_model(model, data, train_cfg, teacher=teacher, progress=progress, name=name)
         path = task_dir / f"{name}.pt"
-        _write_atomic(path, lambda p: torch.save(model.state_dict(), p))
+        buffer = io.BytesIO()  # saved via a buffer: the archive's inner name, hence its bytes, are fixed
+        torch.save(model.state_dict(), buffer)
+        _write_atomic(path, lambda p: p.write_bytes(buffer.getvalue()))
         record = {**spec, **outcome, "params": count_parameters(model), "checkpoint": path.name,
                   "checkpoint_mb": round(path.stat().st_size / 2**20, 3), "sha256": _sha256(path),
                   "seeds": {"train": train_cfg.seed, "data": data_cfg.seed},

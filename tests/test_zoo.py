@@ -277,6 +277,14 @@ def test_train_zoo_resumes_and_round_trips(tmp_path):
         "resnet18": "trained", "cnn-small-kd": "trained", "cnn-small": "skipped"}
 
 
+def test_zoo_is_reproducible(tmp_path):
+    hashes = []
+    for run in ("a", "b"):
+        train_zoo("digits", tmp_path / run, DataConfig.tiny(), TrainConfig.tiny(), models=["cnn-small"], tiny=True)
+        hashes.append(json.loads((tmp_path / run / "digits" / "zoo.json").read_text())["models"]["cnn-small"]["sha256"])
+    assert hashes[0] == hashes[1]  # same seed and config: byte-identical checkpoints
+
+
 def test_sst2_zoo_keeps_its_tokenizer(tmp_path, sst2):
     cfg = DataConfig.tiny(sst2_dir=SST2_DIR)
     train_zoo("sst2", tmp_path, cfg, TrainConfig.tiny(epochs={"tokens": 1}), models=["bert-2"], tiny=True)
