@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from policies.base import PlanAction, Policy, Reject, Request, Route
+from policies.base import PlanAction, Policy, Reject, Request, Route, check_plan_action
 from traces.records import RequestLog
 from traces.distributions import ServiceDistribution
 from traces.errors import InputError
@@ -199,16 +199,8 @@ class Server:
     def apply(self, action: PlanAction) -> None:
         dep = self.deployment(action.deployment)
         where = f"policy {self.policy.name!r} plan for {dep.name!r}"
-        if action.max_batch_size is not None:
-            limit = self.profiles[dep.name].max_batch_size if dep.variant else action.max_batch_size
-            if not 1 <= action.max_batch_size <= limit:
-                raise InputError(where, f"max_batch_size must be in 1..{limit} (the measured sizes), "
-                                 f"got {action.max_batch_size}")
-        if action.batch_wait_timeout_ms is not None and not action.batch_wait_timeout_ms >= 0:
-            raise InputError(where, f"batch_wait_timeout_ms must be >= 0, got {action.batch_wait_timeout_ms}")
+        check_plan_action(action, where, self.profiles[dep.name].max_batch_size if dep.variant else None)
         if action.replicas is not None:
-            if action.replicas < 1:
-                raise InputError(where, f"replicas must be >= 1, got {action.replicas}")
             dep.set_replicas(action.replicas, self.clock())
         if action.max_batch_size is not None or action.batch_wait_timeout_ms is not None:
             dep.set_batching(action.max_batch_size, action.batch_wait_timeout_ms)

@@ -67,6 +67,21 @@ class PlanAction:
     batch_wait_timeout_ms: float | None = None
 
 
+def check_plan_action(action: PlanAction, where: str, max_measured_batch: int | None) -> None:
+    """Refuse a plan that no executor could apply (``max_measured_batch`` None: no limit)."""
+    from traces.errors import InputError
+
+    if action.max_batch_size is not None:
+        limit = max_measured_batch if max_measured_batch is not None else action.max_batch_size
+        if not 1 <= action.max_batch_size <= limit:
+            raise InputError(where, f"max_batch_size must be in 1..{limit} (the measured sizes), "
+                             f"got {action.max_batch_size}")
+    if action.batch_wait_timeout_ms is not None and not action.batch_wait_timeout_ms >= 0:
+        raise InputError(where, f"batch_wait_timeout_ms must be >= 0, got {action.batch_wait_timeout_ms}")
+    if action.replicas is not None and action.replicas < 1:
+        raise InputError(where, f"replicas must be >= 1, got {action.replicas}")
+
+
 class Request:
     """What a policy knows of an arriving request."""
 
