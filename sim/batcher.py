@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from collections import deque
+
 from simpy.events import Timeout
 
 from traces.queues import EdfQueue, FifoQueue
@@ -62,6 +64,7 @@ class Replica:
         now = batcher.env.now
         batch, self.batch = self.batch, None
         self._account(now)
+        batcher.recent.append((now, now - self.started_s, len(batch)))
         lo, hi = batcher.window_s
         if lo <= self.started_s < hi:
             self.batches += 1
@@ -98,6 +101,7 @@ class Batcher:
         self.free: list[Replica] = []
         self.retired: list[Replica] = []
         self.down = 0  # replicas crashed and not yet recovered
+        self.recent: deque = deque(maxlen=1)  # the deployment's recent batches (it passes its own)
         self._timer_armed = False
 
     def add_replica(self, index: int) -> Replica:

@@ -46,11 +46,13 @@ class Deployment:
         self.set_replicas(config.replicas, 0.0)
 
     def _new_batcher(self) -> Batcher:
-        return Batcher(self.env, self.sink, self.index, make_queue(self.config.queue, self._deadlines_s), self.sampler,
-                       self._deadlines_s, max_batch_size=self.max_batch_size,
-                       batch_wait_timeout_s=self.batch_wait_timeout_ms / 1000.0,
-                       drop_expired=self.config.drop_expired, max_queue_size=self.config.max_queue_size,
-                       window_s=self.window_s)
+        batcher = Batcher(self.env, self.sink, self.index, make_queue(self.config.queue, self._deadlines_s),
+                          self.sampler, self._deadlines_s, max_batch_size=self.max_batch_size,
+                          batch_wait_timeout_s=self.batch_wait_timeout_ms / 1000.0,
+                          drop_expired=self.config.drop_expired, max_queue_size=self.config.max_queue_size,
+                          window_s=self.window_s)
+        batcher.recent = self.recent
+        return batcher
 
     # --- requests -----------------------------------------------------------------------
     def submit(self, request: int, now: float) -> bool:

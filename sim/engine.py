@@ -143,8 +143,6 @@ class Simulation:
     def batch_finished(self, deployment: int, batch: list[int], now: float) -> None:
         log = self.log
         hop, hops, routes, sample, finish = log.hop, log.hops, log.route, self._sample, log.finish_s
-        first = batch[0]
-        self.deployments[deployment].recent.append((now, now - hops[hop[first]].start_s[first], len(batch)))
         for i in batch:
             k = hop[i]
             hops[k].finish_s[i] = now
