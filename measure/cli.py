@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--out", help="output directory (default: runs/<scenario name>-real)")
     serve.add_argument("--force", action="store_true")
     serve.add_argument("--zoo", help="zoo directory (default: the one recorded in the bundle's profile)")
+    serve.add_argument("--replica", choices=("process", "thread"), default="process",
+                       help="run each model replica in a process of its own (default) or as a thread of this one")
+    serve.add_argument("--no-pin", action="store_true",
+                       help="let the OS place replica processes (default: the front end on the first CPU, "
+                            "replicas on the others)")
     serve.set_defaults(func=lambda a, argv: cmd_serve(a))
     return parser
 

@@ -25,6 +25,7 @@ from traces.bundle import PREDICTION_COLUMNS, SERVICE_COLUMNS, TraceBundle
 from traces.errors import InputError
 
 from .profile import Profile, VariantSpec
+from .replicas import ProcessRunner, RunnerRecipe, replica_cpus
 from .variants import ModelRunner, VariantUnsupported, load_variant
 
 EVAL_BATCH = 64
@@ -106,25 +107,44 @@ def _rng(profile: Profile, variant: str, batch_size: int) -> np.random.Generator
     return np.random.default_rng([profile.seed, zlib.crc32(variant.encode()), batch_size])
 
 
-def time_runner(runner: ModelRunner, profile: Profile, spec: VariantSpec, batch_size: int, n_samples: int) -> pd.DataFrame:
-    """Warm-up runs, then timed runs of ``runner.run`` on random samples; one row per timed run."""
+def time_batches(runner: ModelRunner | ProcessRunner, profile: Profile, spec: VariantSpec, sizes: list[int],
+                 n_samples: int) -> dict[int, pd.DataFrame]:
+    """Warm-up runs, then timed runs of ``runner.run`` on random samples, one row per timed run.
+
+    The batch sizes are timed in interleaved rounds (one run of each size per round), so that a
+    slow spell of the machine (another tenant, a frequency change) spreads over every size instead
+    of bending one size's numbers: timed one size after another, a MobileNetV2-int8 profile here
+    once put batch 2 at 11.6 ms between 4.5 ms (batch 1) and 6.5 ms (batch 3). Each (variant,
+    size) keeps its own seeded sample draws; a size stops after ``max_seconds_per_config`` of its
+    own timed runs (at least 3).
+    """
     cfg = profile.latency
-    rng = _rng(profile, spec.id, batch_size)
-    draws = [rng.integers(0, n_samples, batch_size).tolist() for _ in range(cfg.warmup_runs + cfg.timed_runs)]
-    for indices in draws[: cfg.warmup_runs]:
-        runner.run(indices)
-    latencies = []
-    started = time.perf_counter()
-    for indices in draws[cfg.warmup_runs:]:
-        t0 = time.perf_counter()
-        runner.run(indices)
-        latencies.append((time.perf_counter() - t0) * 1000.0)
-        if time.perf_counter() - started > cfg.max_seconds_per_config and len(latencies) >= 3:
+    draws = {}
+    for b in sizes:
+        rng = _rng(profile, spec.id, b)
+        draws[b] = [rng.integers(0, n_samples, b).tolist() for _ in range(cfg.warmup_runs + cfg.timed_runs)]
+    for k in range(cfg.warmup_runs):
+        for b in sizes:
+            runner.run(draws[b][k])
+    latencies: dict[int, list[float]] = {b: [] for b in sizes}
+    spent = dict.fromkeys(sizes, 0.0)
+    for k in range(cfg.warmup_runs, cfg.warmup_runs + cfg.timed_runs):
+        active = [b for b in sizes if spent[b] <= cfg.max_seconds_per_config or len(latencies[b]) < 3]
+        if not active:
             break
-    n = len(latencies)
-    return pd.DataFrame({"variant": [spec.id] * n, "model": [spec.model] * n, "precision": [spec.precision] * n,
-                         "device": [spec.device] * n, "batch_size": [batch_size] * n, "latency_ms": latencies,
-                         "threads": [profile.threads] * n, "pruning": [spec.pruning] * n})
+        for b in active:
+            t0 = time.perf_counter()
+            runner.run(draws[b][k])
+            elapsed = time.perf_counter() - t0
+            latencies[b].append(elapsed * 1000.0)
+            spent[b] += elapsed
+    frames = {}
+    for b, values in latencies.items():
+        n = len(values)
+        frames[b] = pd.DataFrame({"variant": [spec.id] * n, "model": [spec.model] * n, "precision": [spec.precision] * n,
+                                  "device": [spec.device] * n, "batch_size": [b] * n, "latency_ms": values,
+                                  "threads": [profile.threads] * n, "pruning": [spec.pruning] * n})
+    return frames
 
 
 def evaluate_runner(runner: ModelRunner, spec: VariantSpec, labels: torch.Tensor, eval_ids: list[str]) -> pd.DataFrame:
@@ -136,6 +156,32 @@ def evaluate_runner(runner: ModelRunner, spec: VariantSpec, labels: torch.Tensor
     labels = labels.tolist()
     return pd.DataFrame({"variant": spec.id, "sample_id": eval_ids, "label": labels, "pred": preds,
                          "confidence": np.clip(confs, 0.0, 1.0), "correct": [p == l for p, l in zip(preds, labels)]})
+
+
+def _measure_variant(profile: Profile, spec: VariantSpec, keys: list[str], data, store: PartStore, bar) -> None:
+    """Predictions from an in-process runner; timings through a replica process unless ``inline``."""
+    inline = None
+    if profile.latency.replica == "inline" or any(k.startswith("predictions") for k in keys):
+        inline = ModelRunner(load_variant(profile.zoo_dir, profile.task, spec, data), data.x_eval, spec)
+    for key in keys:
+        if key.startswith("predictions"):
+            store.write(key, evaluate_runner(inline, spec, data.y_eval, list(data.eval_ids)))
+            if bar is not None:
+                bar.update(1)
+    sizes = [int(key.rsplit("__b", 1)[1]) for key in keys if not key.startswith("predictions")]
+    if not sizes:
+        return
+    timer = inline if profile.latency.replica == "inline" else ProcessRunner(
+        RunnerRecipe(str(profile.zoo_dir), profile.task, spec.id, profile.threads, cpus=next(replica_cpus())))
+    try:
+        frames = time_batches(timer, profile, spec, sizes, len(data.eval_ids))
+    finally:
+        if isinstance(timer, ProcessRunner):
+            timer.close()
+    for b, frame in frames.items():
+        store.write(store.latency_key(spec.id, b), frame)
+    if bar is not None:
+        bar.update(len(sizes))
 
 
 def measure(profile: Profile, out: Path, *, latency: bool, accuracy: bool, progress: bool = False) -> PartStore:
@@ -157,16 +203,7 @@ def measure(profile: Profile, out: Path, *, latency: bool, accuracy: bool, progr
         bar = tqdm(total=sum(len(k) for _, k in todo), desc=profile.name, unit="config")
     for spec, keys in todo:
         try:
-            model = load_variant(profile.zoo_dir, profile.task, spec, data)
-            runner = ModelRunner(model, data.x_eval, spec)
-            for key in keys:
-                if key.startswith("predictions"):
-                    store.write(key, evaluate_runner(runner, spec, data.y_eval, list(data.eval_ids)))
-                else:
-                    b = int(key.rsplit("__b", 1)[1])
-                    store.write(key, time_runner(runner, profile, spec, b, len(data.eval_ids)))
-                if bar is not None:
-                    bar.update(1)
+            _measure_variant(profile, spec, keys, data, store, bar)
         except (VariantUnsupported, RuntimeError, NotImplementedError, torch.OutOfMemoryError) as exc:
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             store.write(store.failure_key(spec.id), record={"variant": spec.id, "reason": reason})
@@ -213,7 +250,8 @@ def assemble(profile: Profile, out: Path, command: str) -> TraceBundle:
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "units": {"latency": "ms", "confidence": "max softmax probability"},
         "command": command, "commands": commands + [command], "profile": profile.raw,
-        "zoo": zoo_summary(profile.zoo_dir, profile.task), "zoo_dir": _portable(profile.zoo_dir), "threads": profile.threads, "failed": failed,
+        "zoo": zoo_summary(profile.zoo_dir, profile.task), "zoo_dir": _portable(profile.zoo_dir), "threads": profile.threads,
+        "timed_in": "replica process" if profile.latency.replica == "process" else "measuring process", "failed": failed,
     })
     service_frame = pd.concat(service, ignore_index=True).sort_values(["variant", "batch_size"], kind="stable")
     pred_frame = (pd.concat(predictions, ignore_index=True) if predictions

@@ -17,6 +17,7 @@ batch_sizes = [1, 2, 4, 8, 16, 32]
 warmup_runs = 5
 timed_runs = 30
 max_seconds_per_config = 20.0    # stop timing one (variant, batch) after this long (>= 3 runs)
+replica = "process"              # time through a server replica process (as `measure serve`) | "inline"
 
 [[variants]]
 model = "resnet18"
@@ -66,12 +67,16 @@ class VariantSpec:
         return cls(model, parts[1], pruning, parts[2])
 
 
+REPLICA_MODES = ("process", "inline")
+
+
 @dataclass(frozen=True)
 class LatencyConfig:
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     warmup_runs: int = 5
     timed_runs: int = 30
     max_seconds_per_config: float = 20.0
+    replica: str = "process"
 
 
 @dataclass(frozen=True)
@@ -125,14 +130,15 @@ def profile_from_dict(raw: dict, base_dir: Path = Path("."), source: Path | None
         if key in data:
             data = {**data, key: str((base_dir / text(data, key, "data")).resolve())}
     lat = table(raw, "latency", "", required=False)
-    reject_unknown(lat, ("batch_sizes", "warmup_runs", "timed_runs", "max_seconds_per_config"), "latency")
+    reject_unknown(lat, ("batch_sizes", "warmup_runs", "timed_runs", "max_seconds_per_config", "replica"), "latency")
     sizes = lat.get("batch_sizes", list(LatencyConfig.batch_sizes))
     if (not isinstance(sizes, list) or not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes)
             or sizes != sorted(set(sizes))):
         raise InputError("latency.batch_sizes", f"must be increasing positive integers, got {sizes!r}")
     latency = LatencyConfig(tuple(sizes), integer(lat, "warmup_runs", "latency", default=5, low=0),
                             integer(lat, "timed_runs", "latency", default=30, low=3),
-                            number(lat, "max_seconds_per_config", "latency", default=20.0, low=0, strict=True))
+                            number(lat, "max_seconds_per_config", "latency", default=20.0, low=0, strict=True),
+                            text(lat, "replica", "latency", default="process", choices=REPLICA_MODES))
     device = text(raw, "device", "", default="cpu", choices=DEVICES)
     items = raw.get("variants")
     if not isinstance(items, list) or not items:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,6 @@ from traces.summary import flatten, summarize, summary_table
 from traces.tables import atomic_directory
 
 from .harness import REPO_ROOT
-from .profile import VariantSpec
 
 
 def zoo_location(prepared: Prepared, override: str | None) -> tuple[Path, str]:
@@ -36,8 +37,14 @@ def zoo_location(prepared: Prepared, override: str | None) -> tuple[Path, str]:
     return zoo, task
 
 
-def runner_factories(prepared: Prepared, zoo_override: str | None, seed: int) -> tuple[dict, np.ndarray | None]:
-    """One factory per deployment (called once per replica) and the labels in sample order."""
+def runner_factories(prepared: Prepared, zoo_override: str | None, seed: int,
+                     replica: str = "process", pin: bool = True) -> tuple[dict, np.ndarray | None]:
+    """One factory per deployment (called once per replica) and the labels in sample order.
+
+    ``replica="process"`` gives each replica a process of its own (``measure.replicas``), the way
+    the bundle's latencies were timed; ``"thread"`` runs every model in this process. ``pin`` puts
+    each replica process on a CPU of its own where there are enough (``measure.replicas.replica_cpus``).
+    """
     from .server import parametric_runners
 
     factories, labels = {}, None
@@ -45,7 +52,7 @@ def runner_factories(prepared: Prepared, zoo_override: str | None, seed: int) ->
     if measured:
         import torch
 
-        from .variants import ModelRunner, load_variant
+        from .replicas import ProcessRunner, RunnerRecipe, build_runner, replica_cpus
         from .zoo import load_zoo_task
 
         zoo, task = zoo_location(prepared, zoo_override)
@@ -59,18 +66,25 @@ def runner_factories(prepared: Prepared, zoo_override: str | None, seed: int) ->
         missing = [s for s in table.sample_ids if s not in row_of]
         if missing:
             raise InputError(str(prepared.bundle.path), f"sample {missing[0]!r} is not in the zoo's evaluation set")
-        rows = torch.as_tensor([row_of[s] for s in table.sample_ids])
-        inputs = data.x_eval.index_select(0, rows)
-        labels = data.y_eval.index_select(0, rows).numpy()
-        for dep in measured:
-            spec = VariantSpec.parse(dep.variant)
-            factories[dep.name] = (lambda spec=spec: ModelRunner(load_variant(zoo, task, spec, data), inputs, spec))
+        rows = tuple(row_of[s] for s in table.sample_ids)
+        labels = data.y_eval.index_select(0, torch.as_tensor(rows)).numpy()
+        if replica == "process":
+            cpus = replica_cpus() if pin else itertools.repeat(None)
+            for dep in measured:
+                recipe = RunnerRecipe(str(zoo), task, dep.variant, threads, rows,
+                                      tuple(range(1, dep.max_batch_size + 1)))
+                factories[dep.name] = (lambda recipe=recipe: ProcessRunner(replace(recipe, cpus=next(cpus))))
+        else:
+            for dep in measured:
+                recipe = RunnerRecipe(str(zoo), task, dep.variant, threads, rows)
+                factories[dep.name] = (lambda recipe=recipe: build_runner(recipe))
     # parametric deployments sleep their sampled times, drawn from the simulator's own streams
     factories.update(parametric_runners(prepared.scenario, seed))
     return factories, labels
 
 
 def serve_command(args) -> int:
+    from .replicas import front_end_cpus, pinned
     from .server import serve
 
     scenario = load_scenario(args.scenario, args.set)
@@ -81,16 +95,18 @@ def serve_command(args) -> int:
     summaries = []
     with atomic_directory(out, force=args.force) as staging:
         for seed in seeds:
-            factories, labels = runner_factories(prepared, args.zoo, seed)
+            pin = args.replica == "process" and not args.no_pin
+            factories, labels = runner_factories(prepared, args.zoo, seed, args.replica, pin)
             run_scenario = dataclasses.replace(scenario, seed=seed)
             policy = policies.create(scenario.policy.name, scenario.policy.params)
-            requests, stats = serve(run_scenario, policy, factories, seed=seed, labels=labels,
-                                    profiles=prepared.profiles, predictions=prepared.predictions,
-                                    progress=show_progress())
+            with pinned(front_end_cpus() if pin else None):
+                requests, stats = serve(run_scenario, policy, factories, seed=seed, labels=labels,
+                                        profiles=prepared.profiles, predictions=prepared.predictions,
+                                        progress=show_progress())
             summary = summarize(requests, warmup_s=scenario.warmup_s, duration_s=scenario.duration_s,
                                 deployments=stats, price_per_replica_hour=scenario.price_per_replica_hour)
             summary.update({"seed": seed, "deployments": stats, "executor": "real"})
-            write_into(staging / f"seed-{seed}", {**run_scenario.resolved(), "executor": "real"}, requests, summary)
+            write_into(staging / f"seed-{seed}", {**run_scenario.resolved(), "executor": "real", "replicas_run_in": args.replica}, requests, summary)
             summaries.append(summary)
         pd.DataFrame([flatten(s) for s in summaries]).to_csv(staging / "runs.csv", index=False)
     print(summary_table(summaries))

@@ -14,7 +14,6 @@ from __future__ import annotations
 import bisect
 import ctypes
 import math
-import os
 import threading
 import time
 from collections import deque
@@ -69,7 +68,7 @@ def wait_until(target: float, interrupt: threading.Event | None = None) -> None:
     if rest > 0 and (interrupt.wait(rest) if interrupt is not None else time.sleep(rest)):
         return
     while time.perf_counter() < target:
-        os.sched_yield()  # releases the GIL, and is precise where time.sleep(0) is not
+        time.sleep(0)  # releases the GIL without yielding the core (sched_yield may hand it over for a slice)
 
 
 def warm(runner: BatchRunner) -> None:
@@ -171,7 +170,7 @@ class Batcher:
                 if got.__class__ is float:
                     t_abs, queue = got + server.t0, self.queue
                     while time.perf_counter() < t_abs and len(queue) < self.max_b:
-                        os.sched_yield()
+                        time.sleep(0)
                     continue
                 start = rep.started_s  # the instant the batch formed, as in the simulator
                 server.batch_started(got, start, rep.index)
@@ -188,6 +187,10 @@ class Batcher:
                 server.batch_finished(got, finish, preds, confidences)  # then free (next lock round)
         except BaseException as exc:  # reported by the dispatcher, which stops the run
             server.fail(exc)
+        finally:
+            close = getattr(rep.runner, "close", None)
+            if close is not None:  # a replica process ends with its thread
+                close()
 
     def add(self, rep: Replica) -> None:
         self.replicas.append(rep)

@@ -1,0 +1,137 @@
+"""Tables of a sweep's results: each policy's metrics with 95% intervals over seeds, and paired
+comparisons of two policies, as Markdown.
+
+    python -m analysis.study runs/study/results.parquet [--versus planner:infaas] [--out study.md]
+
+Rows are grouped by every axis of the sweep except the policy axis and the seed (for the study:
+workload and deadline); within a group there is one row per policy, in the sweep's order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from traces.errors import InputError
+
+from .stats import mean_interval, paired_difference
+
+METRICS = (("hit_rate", "hit rate", 4), ("accuracy", "accuracy", 4), ("ontime_accuracy", "on-time accuracy", 4),
+           ("latency_ms.p99", "p99 ms", 1))
+NOT_AXES = {"run_id", "seed"}
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(str(path), "file not found (a sweep writes results.parquet in its --out directory)")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - any reader error is a bad file
+        raise InputError(str(path), f"cannot read as Parquet: {exc}".splitlines()[0]) from None
+    for column in ("seed",) + tuple(m for m, _, _ in METRICS):
+        if column not in frame:
+            raise InputError(f"{path} column {column!r}", "is missing; expected a `simulate sweep` results table")
+    return frame
+
+
+def group_axes(frame: pd.DataFrame, policy_axis: str) -> list[str]:
+    """The axes other than the policy and the seed: the summary columns start at ``requests``."""
+    columns = list(frame.columns)
+    axes = columns[: columns.index("requests")] if "requests" in columns else []
+    return [a for a in axes if a not in NOT_AXES and a != policy_axis]
+
+
+def _groups(frame: pd.DataFrame, by: list[str]):
+    if not by:
+        yield (), frame
+        return
+    yield from frame.groupby(by, sort=False)
+
+
+def policy_table(frame: pd.DataFrame, policy_axis: str = "policy", by: list[str] | None = None) -> str:
+    """One Markdown row per (group, policy): each metric's mean ± 95% half-width over seeds."""
+    by = group_axes(frame, policy_axis) if by is None else by
+    header = [*by, policy_axis, "seeds", *(label for _, label, _ in METRICS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, group in _groups(frame, by):
+        key = key if isinstance(key, tuple) else (key,)
+        for policy, runs in group.groupby(policy_axis, sort=False):
+            cells = [mean_interval(runs[m]).format(d) for m, _, d in METRICS]
+            lines.append("| " + " | ".join([*map(str, key), str(policy), str(len(runs)), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def versus_table(frame: pd.DataFrame, a: str, b: str, policy_axis: str = "policy", by: list[str] | None = None) -> str:
+    """``a`` minus ``b`` per group, paired by seed: mean ± 95% half-width, wins/losses, p-value."""
+    by = group_axes(frame, policy_axis) if by is None else by
+    known = set(frame[policy_axis])
+    for name in (a, b):
+        if name not in known:
+            raise InputError(f"--versus {a}:{b}", f"no runs of {name!r}; the {policy_axis} axis has {sorted(known)}")
+    header = [*by] + [f"{label}: {a} − {b} (wins/losses, p)" for m, label, _ in METRICS if m != "accuracy"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, group in _groups(frame, by):
+        key = key if isinstance(key, tuple) else (key,)
+        left = group[group[policy_axis] == a].set_index("seed")
+        right = group[group[policy_axis] == b].set_index("seed")
+        seeds = left.index.intersection(right.index)
+        cells = []
+        for metric, _, digits in METRICS:
+            if metric == "accuracy":
+                continue
+            diff = paired_difference(left.loc[seeds, metric], right.loc[seeds, metric])
+            p = "-" if math.isnan(diff.p_value) else f"{diff.p_value:.2g}"
+            cells.append(f"{diff.difference.format(digits)} ({diff.wins}/{diff.losses}, p={p})")
+        lines.append("| " + " | ".join([*map(str, key), *cells]) + " |")
+    return "\n".join(lines)
+
+
+def report(frame: pd.DataFrame, versus: list[tuple[str, str]], policy_axis: str = "policy") -> str:
+    parts = [policy_table(frame, policy_axis)]
+    for a, b in versus:
+        parts.append(f"\n{a} against {b}, paired by seed:\n\n" + versus_table(frame, a, b, policy_axis))
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.study", description=__doc__.splitlines()[0])
+    parser.add_argument("results", help="a sweep's results.parquet")
+    parser.add_argument("--policy-axis", default="policy")
+    parser.add_argument("--versus", action="append", default=[], metavar="A:B",
+                        help="add a paired comparison of policy A against policy B (repeatable)")
+    parser.add_argument("--out", help="write the Markdown here (atomically; refuses to overwrite without --force)")
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        frame = read_results(args.results)
+        if args.policy_axis not in frame:
+            raise InputError(f"--policy-axis {args.policy_axis}", f"is not a column of {args.results}")
+        pairs = []
+        for item in args.versus:
+            a, sep, b = item.partition(":")
+            if not sep or not a or not b:
+                raise InputError(f"--versus {item}", "expected A:B, two policy labels")
+            pairs.append((a, b))
+        text = report(frame, pairs, args.policy_axis)
+        if args.out:
+            out = Path(args.out)
+            if out.exists() and not args.force:
+                raise InputError(str(out), "exists; pass --force to replace it")
+            tmp = out.with_name(out.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, out)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
