@@ -116,7 +116,8 @@ def time_batches(runner: ModelRunner | ProcessRunner, profile: Profile, spec: Va
     of bending one size's numbers: timed one size after another, a MobileNetV2-int8 profile here
     once put batch 2 at 11.6 ms between 4.5 ms (batch 1) and 6.5 ms (batch 3). Each (variant,
     size) keeps its own seeded sample draws; a size stops after ``max_seconds_per_config`` of its
-    own timed runs (at least 3).
+    own timed runs (at least 3). Each row keeps when its run started (``started_at_s``, Unix
+    time), from which the simulator measures how long slow spells last (``traces.profiles``).
     """
     cfg = profile.latency
     draws = {}
@@ -127,7 +128,9 @@ def time_batches(runner: ModelRunner | ProcessRunner, profile: Profile, spec: Va
         for b in sizes:
             runner.run(draws[b][k])
     latencies: dict[int, list[float]] = {b: [] for b in sizes}
+    started: dict[int, list[float]] = {b: [] for b in sizes}
     spent = dict.fromkeys(sizes, 0.0)
+    epoch = time.time() - time.perf_counter()  # perf_counter precision, Unix time origin
     for k in range(cfg.warmup_runs, cfg.warmup_runs + cfg.timed_runs):
         active = [b for b in sizes if spent[b] <= cfg.max_seconds_per_config or len(latencies[b]) < 3]
         if not active:
@@ -137,13 +140,15 @@ def time_batches(runner: ModelRunner | ProcessRunner, profile: Profile, spec: Va
             runner.run(draws[b][k])
             elapsed = time.perf_counter() - t0
             latencies[b].append(elapsed * 1000.0)
+            started[b].append(epoch + t0)
             spent[b] += elapsed
     frames = {}
     for b, values in latencies.items():
         n = len(values)
         frames[b] = pd.DataFrame({"variant": [spec.id] * n, "model": [spec.model] * n, "precision": [spec.precision] * n,
                                   "device": [spec.device] * n, "batch_size": [b] * n, "latency_ms": values,
-                                  "threads": [profile.threads] * n, "pruning": [spec.pruning] * n})
+                                  "threads": [profile.threads] * n, "pruning": [spec.pruning] * n,
+                                  "started_at_s": started[b]})
     return frames
 
 
@@ -260,7 +265,8 @@ def assemble(profile: Profile, out: Path, command: str) -> TraceBundle:
         if column not in service_frame:
             service_frame[column] = default
         service_frame[column] = service_frame[column].fillna(default)
-    bundle = TraceBundle(meta=meta, service=service_frame[list(SERVICE_COLUMNS) + ["threads", "pruning"]],
+    extra = ["threads", "pruning"] + (["started_at_s"] if "started_at_s" in service_frame else [])
+    bundle = TraceBundle(meta=meta, service=service_frame[list(SERVICE_COLUMNS) + extra],
                          predictions=pred_frame)
     bundle.save(out, force=True)
     shutil.rmtree(store.dir, ignore_errors=True)

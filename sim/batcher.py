@@ -170,7 +170,7 @@ class Batcher:
                 self.sink.batch_started(self.deployment, batch, now, replica.index)
                 replica.batch = batch
                 replica.started_s = now
-                event = replica.event = Timeout(self.env, self.sampler.draw_s(len(batch)))
+                event = replica.event = Timeout(self.env, self.sampler.draw_s(len(batch), self.env.now))
                 event.callbacks.append(replica._done)
 
     def _take(self, now: float, max_b: int) -> list[int]:

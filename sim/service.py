@@ -8,6 +8,8 @@ latencies (via ``LatencyProfile.grid``, which interpolates unmeasured batch size
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from traces.distributions import ServiceDistribution
@@ -17,7 +19,14 @@ BLOCK = 8192
 
 
 class MeasuredSampler:
-    """A batch of size b takes a uniformly drawn element of ``profile.grid(b)`` (ms -> s)."""
+    """A batch of size b takes an element of ``profile.grid(b)`` (ms -> s) at a drawn quantile.
+
+    Without slow spells the quantile is uniform and independent per batch. With them
+    (``profile.spells``), it is Phi(z), z = sqrt(share) s(t) + sqrt(1 - share) e: s is an
+    Ornstein-Uhlenbeck process with time constant ``tau_s``, advanced to each batch's start, and e
+    independent noise, so each size keeps its measured distribution while successive batches of
+    the deployment share its slow and fast spells (one machine's).
+    """
 
     def __init__(self, profile: LatencyProfile, max_batch_size: int, rng: np.random.Generator):
         self.profile = profile
@@ -25,20 +34,43 @@ class MeasuredSampler:
         self._grids: list[list[float]] = [[]]
         self._u: list[float] = []
         self._k = BLOCK
+        spells = profile.spells
+        self._spells = None if spells.none else (math.sqrt(spells.share), math.sqrt(1.0 - spells.share), spells.tau_s)
+        self._level: float | None = None
+        self._last_s = 0.0
         self.ensure_batch(max_batch_size)
 
     def ensure_batch(self, max_batch_size: int) -> None:
         for b in range(len(self._grids), max_batch_size + 1):
             self._grids.append((self.profile.grid(b) / 1000.0).tolist())
 
-    def draw_s(self, batch_size: int) -> float:
-        k = self._k
-        if k == BLOCK:
-            self._u = self._rng.random(BLOCK).tolist()
-            k = 0
-        self._k = k + 1
+    def draw_s(self, batch_size: int, now_s: float = 0.0) -> float:
         grid = self._grids[batch_size]
-        return grid[int(self._u[k] * len(grid))]
+        if self._spells is None:
+            k = self._k
+            if k == BLOCK:
+                self._u = self._rng.random(BLOCK).tolist()
+                k = 0
+            self._k = k + 1
+            return grid[int(self._u[k] * len(grid))]
+        k = self._k
+        if k >= BLOCK:
+            self._u = self._rng.standard_normal(BLOCK).tolist()
+            k = 0
+        self._k = k + 2
+        weight, rest, tau_s = self._spells
+        if self._level is None:
+            self._level = self._u[k]
+        else:
+            rho = math.exp(-(now_s - self._last_s) / tau_s)
+            self._level = rho * self._level + math.sqrt(1.0 - rho * rho) * self._u[k]
+        self._last_s = now_s
+        z = weight * self._level + rest * self._u[k + 1]
+        u = 0.5 * math.erfc(-z * _INV_SQRT2)
+        return grid[min(int(u * len(grid)), len(grid) - 1)]
+
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
 class ParametricSampler:
@@ -56,7 +88,7 @@ class ParametricSampler:
         for b in range(len(self._mean_s), max_batch_size + 1):
             self._mean_s.append(self.dist.batch_mean_ms(b) / 1000.0)
 
-    def draw_s(self, batch_size: int) -> float:
+    def draw_s(self, batch_size: int, now_s: float = 0.0) -> float:
         k = self._k
         if k == BLOCK:
             self._unit = self.dist.unit_draws(self._rng, BLOCK).tolist()

@@ -4,7 +4,7 @@ A bundle is a directory with ``bundle.json`` (name, description, hardware, softw
 units) and two tables, each Parquet or CSV:
 
 - ``service``: one row per timed batch run (variant, model, precision, device, batch_size,
-  latency_ms, optional threads);
+  latency_ms, optional threads, optional started_at_s: when the run started, Unix seconds);
 - ``predictions``: one row per (variant, evaluated sample) (variant, sample_id, label, pred,
   confidence, correct).
 
@@ -63,6 +63,17 @@ class TraceBundle:
             }
         return self._samples[variant]
 
+    def slow_spells(self, variant: str):
+        """The variant's measured slow spells (``traces.profiles.SlowSpells``); none when the
+        bundle has no run start times."""
+        from .profiles import SlowSpells, measure_spells
+
+        rows = self.service[self.service["variant"] == variant]
+        if "started_at_s" not in rows or rows["started_at_s"].isna().any():
+            return SlowSpells()
+        return measure_spells(rows["batch_size"].to_numpy(), rows["latency_ms"].to_numpy(),
+                              rows["started_at_s"].to_numpy())
+
     def common_sample_ids(self, variants: list[str]) -> np.ndarray:
         """Sample ids that every listed variant has a prediction for, sorted."""
         common = None
@@ -120,6 +131,8 @@ def _load_service(path: Path) -> pd.DataFrame:
     if "threads" in frame.columns:
         frame["threads"] = check_numeric(frame, path, "threads", low=1, low_inclusive=True,
                                          integer=True).astype(np.int64)
+    if "started_at_s" in frame.columns:
+        frame["started_at_s"] = check_numeric(frame, path, "started_at_s", low=0, low_inclusive=True)
     frame["variant"] = frame["variant"].astype(str)
     return frame
 

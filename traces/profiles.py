@@ -6,6 +6,12 @@ b0 < b < b1 and w = (b - b0) / (b1 - b0), the latency at probability p is
 grid p_k = (k + 0.5) / m, m = max(n_b0, n_b1). At a measured size the grid is exactly its sorted
 samples, so sampling the grid uniformly is sampling the measurements. Sizes outside the measured
 range are refused rather than extrapolated.
+
+A machine has slow and fast spells that outlast a batch (another tenant, a clock change): in a
+real server the service times of successive batches are correlated, and it is the slow spells
+that build queues. ``SlowSpells`` measures them from the bundle's timed runs in the order they
+ran; the engine then draws each replica's service quantiles from a latent process with that
+correlation, which keeps every batch size's distribution exactly as measured.
 """
 
 from __future__ import annotations
@@ -30,12 +36,14 @@ def _quantile(sorted_samples: np.ndarray, probs: np.ndarray) -> np.ndarray:
 class LatencyProfile:
     """The latency distribution (ms) of one variant or parametric service at each batch size."""
 
-    def __init__(self, grids_by_batch: dict[int, np.ndarray], *, measured: bool):
+    def __init__(self, grids_by_batch: dict[int, np.ndarray], *, measured: bool,
+                 spells: "SlowSpells | None" = None):
         if not grids_by_batch:
             raise ValueError("a latency profile needs at least one batch size")
         self._measured = {int(b): np.sort(np.asarray(g, dtype=np.float64)) for b, g in grids_by_batch.items()}
         self.measured_batch_sizes = tuple(sorted(self._measured))
         self.is_measured = measured
+        self.spells = spells if spells is not None else SlowSpells()
         self._cache: dict[int, np.ndarray] = {}
 
     @classmethod
@@ -83,6 +91,58 @@ class LatencyProfile:
     def throughput_rps(self, batch_size: int, replicas: int = 1) -> float:
         """Requests per second that back-to-back batches of this size sustain."""
         return replicas * batch_size * 1000.0 / self.mean_ms(batch_size)
+
+
+@dataclass(frozen=True)
+class SlowSpells:
+    """Correlation of successive service times: corr(z(t), z(t + d)) = ``share`` * exp(-d / ``tau_s``).
+
+    z is a run's normal score (its rank among the runs of its batch size); ``share`` is the part of
+    the variation that comes in spells, the rest is independent from run to run. None: tau_s = 0.
+    """
+
+    share: float = 0.0
+    tau_s: float = 0.0
+
+    @property
+    def none(self) -> bool:
+        return self.share <= 0 or self.tau_s <= 0
+
+
+MAX_SPELL_LAG = 64        # runs apart, at most, in the correlation fit
+MIN_SPELL_PAIRS = 50
+
+
+def measure_spells(batch_size, latency_ms, started_at_s) -> SlowSpells:
+    """Fit ``SlowSpells`` to timed runs: normal scores, their correlation at lags 1..64 runs, and a
+    least-squares line through log(correlation) against the mean time apart (lags whose correlation
+    is above 0.05). Runs more than a second apart (another sitting) are never paired."""
+    b = np.asarray(batch_size)
+    x = np.asarray(latency_ms, dtype=np.float64)
+    t = np.asarray(started_at_s, dtype=np.float64)
+    z = np.empty_like(x)
+    for size in np.unique(b):
+        mask = b == size
+        z[mask] = stats.norm.ppf(stats.rankdata(x[mask]) / (mask.sum() + 1))
+    order = np.argsort(t, kind="stable")
+    z, t = z[order], t[order]
+    lags, logs = [], []
+    for k in range(1, min(MAX_SPELL_LAG, z.size - 1) + 1):
+        dt = t[k:] - t[:-k]
+        ok = (dt > 0) & (dt <= 1.0)
+        if ok.sum() < MIN_SPELL_PAIRS:
+            break
+        rho = float(np.corrcoef(z[:-k][ok], z[k:][ok])[0, 1])
+        if not np.isfinite(rho) or rho <= 0.05:
+            break
+        lags.append(float(dt[ok].mean()))
+        logs.append(np.log(rho))
+    if len(lags) < 3:
+        return SlowSpells()
+    slope, intercept = np.polyfit(lags, logs, 1)
+    if slope >= 0:
+        return SlowSpells()
+    return SlowSpells(share=float(min(1.0, np.exp(intercept))), tau_s=float(-1.0 / slope))
 
 
 def _unit_quantiles(dist: ServiceDistribution, probs: np.ndarray) -> np.ndarray:

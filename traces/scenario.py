@@ -29,7 +29,7 @@ TOP_KEYS = ("seed", "duration_s", "warmup_s", "bundle", "price_per_replica_hour"
 FAULT_KEYS = ("deployment", "replica", "at_s", "down_s", "mttf_s", "mttr_s", "on_failure")
 ON_FAILURE = ("retry", "fail")
 DEPLOYMENT_KEYS = ("name", "variant", "service", "replicas", "max_batch_size", "batch_wait_timeout_ms",
-                   "queue", "max_queue_size", "drop_expired", "balancer")
+                   "queue", "max_queue_size", "drop_expired", "balancer", "slow_spells")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class DeploymentConfig:
     max_queue_size: int = 0
     drop_expired: bool = True
     balancer: str = "shared"
+    slow_spells: bool = True    # sample measured service times with the bundle's slow spells
     service_cfg: dict | None = field(default=None, compare=False)
 
     def resolved(self) -> dict:
@@ -272,6 +273,7 @@ def _deployments(items: Any) -> tuple[DeploymentConfig, ...]:
             max_queue_size=integer(cfg, "max_queue_size", where, default=0, low=0),
             drop_expired=boolean(cfg, "drop_expired", where, default=True),
             balancer=text(cfg, "balancer", where, default="shared", choices=BALANCERS),
+            slow_spells=boolean(cfg, "slow_spells", where, default=True),
             service_cfg=service_cfg,
         ))
     return tuple(out)

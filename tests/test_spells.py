@@ -1,0 +1,79 @@
+"""Slow spells: measured from the order of timed runs, replayed by the engine's service sampler."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from sim.service import MeasuredSampler
+from traces.bundle import TraceBundle
+from traces.profiles import LatencyProfile, SlowSpells, measure_spells
+
+SHARE, TAU_S, STEP_S = 0.6, 0.2, 0.005
+
+
+def _timed_runs(n: int = 4000, share: float = SHARE, seed: int = 0):
+    """Interleaved runs of sizes 1..8, STEP_S apart, whose normal scores have known spells."""
+    rng = np.random.default_rng(seed)
+    rho = math.exp(-STEP_S / TAU_S)
+    level = np.empty(n)
+    level[0] = rng.normal()
+    for i in range(1, n):
+        level[i] = rho * level[i - 1] + math.sqrt(1 - rho * rho) * rng.normal()
+    z = math.sqrt(share) * level + math.sqrt(1 - share) * rng.normal(size=n)
+    sizes = np.tile(np.arange(1, 9), n // 8)
+    return sizes, np.exp(0.2 * z) * sizes, 1.7e9 + STEP_S * np.arange(n)
+
+
+def test_spells_are_measured_from_the_order_of_runs():
+    got = measure_spells(*_timed_runs())
+    assert got.share == pytest.approx(SHARE, abs=0.1)
+    assert got.tau_s == pytest.approx(TAU_S, rel=0.25)
+    sizes, latency, started = _timed_runs(share=0.0)
+    assert measure_spells(sizes, latency, started).none
+    # the same runs shuffled in time have no spells
+    order = np.random.default_rng(1).permutation(sizes.size)
+    sizes, latency, _ = _timed_runs()
+    assert measure_spells(sizes[order], latency[order], started).none
+
+
+def test_sampler_keeps_each_sizes_distribution_and_replays_the_spells():
+    grid = {1: np.linspace(1.0, 2.0, 101), 4: np.linspace(3.0, 5.0, 101)}
+    profile = LatencyProfile(grid, measured=True, spells=SlowSpells(SHARE, TAU_S))
+    sampler = MeasuredSampler(profile, 4, np.random.default_rng(7))
+    n = 20000
+    draws = np.array([sampler.draw_s(1 if i % 2 else 4, i * STEP_S) for i in range(n)]) * 1000.0
+    for size, values in ((1, draws[1::2]), (4, draws[0::2])):  # marginals as measured
+        assert stats.ks_2samp(values, grid[size]).pvalue > 0.01
+    z = np.empty(n)
+    for size, mask in ((1, np.arange(n) % 2 == 1), (4, np.arange(n) % 2 == 0)):
+        z[mask] = stats.norm.ppf((np.searchsorted(grid[size], draws[mask]) + 0.5) / grid[size].size)
+    for lag in (1, 10, 40):
+        rho = np.corrcoef(z[:-lag], z[lag:])[0, 1]
+        assert rho == pytest.approx(SHARE * math.exp(-lag * STEP_S / TAU_S), abs=0.06)
+    independent = MeasuredSampler(LatencyProfile(grid, measured=True), 4, np.random.default_rng(7))
+    plain = np.array([independent.draw_s(4, i * STEP_S) for i in range(4000)])
+    assert abs(np.corrcoef(plain[:-1], plain[1:])[0, 1]) < 0.06
+
+
+def test_a_bundle_with_run_times_has_spells_and_a_scenario_may_turn_them_off(tmp_path, tiny_bundle):
+    from traces.prepare import check_against_bundle
+    from traces.scenario import scenario_from_dict
+
+    bundle = TraceBundle.load(tiny_bundle)
+    assert bundle.slow_spells(bundle.variants[0]).none  # no run times: independent draws
+    sizes, latency, started = _timed_runs()
+    service = pd.DataFrame({"variant": "m/fp32/cpu", "model": "m", "precision": "fp32", "device": "cpu",
+                            "batch_size": sizes, "latency_ms": latency, "started_at_s": started})
+    TraceBundle(meta={"name": "spells"}, service=service, predictions=bundle.predictions.iloc[:0]).save(tmp_path / "b")
+    raw = {"duration_s": 1.0, "bundle": str(tmp_path / "b"), "arrivals": {"kind": "poisson", "rate_rps": 10.0},
+           "requests": {"deadline_ms": 100.0}, "policy": {"name": "static"},
+           "deployments": [{"name": "m", "variant": "m/fp32/cpu", "max_batch_size": 8}]}
+    spells = check_against_bundle(scenario_from_dict(raw)).profiles["m"].spells
+    assert spells.share == pytest.approx(SHARE, abs=0.1)
+    raw["deployments"][0]["slow_spells"] = False
+    assert check_against_bundle(scenario_from_dict(raw)).profiles["m"].spells.none
