@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from traces.cli import run_command
 from traces.errors import InputError
 
 from .stats import mean_interval, paired_difference
@@ -108,27 +109,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write the Markdown here (atomically; refuses to overwrite without --force)")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        frame = read_results(args.results)
-        if args.policy_axis not in frame:
-            raise InputError(f"--policy-axis {args.policy_axis}", f"is not a column of {args.results}")
-        pairs = []
-        for item in args.versus:
-            a, sep, b = item.partition(":")
-            if not sep or not a or not b:
-                raise InputError(f"--versus {item}", "expected A:B, two policy labels")
-            pairs.append((a, b))
-        text = report(frame, pairs, args.policy_axis)
-        if args.out:
-            out = Path(args.out)
-            if out.exists() and not args.force:
-                raise InputError(str(out), "exists; pass --force to replace it")
-            tmp = out.with_name(out.name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, out)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _report_command(args))
+
+
+def _report_command(args) -> int:
+    frame = read_results(args.results)
+    if args.policy_axis not in frame:
+        raise InputError(f"--policy-axis {args.policy_axis}", f"is not a column of {args.results}")
+    pairs = []
+    for item in args.versus:
+        a, sep, b = item.partition(":")
+        if not sep or not a or not b:
+            raise InputError(f"--versus {item}", "expected A:B, two policy labels")
+        pairs.append((a, b))
+    text = report(frame, pairs, args.policy_axis)
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and not args.force:
+            raise InputError(str(out), "exists; pass --force to replace it")
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out)
     print(text, end="")
     return 0
 

@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from traces.errors import InputError
+from traces.cli import run_command
 
 from .profile import Profile, load_profile
 
@@ -48,9 +48,12 @@ def _measure(args, *, latency: bool, accuracy: bool, argv) -> int:
 
     profile = load_profile(args.profile)
     out = Path(args.out)
-    if args.force and out.exists():
+    if args.force:  # afresh: neither the bundle nor the pieces of an interrupted run are kept
         import shutil
-        shutil.rmtree(out)
+
+        from .harness import PartStore
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(PartStore.dir_for(out), ignore_errors=True)
     if getattr(args, "train", False):
         cmd_train(args, profile)
     store = measure(profile, out, latency=latency, accuracy=accuracy, progress=_progress())
@@ -117,14 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args, argv)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted (finished work is kept; run the same command to resume)", file=sys.stderr)
-        return 130
+    return run_command(lambda: args.func(args, argv),
+                       interrupted="interrupted (finished work is kept; run the same command to resume)")
 
 
 if __name__ == "__main__":

@@ -32,9 +32,13 @@ EVAL_BATCH = 64
 
 
 class PartStore:
+    @staticmethod
+    def dir_for(out: Path) -> Path:
+        return out.parent / f".{out.name}.parts"
+
     def __init__(self, out: Path):
         self.out = out
-        self.dir = out.parent / f".{out.name}.parts"
+        self.dir = self.dir_for(out)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._done: set[str] = {p.stem for p in self.dir.iterdir() if p.suffix in (".parquet", ".json")}
         if (out / "bundle.json").is_file():

@@ -22,14 +22,14 @@ import numpy as np
 import pandas as pd
 
 from policies.base import PlanAction, Policy, Reject, Request, Route, check_plan_action
-from traces.records import RequestLog
+from policies.view import LiveView
 from traces.distributions import ServiceDistribution
 from traces.errors import InputError
 from traces.profiles import LatencyProfile, PredictionTable
 from traces.scenario import Scenario
-from traces.workload import STREAMS_BEFORE_DEPLOYMENTS, make_workload
+from traces.workload import STREAMS_BEFORE_DEPLOYMENTS, RunState
 
-from .server_view import BatchRunner, Deployment, ServerView, set_timer_slack, wait_until, warm
+from .server_view import BatchRunner, Deployment, set_timer_slack, wait_until, warm
 
 __all__ = ["BatchRunner", "SleepRunner", "parametric_runners", "serve", "sleep_runner_factory", "wait_until"]
 
@@ -91,21 +91,15 @@ class _Stages:
         self.label, self.stages = label, stages
 
 
-class Server:
+class Server(RunState):
     """One run of a scenario on real threads; ``serve`` is the way to use it."""
 
     def __init__(self, scenario: Scenario, policy: Policy, runners: dict[str, Callable[[], BatchRunner]], *,
                  seed: int, labels: Sequence | None, profiles: dict[str, LatencyProfile],
                  predictions: PredictionTable | None):
         self.scenario, self.policy, self.profiles, self.labels = scenario, policy, profiles, labels
-        self.predictions = predictions if predictions is not None and predictions.sample_ids.size else None
-        work = make_workload(scenario, seed, self.predictions.sample_ids.size if self.predictions else 0)
-        self.arrival_times: list[float] = work.arrival_s.tolist()
-        self.arrivals_seen = 0
-        self.log = RequestLog(work.arrival_s, work.deadline_ms, work.sample_index)
-        self._deadline_ms = work.deadline_ms.tolist()
-        self.sample: list[int] = work.sample_index.tolist()
-        self.deadlines_s: list[float] = (work.arrival_s + work.deadline_ms / 1000.0).tolist()
+        RunState.__init__(self, scenario, seed, predictions)
+        work = self.work
         self.window_s = (scenario.warmup_s, scenario.duration_s)
         self.t0 = time.perf_counter()
         n = self.log.n
@@ -124,7 +118,7 @@ class Server:
         self._by_name = {d.name: d for d in self.deployments}
         self.deployment_names = tuple(self._by_name)
         self._routes: dict[object, _Stages | Reject] = {}
-        self.view = ServerView(self)
+        self.view = LiveView(self, self.clock)
         policy.setup(self.view)
 
     def clock(self) -> float:
@@ -251,7 +245,7 @@ class Server:
         return self._results()
 
     def _dispatch(self, plans: list[float], progress: bool) -> None:
-        times, deadline_ms, sample, log, t0 = self.arrival_times, self._deadline_ms, self.sample, self.log, self.t0
+        times, deadline_ms, sample, log, t0 = self.arrival_times, self.deadline_ms, self.sample, self.log, self.t0
         bar = None
         if progress:
             from tqdm import tqdm

@@ -3,31 +3,28 @@
 A ``Deployment`` is one shared ``Batcher`` or one per replica (picked by a balancer); a ``Batcher``
 is a waiting line (``traces.queues``) guarded by a ``threading.Condition``, with one worker thread
 per ``Replica`` that forms batches by the simulator's rule (``sim.batcher``) and runs them on its
-own ``BatchRunner``. ``ServerView`` answers exactly what ``sim.view.EngineView`` answers, from
-live state (each read is one GIL-atomic ``len`` or int, so no lock). The balancers are the
+own ``BatchRunner``. Policies see it through ``policies.view.LiveView``, as in the simulator
+(each read is one GIL-atomic ``len`` or int, so no lock). The balancers are the
 simulator's own (``traces.balancers``), so power-of-two consumes its random stream
 as the simulator does.
 """
 
 from __future__ import annotations
 
-import bisect
 import ctypes
-import math
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
 from traces.balancers import make_balancer
-from traces.queues import make_queue
+from traces.queues import make_queue, take_batch
+from traces.records import ReplicaSeconds, deployment_stats
 from traces.scenario import DeploymentConfig
 
 if TYPE_CHECKING:
-    from traces.profiles import LatencyProfile, PredictionTable
-
     from .server import Server
 
 
@@ -140,17 +137,8 @@ class Batcher:
         return None
 
     def _take(self, now: float) -> list[int]:
-        queue, n = self.queue, min(self.max_b, len(self.queue))
-        if not self.drop_expired:
-            return [queue.take() for _ in range(n)]
-        deadlines, batch = self.server.deadlines_s, []
-        while queue and len(batch) < self.max_b:
-            request = queue.take()
-            if deadlines[request] <= now:
-                self.server.drop(request, now, "expired")
-            else:
-                batch.append(request)
-        return batch
+        deadlines = self.server.deadlines_s if self.drop_expired else None
+        return take_batch(self.queue, self.max_b, now, deadlines, self.server.drop)
 
     def work(self, rep: Replica) -> None:
         """A replica's thread: form batches by the rule, run them, report them, until told to stop."""
@@ -223,7 +211,7 @@ class Deployment:
         self.batchers: list[Batcher] = [] if self._balancer else [Batcher(server, self)]
         self.all_batchers = list(self.batchers)
         self.replicas = 0
-        self._replica_s = self._since_s = 0.0
+        self._held = ReplicaSeconds(server.window_s)
         self._ids = 0
 
     def submit(self, request: int, now: float) -> bool:
@@ -251,6 +239,7 @@ class Deployment:
                 self.all_batchers.append(self.batchers[-1])
             self.batchers[-1].add(self.new_replica(runner))
         self.replicas = len(runners)
+        self._held.change(self.replicas, 0.0)
 
     def set_batching(self, max_batch_size: int | None, timeout_ms: float | None) -> None:
         if max_batch_size is not None:
@@ -264,7 +253,7 @@ class Deployment:
 
     def set_replicas(self, count: int, now: float) -> None:
         """New replicas start at once; idle ones are removed first, busy ones after their batch."""
-        self._account(now)
+        self._held.change(count, now)
         with self._lock:
             if self._balancer is None:
                 batcher = self.batchers[0]
@@ -295,87 +284,6 @@ class Deployment:
             if not self.submit(request, now):
                 self.server.drop(request, now, "queue_full")
 
-    def _account(self, now: float) -> None:
-        lo, hi = self.server.window_s
-        overlap = min(now, hi) - max(self._since_s, lo)
-        if overlap > 0:
-            self._replica_s += self.replicas * overlap
-        self._since_s = now
-
     def stats(self, end_s: float) -> dict:
         """Busy fraction, replica-seconds and batches inside the measurement window (as sim's)."""
-        self._account(max(end_s, self._since_s))
-        reps = [r for b in self.all_batchers for r in b.replicas]
-        busy_s, batches, items = (sum(r.busy_s for r in reps), sum(r.batches for r in reps),
-                                  sum(r.items for r in reps))
-        return {"replica_seconds": self._replica_s, "busy_seconds": busy_s,
-                "utilization": busy_s / self._replica_s if self._replica_s > 0 else 0.0,
-                "batches": batches, "mean_batch_size": items / batches if batches else 0.0}
-
-
-class ServerView:
-    """Implements ``policies.base.SystemView`` over a running ``Server``; it exposes no mutator."""
-
-    __slots__ = ("_server",)
-
-    def __init__(self, server: "Server"):
-        self._server = server
-
-    @property
-    def now_s(self) -> float:
-        return self._server.clock()
-
-    @property
-    def deployments(self) -> tuple[str, ...]:
-        return self._server.deployment_names
-
-    @property
-    def predictions(self) -> "PredictionTable | None":
-        return self._server.predictions
-
-    def variant(self, deployment: str) -> str | None:
-        return self._server.deployment(deployment).variant
-
-    def replicas(self, deployment: str) -> int:
-        return self._server.deployment(deployment).replicas
-
-    def busy_replicas(self, deployment: str) -> int:
-        return self._server.deployment(deployment).busy_replicas
-
-    def queue_length(self, deployment: str) -> int:
-        return self._server.deployment(deployment).queue_length
-
-    def max_batch_size(self, deployment: str) -> int:
-        return self._server.deployment(deployment).max_batch_size
-
-    def batch_wait_timeout_ms(self, deployment: str) -> float:
-        return self._server.deployment(deployment).batch_wait_timeout_ms
-
-    def arrival_rate_rps(self, window_s: float = 1.0) -> float:
-        """Arrivals dispatched in the last ``window_s`` (or since the start, if shorter), per second."""
-        server = self._server
-        now = server.clock()
-        span = min(window_s, now)
-        if span <= 0:
-            return 0.0
-        seen = server.arrivals_seen
-        first = bisect.bisect_left(server.arrival_times, now - span, 0, seen)
-        return (seen - first) / span
-
-    def load(self, deployment: str) -> tuple[int, int, int]:
-        return self.queue_length(deployment), self.busy_replicas(deployment), self.replicas(deployment)
-
-    def recent_batch_latency_ms(self, deployment: str, q: float = 95.0, window_s: float = 5.0) -> float:
-        now = self.now_s
-        values = [s for t, s, _ in list(self._server.deployment(deployment).recent) if t >= now - window_s]
-        return float(np.percentile(values, q)) * 1000.0 if values else math.nan
-
-    def latency_profile(self, deployment: str) -> "LatencyProfile":
-        return self._server.profiles[deployment]
-
-    def accuracy(self, deployment: str) -> float:
-        variant = self.variant(deployment)
-        table = self._server.predictions
-        if table is None or variant not in table.pred:
-            return math.nan
-        return table.accuracy(variant)
+        return deployment_stats(self._held.until(end_s), (r for b in self.all_batchers for r in b.replicas))

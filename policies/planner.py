@@ -11,11 +11,17 @@ expected accuracy whose predicted latency fits the time the request has left.
   ``max_utilization`` if all traffic took it: lambda on the first stage, (1 - coverage) lambda on
   the second, each at the batch size its batcher forms at that rate. For each pair only its most
   accurate sustainable tau is kept; options are sorted by expected accuracy.
-- Per request, the prediction for a deployment is the profiled p``q`` service time of its formed
-  batch plus the queueing delay of its current queue (``policies.estimates``); a cascade must fit
-  with both stages (its worst case). The first option that fits wins; when none does, the
-  deployment with the lowest predicted latency. The per-request work is a scan of a short,
-  precomputed list.
+- A single deployment that is not sustainable for all the traffic stays in the list (``mix``,
+  default on) but may only take a request it can start at once: fewer waiting than the batch it
+  forms and a replica free. So an accurate model that cannot carry the load still serves what it
+  has room for (at a 10 ms deadline in the study this took the planner from 0.960 to 0.972
+  on-time accuracy, level with `infaas`), without building a queue that would make its own
+  requests and the cascades' second stages late.
+- Per request, the prediction for a deployment is the profiled p``q`` service time of the batch
+  it forms at the rate this policy has been sending it (stage two counted at its expected share)
+  plus the queueing delay of its current queue (``policies.estimates``); a cascade must fit with
+  both stages (its worst case). The first option that fits wins; when none does, the deployment
+  with the lowest predicted latency. The per-request work is a scan of a short, precomputed list.
 """
 
 from __future__ import annotations
@@ -34,11 +40,12 @@ DEFAULT_TAUS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
 
 
 class _Option:
-    __slots__ = ("route", "first", "second", "accuracy", "coverage", "tau")
+    __slots__ = ("route", "first", "second", "accuracy", "coverage", "tau", "spare_only")
 
     def __init__(self, route, first, second, accuracy, coverage, tau):
         self.route, self.first, self.second = route, first, second
         self.accuracy, self.coverage, self.tau = accuracy, coverage, tau
+        self.spare_only = False  # an unsustainable single: only for a request it can start at once
 
 
 @register
@@ -46,7 +53,7 @@ class Planner(Policy):
     name = "planner"
 
     def __init__(self, taus: list[float] | None = None, q: float = 95.0, max_utilization: float = 0.9,
-                 refresh_s: float = 0.5, rate_window_s: float = 2.0, cascades: bool = True):
+                 refresh_s: float = 0.5, rate_window_s: float = 2.0, cascades: bool = True, mix: bool = True):
         self.taus = tuple(taus) if taus is not None else DEFAULT_TAUS
         if not self.taus or any(not 0 <= t <= 1 for t in self.taus):
             raise InputError("policy.taus", f"must be thresholds in [0, 1], got {taus!r}")
@@ -54,6 +61,7 @@ class Planner(Policy):
             raise InputError("policy.max_utilization", f"must be in (0, 1], got {max_utilization!r}")
         self.q, self.max_utilization = q, max_utilization
         self.refresh_s, self.rate_window_s, self.use_cascades = refresh_s, rate_window_s, cascades
+        self.mix = mix
 
     # --- plan time -------------------------------------------------------------------------
     def setup(self, view):
@@ -79,7 +87,8 @@ class Planner(Policy):
                         pair.append(_Option(Route.cascade([fast, slow], [tau]), self._index[fast], self._index[slow],
                                             float(np.where(exits, ok_fast, ok_slow).mean()), float(exits.mean()), tau))
                     self._cascades.append(pair)
-        self._last_s = -math.inf
+        self._last_s = view.now_s
+        self._routed = [0.0] * len(deps)
         self._replan(view)
 
     def _utilization(self, view, index: int, rate_rps: float) -> float:
@@ -97,25 +106,38 @@ class Planner(Policy):
 
     def _replan(self, view) -> None:
         now = view.now_s
+        span = now - self._last_s
         self._last_s = now
         rate = view.arrival_rate_rps(self.rate_window_s) if now > 0 else 0.0
         self.rate_rps = rate
-        options = [o for o in self._singles if self._sustainable(view, o, rate)]
-        stage_rate = [0.0] * len(self._models)
+        options = []
+        for single in self._singles:
+            # a single that cannot carry all the traffic may still take a request it can start at
+            # once (no queue, a replica free), so idle capacity of accurate models is not wasted
+            single.spare_only = not self._sustainable(view, single, rate)
+            if self.mix or not single.spare_only:
+                options.append(single)
         for pair in self._cascades:
             usable = [o for o in pair if self._sustainable(view, o, rate)]
             if usable:
                 options.append(max(usable, key=lambda o: o.accuracy))
         options.sort(key=lambda o: -o.accuracy)
         self._options = options
-        # deployments' batch and service estimates at the rate the best option would give them
-        if options:
-            best = options[0]
-            stage_rate[best.first] = rate
-            if best.second >= 0:
-                stage_rate[best.second] = (1 - best.coverage) * rate
+        # each deployment's batch and service estimate at the rate this policy has been sending it
+        # (stage two counted at its expected share); before any traffic, at what the best option would
+        routed = self._routed
+        if span > 0 and sum(routed) > 0:
+            stage_rate = [c / span for c in routed]
+        else:
+            stage_rate = [0.0] * len(self._models)
+            if options:
+                best = options[0]
+                stage_rate[best.first] = rate
+                if best.second >= 0:
+                    stage_rate[best.second] = (1 - best.coverage) * rate
+        self._routed = [0.0] * len(self._models)
         for index, model in enumerate(self._models):
-            model.update(view, stage_rate[index] if stage_rate[index] > 0 else rate * 0.5)
+            model.update(view, stage_rate[index])
 
     def plan(self, view):
         self._replan(view)
@@ -130,6 +152,10 @@ class Planner(Policy):
         models = self._models
         predicted = [-1.0] * len(models)
         for option in self._options:
+            if option.spare_only:
+                waiting, busy, replicas = view.load(models[option.first].name)
+                if waiting >= models[option.first].batch or busy >= replicas:
+                    continue
             first = predicted[option.first]
             if first < 0:
                 first = predicted[option.first] = models[option.first].latency_ms(view)
@@ -140,8 +166,13 @@ class Planner(Policy):
                     second = predicted[option.second] = models[option.second].latency_ms(view)
                 total += second
             if total <= left:
+                routed = self._routed
+                routed[option.first] += 1.0
+                if option.second >= 0:
+                    routed[option.second] += 1.0 - option.coverage
                 return option.route
         best = min(self._fallback, key=lambda i: predicted[i] if predicted[i] >= 0 else models[i].latency_ms(view))
+        self._routed[best] += 1.0
         return self._singles[best].route
 
     def describe(self) -> list[dict]:

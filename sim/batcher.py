@@ -17,7 +17,7 @@ from collections import deque
 
 from simpy.events import Timeout
 
-from traces.queues import EdfQueue, FifoQueue
+from traces.queues import EdfQueue, FifoQueue, take_batch
 
 if TYPE_CHECKING:
     import simpy
@@ -174,17 +174,7 @@ class Batcher:
                 event.callbacks.append(replica._done)
 
     def _take(self, now: float, max_b: int) -> list[int]:
-        queue = self.queue
-        if not self.drop_expired:
-            return [queue.take() for _ in range(min(max_b, len(queue)))]
-        deadlines, batch = self.deadlines_s, []
-        while queue and len(batch) < max_b:
-            request = queue.take()
-            if deadlines[request] <= now:
-                self.sink.drop(request, now, "expired")
-            else:
-                batch.append(request)
-        return batch
+        return take_batch(self.queue, max_b, now, self.deadlines_s if self.drop_expired else None, self.sink.drop)
 
     def _timer_fired(self, _event) -> None:
         self._timer_armed = False

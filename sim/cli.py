@@ -8,7 +8,7 @@ from pathlib import Path
 
 import policies
 from traces.bundle import TraceBundle
-from traces.errors import InputError
+from traces.cli import run_command
 from traces.scenario import load_scenario, parse_seeds
 from traces.summary import summary_table
 
@@ -121,14 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from traces.scenario import DeploymentConfig
 from traces.balancers import make_balancer
 from .batcher import Batcher, BatchSink
 from traces.queues import make_queue
+from traces.records import ReplicaSeconds, deployment_stats
 
 if TYPE_CHECKING:
     import simpy
@@ -36,8 +37,7 @@ class Deployment:
         self._gone: list[Batcher] = []  # per-replica batchers removed by a plan, kept for accounting
         self._live: list[Batcher] = []  # per-replica batchers whose replica is up
         self.recent: deque[tuple[float, float, int]] = deque(maxlen=1024)  # (finish_s, service_s, size)
-        self._replica_s = 0.0
-        self._count_since_s = 0.0
+        self._held = ReplicaSeconds(window_s)
         self._count = 0
         self._replica_ids = 0  # replicas are numbered in order of creation, never reused
         if self._balancer is None:
@@ -113,7 +113,7 @@ class Deployment:
 
     def set_replicas(self, count: int, now: float) -> None:
         """Add idle replicas at once; remove idle ones first, busy ones after their batch."""
-        self._account(now)
+        self._held.change(count, now)
         if self._balancer is None:
             self._resize_shared(self.batchers[0], count, now)
         else:
@@ -158,13 +158,6 @@ class Deployment:
         return self._replica_ids - 1
 
     # --- accounting ----------------------------------------------------------------------
-    def _account(self, now: float) -> None:
-        lo, hi = self.window_s
-        overlap = min(now, hi) - max(self._count_since_s, lo)
-        if overlap > 0:
-            self._replica_s += self._count * overlap
-        self._count_since_s = now
-
     def all_replicas(self):
         for batcher in self.batchers + self._gone:
             yield from batcher.replicas
@@ -172,15 +165,4 @@ class Deployment:
 
     def stats(self, end_s: float) -> dict:
         """Busy fraction, replica-seconds and batches inside the measurement window."""
-        self._account(max(end_s, self._count_since_s))
-        replicas = list(self.all_replicas())
-        busy_s = sum(r.busy_s for r in replicas)
-        batches = sum(r.batches for r in replicas)
-        items = sum(r.items for r in replicas)
-        return {
-            "replica_seconds": self._replica_s,
-            "busy_seconds": busy_s,
-            "utilization": busy_s / self._replica_s if self._replica_s > 0 else 0.0,
-            "batches": batches,
-            "mean_batch_size": items / batches if batches else 0.0,
-        }
+        return deployment_stats(self._held.until(end_s), self.all_replicas())

@@ -15,17 +15,16 @@ from dataclasses import dataclass
 import pandas as pd
 
 from policies.base import PlanAction, Policy, Reject, Request, Route, check_plan_action
+from policies.view import LiveView
 from traces.bundle import TraceBundle
 from traces.errors import InputError
 from traces.profiles import LatencyProfile, PredictionTable
 from traces.scenario import Scenario
-from traces.workload import make_workload
+from traces.workload import RunState
 
 from .deployment import Deployment
 from .environment import ServingEnvironment
-from traces.records import RequestLog
 from .service import MeasuredSampler, ParametricSampler
-from .view import EngineView
 
 
 class _Stages:
@@ -46,21 +45,15 @@ class RunResult:
     policy: dict
 
 
-class Simulation:
+class Simulation(RunState):
     def __init__(self, scenario: Scenario, policy: Policy, *, bundle: TraceBundle | None = None,
                  profiles: dict[str, LatencyProfile], predictions: PredictionTable | None, seed: int):
         self.scenario = scenario
         self.policy = policy
         self.env = ServingEnvironment()
         self.duration_s = scenario.duration_s
-        self.predictions = predictions if predictions is not None and predictions.sample_ids.size else None
-        work = make_workload(scenario, seed, self.predictions.sample_ids.size if self.predictions else 0)
-        self.arrival_times: list[float] = work.arrival_s.tolist()
-        self.arrivals_seen = 0
-        self.log = RequestLog(work.arrival_s, work.deadline_ms, work.sample_index)
-        self._deadline_ms = work.deadline_ms.tolist()
-        self._sample = work.sample_index.tolist()
-        self.deadlines_s = (work.arrival_s + work.deadline_ms / 1000.0).tolist()
+        RunState.__init__(self, scenario, seed, predictions)
+        work = self.work
         window = (scenario.warmup_s, scenario.duration_s)
         self.profiles = profiles
         self.deployments: list[Deployment] = []
@@ -76,7 +69,7 @@ class Simulation:
         self.fault_log: list[dict] = []
         self.deployment_names = tuple(self._by_name)
         self._routes: dict[object, _Stages | Reject] = {}  # Route and Reject hash by identity
-        self.view = EngineView(self)
+        self.view = LiveView(self, lambda env=self.env: env.now)
         policy.setup(self.view)
 
     def deployment(self, name: str) -> Deployment:
@@ -89,7 +82,7 @@ class Simulation:
     def _arrive(self, i: int) -> None:
         self.arrivals_seen = i + 1
         now = self.env.now
-        route = self.policy.route(Request(i, self.arrival_times[i], self._deadline_ms[i], self._sample[i]), self.view)
+        route = self.policy.route(Request(i, self.arrival_times[i], self.deadline_ms[i], self.sample[i]), self.view)
         resolved = self._routes.get(route) or self._resolve(route)
         if resolved.__class__ is Reject:
             self.drop(i, now, resolved.reason)
@@ -142,7 +135,7 @@ class Simulation:
 
     def batch_finished(self, deployment: int, batch: list[int], now: float) -> None:
         log = self.log
-        hop, hops, routes, sample, finish = log.hop, log.hops, log.route, self._sample, log.finish_s
+        hop, hops, routes, sample, finish = log.hop, log.hops, log.route, self.sample, log.finish_s
         for i in batch:
             k = hop[i]
             hops[k].finish_s[i] = now

@@ -178,28 +178,17 @@ def test_service_table_missing_column(check, tmp_path, tiny_bundle):
     check(make_scenario(tmp_path, bundle), "service.csv", "latency_ms")
 
 
-def test_service_table_nan_latency(check, tmp_path, tiny_bundle):
+@pytest.mark.parametrize("row, value", [(4, np.nan), (3, -1.5)])
+def test_service_table_bad_latency(check, tmp_path, tiny_bundle, row, value):
     bundle = copy_bundle(tiny_bundle, tmp_path)
 
-    def nan_row_4(f):
+    def spoil(f):
         f["latency_ms"] = f["latency_ms"].astype(float)
-        f.loc[3, "latency_ms"] = np.nan
+        f.loc[row - 1, "latency_ms"] = value
         return f
 
-    edit_csv(bundle / "service.csv", nan_row_4)
-    check(make_scenario(tmp_path, bundle), "service.csv", "row 4", "latency_ms")
-
-
-def test_service_table_negative_latency(check, tmp_path, tiny_bundle):
-    bundle = copy_bundle(tiny_bundle, tmp_path)
-
-    def negative_row_3(f):
-        f["latency_ms"] = f["latency_ms"].astype(float)
-        f.loc[2, "latency_ms"] = -1.5
-        return f
-
-    edit_csv(bundle / "service.csv", negative_row_3)
-    check(make_scenario(tmp_path, bundle), "service.csv", "row 3", "latency_ms")
+    edit_csv(bundle / "service.csv", spoil)
+    check(make_scenario(tmp_path, bundle), "service.csv", f"row {row}", "latency_ms")
 
 
 def test_predictions_confidence_above_one(check, tmp_path, tiny_bundle):

@@ -33,13 +33,25 @@ def test_planner_takes_a_cascade_when_the_large_model_alone_cannot_keep_up():
     """150 rps: 'slow' alone (100 rps capacity) is unsustainable; a cascade sending it the
     unconfident half is, and is more accurate than 'fast' alone."""
     table = two_model_table()
-    view = FakeView(FAST_SLOW, table, rate_rps=150.0)
+    busy_slow = {"fast": {"ms": 2.0}, "slow": {"ms": 10.0, "busy": 1}}
+    view = FakeView(busy_slow, table, rate_rps=150.0)
     planner = make("planner", view)
     label = planner.route(request(30), view).label
     assert label.startswith("fast@") and label.endswith(">slow")
     best = planner.describe()[0]
     assert best["accuracy"] > table.accuracy("fast") + 0.05
     assert (1 - best["coverage"]) * 150.0 <= 0.9 * 100.0  # the second stage stays sustainable
+
+
+def test_planner_lets_an_overloaded_accurate_model_take_requests_it_can_start_at_once():
+    """At 150 rps 'slow' cannot carry all traffic, but an idle 'slow' still serves the request in
+    hand (the most accurate option); once it is busy the planner turns to the cascade."""
+    view = FakeView(FAST_SLOW, two_model_table(), rate_rps=150.0)
+    planner = make("planner", view)
+    assert planner.route(request(30), view).label == "slow"
+    busy = FakeView({"fast": {"ms": 2.0}, "slow": {"ms": 10.0, "busy": 1}}, two_model_table(), rate_rps=150.0)
+    assert planner.route(request(30), busy).label != "slow"
+    assert make("planner", view, mix=False).route(request(30), view).label != "slow"
 
 
 def test_planner_falls_back_to_fast_when_only_fast_fits():

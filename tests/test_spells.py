@@ -69,7 +69,9 @@ def test_a_bundle_with_run_times_has_spells_and_a_scenario_may_turn_them_off(tmp
     sizes, latency, started = _timed_runs()
     service = pd.DataFrame({"variant": "m/fp32/cpu", "model": "m", "precision": "fp32", "device": "cpu",
                             "batch_size": sizes, "latency_ms": latency, "started_at_s": started})
+    service.loc[:7, "started_at_s"] = np.nan  # rows merged from a bundle that had no run times
     TraceBundle(meta={"name": "spells"}, service=service, predictions=bundle.predictions.iloc[:0]).save(tmp_path / "b")
+    assert TraceBundle.load(tmp_path / "b").service["started_at_s"].isna().sum() == 8
     raw = {"duration_s": 1.0, "bundle": str(tmp_path / "b"), "arrivals": {"kind": "poisson", "rate_rps": 10.0},
            "requests": {"deadline_ms": 100.0}, "policy": {"name": "static"},
            "deployments": [{"name": "m", "variant": "m/fp32/cpu", "max_batch_size": 8}]}

@@ -4,7 +4,8 @@ A bundle is a directory with ``bundle.json`` (name, description, hardware, softw
 units) and two tables, each Parquet or CSV:
 
 - ``service``: one row per timed batch run (variant, model, precision, device, batch_size,
-  latency_ms, optional threads, optional started_at_s: when the run started, Unix seconds);
+  latency_ms, optional threads, optional started_at_s: when the run started, Unix seconds, empty
+  where unknown);
 - ``predictions``: one row per (variant, evaluated sample) (variant, sample_id, label, pred,
   confidence, correct).
 
@@ -64,13 +65,13 @@ class TraceBundle:
         return self._samples[variant]
 
     def slow_spells(self, variant: str):
-        """The variant's measured slow spells (``traces.profiles.SlowSpells``); none when the
-        bundle has no run start times."""
+        """The variant's measured slow spells (``traces.profiles.SlowSpells``), from its rows that
+        have a run start time (none without them)."""
         from .profiles import SlowSpells, measure_spells
 
-        rows = self.service[self.service["variant"] == variant]
-        if "started_at_s" not in rows or rows["started_at_s"].isna().any():
+        if "started_at_s" not in self.service:
             return SlowSpells()
+        rows = self.service[(self.service["variant"] == variant) & self.service["started_at_s"].notna()]
         return measure_spells(rows["batch_size"].to_numpy(), rows["latency_ms"].to_numpy(),
                               rows["started_at_s"].to_numpy())
 
@@ -132,7 +133,7 @@ def _load_service(path: Path) -> pd.DataFrame:
         frame["threads"] = check_numeric(frame, path, "threads", low=1, low_inclusive=True,
                                          integer=True).astype(np.int64)
     if "started_at_s" in frame.columns:
-        frame["started_at_s"] = check_numeric(frame, path, "started_at_s", low=0, low_inclusive=True)
+        frame["started_at_s"] = check_numeric(frame, path, "started_at_s", low=0, low_inclusive=True, missing_ok=True)
     frame["variant"] = frame["variant"].astype(str)
     return frame
 

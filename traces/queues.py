@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from typing import Callable
 
 
 class FifoQueue(deque):
@@ -67,3 +68,21 @@ class EdfQueue(list):
 def make_queue(discipline: str, deadlines_s: list[float]) -> FifoQueue | EdfQueue:
     """``deadlines_s[request]`` is each request's absolute deadline, which EDF orders by."""
     return EdfQueue(deadlines_s) if discipline == "edf" else FifoQueue()
+
+
+def take_batch(queue: FifoQueue | EdfQueue, max_b: int, now: float, deadlines_s: list[float] | None,
+               drop: Callable[[int, float, str], None]) -> list[int]:
+    """The next batch, up to ``max_b`` requests in service order. With ``deadlines_s`` (the
+    deployment drops expired requests), a request whose deadline has been reached is dropped via
+    ``drop(request, now, "expired")`` and the next one taken in its place. Both executors batch here.
+    """
+    if deadlines_s is None:
+        return [queue.take() for _ in range(min(max_b, len(queue)))]
+    batch: list[int] = []
+    while queue and len(batch) < max_b:
+        request = queue.take()
+        if deadlines_s[request] <= now:
+            drop(request, now, "expired")
+        else:
+            batch.append(request)
+    return batch

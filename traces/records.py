@@ -105,3 +105,40 @@ class RequestLog:
             correct[rows] = predictions.correct[variant][samples]
             known[rows] = True
         return pred, pd.arrays.BooleanArray(correct, ~known)
+
+
+class ReplicaSeconds:
+    """Replica-seconds a deployment holds inside the measurement window ``[lo, hi)``: each
+    stretch of time counts ``count`` x its overlap with the window (the cost figure's basis)."""
+
+    __slots__ = ("lo", "hi", "count", "since_s", "total_s")
+
+    def __init__(self, window_s: tuple[float, float]):
+        self.lo, self.hi = window_s
+        self.count, self.since_s, self.total_s = 0, 0.0, 0.0
+
+    def change(self, count: int, now: float) -> None:
+        """From ``now`` on, ``count`` replicas are provisioned."""
+        self.until(now)
+        self.count = count
+
+    def until(self, now: float) -> float:
+        """Account up to ``now`` (never backwards); returns the total so far."""
+        if now > self.since_s:
+            overlap = min(now, self.hi) - max(self.since_s, self.lo)
+            if overlap > 0:
+                self.total_s += self.count * overlap
+            self.since_s = now
+        return self.total_s
+
+
+def deployment_stats(replica_s: float, replicas) -> dict:
+    """Busy fraction, replica-seconds and batches inside the window, from replicas that carry
+    ``busy_s``, ``batches`` and ``items`` (both executors' replicas do)."""
+    replicas = list(replicas)
+    busy_s = sum(r.busy_s for r in replicas)
+    batches = sum(r.batches for r in replicas)
+    items = sum(r.items for r in replicas)
+    return {"replica_seconds": replica_s, "busy_seconds": busy_s,
+            "utilization": busy_s / replica_s if replica_s > 0 else 0.0,
+            "batches": batches, "mean_batch_size": items / batches if batches else 0.0}

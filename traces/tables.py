@@ -54,11 +54,15 @@ def _first_bad(mask: np.ndarray) -> int | None:
 
 
 def check_numeric(frame: pd.DataFrame, path: Path, column: str, *, low: float, low_inclusive: bool,
-                  high: float | None = None, integer: bool = False) -> np.ndarray:
-    """The column as float64, or an InputError naming the first offending row."""
-    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+                  high: float | None = None, integer: bool = False, missing_ok: bool = False) -> np.ndarray:
+    """The column as float64, or an InputError naming the first offending row (``missing_ok``:
+    empty cells are allowed and come back as NaN)."""
+    raw = frame[column]
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
     below = values < low if low_inclusive else values <= low
     bad = ~np.isfinite(values) | below
+    if missing_ok:
+        bad &= ~raw.isna().to_numpy()
     if high is not None:
         bad |= values > high
     if integer:

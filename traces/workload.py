@@ -45,3 +45,27 @@ def make_workload(scenario: Scenario, seed: int, n_samples: int) -> Workload:
     sample_index = sample_rng.integers(0, n_samples, size=n) if n_samples else np.zeros(n, dtype=np.int64)
     rest = streams[STREAMS_BEFORE_DEPLOYMENTS:]
     return Workload(times, deadline_ms, sample_index, tuple(zip(rest[0::2], rest[1::2])), fault_rng)
+
+
+class RunState:
+    """What both executors keep per run and per request, set up from the scenario's workload.
+
+    ``predictions`` (None when the table is empty), the workload ``work``, ``arrival_times``,
+    ``arrivals_seen`` (advanced by the executor), the request ``log``, and per request, as Python
+    lists for the hot paths, ``deadline_ms``, ``sample`` (index into the prediction table) and the
+    absolute ``deadlines_s``. The simulator and the real server both subclass it, and the policies'
+    ``policies.view.LiveView`` reads the same names from either.
+    """
+
+    def __init__(self, scenario: Scenario, seed: int, predictions):
+        from .records import RequestLog
+
+        self.predictions = predictions if predictions is not None and predictions.sample_ids.size else None
+        self.work = make_workload(scenario, seed, self.predictions.sample_ids.size if self.predictions else 0)
+        work = self.work
+        self.arrival_times: list[float] = work.arrival_s.tolist()
+        self.arrivals_seen = 0
+        self.log = RequestLog(work.arrival_s, work.deadline_ms, work.sample_index)
+        self.deadline_ms: list[float] = work.deadline_ms.tolist()
+        self.sample: list[int] = work.sample_index.tolist()
+        self.deadlines_s: list[float] = (work.arrival_s + work.deadline_ms / 1000.0).tolist()
