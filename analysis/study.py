@@ -1,7 +1,8 @@
 """Tables of a sweep's results: each policy's metrics with 95% intervals over seeds, and paired
 comparisons of two policies, as Markdown.
 
-    python -m analysis.study runs/study/results.parquet [--versus planner:infaas] [--out study.md]
+    python -m analysis.study runs/study/results.parquet [--pivot ontime_accuracy] [--versus planner:infaas]
+                             [--out study.md]
 
 Rows are grouped by every axis of the sweep except the policy axis and the seed (for the study:
 workload and deadline); within a group there is one row per policy, in the sweep's order.
@@ -68,6 +69,19 @@ def policy_table(frame: pd.DataFrame, policy_axis: str = "policy", by: list[str]
     return "\n".join(lines)
 
 
+def pivot_table(frame: pd.DataFrame, metric: str, policy_axis: str = "policy", by: list[str] | None = None,
+                digits: int = 4) -> str:
+    """One row per policy, one column per group: ``metric``'s mean ± 95% half-width over seeds."""
+    by = group_axes(frame, policy_axis) if by is None else by
+    groups = [(key if isinstance(key, tuple) else (key,), group) for key, group in _groups(frame, by)]
+    header = [policy_axis] + [" ".join(map(str, key)) for key, _ in groups]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for policy in frame[policy_axis].drop_duplicates():
+        cells = [mean_interval(g.loc[g[policy_axis] == policy, metric]).format(digits) for _, g in groups]
+        lines.append("| " + " | ".join([str(policy), *cells]) + " |")
+    return "\n".join(lines)
+
+
 def versus_table(frame: pd.DataFrame, a: str, b: str, policy_axis: str = "policy", by: list[str] | None = None) -> str:
     """``a`` minus ``b`` per group, paired by seed: mean ± 95% half-width, wins/losses, p-value."""
     by = group_axes(frame, policy_axis) if by is None else by
@@ -93,8 +107,10 @@ def versus_table(frame: pd.DataFrame, a: str, b: str, policy_axis: str = "policy
     return "\n".join(lines)
 
 
-def report(frame: pd.DataFrame, versus: list[tuple[str, str]], policy_axis: str = "policy") -> str:
-    parts = [policy_table(frame, policy_axis)]
+def report(frame: pd.DataFrame, versus: list[tuple[str, str]], policy_axis: str = "policy",
+           pivots: list[str] = ()) -> str:
+    parts = [f"{metric} by policy:\n\n" + pivot_table(frame, metric, policy_axis) + "\n" for metric in pivots]
+    parts.append(policy_table(frame, policy_axis))
     for a, b in versus:
         parts.append(f"\n{a} against {b}, paired by seed:\n\n" + versus_table(frame, a, b, policy_axis))
     return "\n".join(parts) + "\n"
@@ -106,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy-axis", default="policy")
     parser.add_argument("--versus", action="append", default=[], metavar="A:B",
                         help="add a paired comparison of policy A against policy B (repeatable)")
+    parser.add_argument("--pivot", action="append", default=[], metavar="METRIC",
+                        help="add a policy x group table of one metric (e.g. ontime_accuracy; repeatable)")
     parser.add_argument("--out", help="write the Markdown here (atomically; refuses to overwrite without --force)")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
@@ -122,7 +140,10 @@ def _report_command(args) -> int:
         if not sep or not a or not b:
             raise InputError(f"--versus {item}", "expected A:B, two policy labels")
         pairs.append((a, b))
-    text = report(frame, pairs, args.policy_axis)
+    for metric in args.pivot:
+        if metric not in frame:
+            raise InputError(f"--pivot {metric}", f"is not a column of {args.results}")
+    text = report(frame, pairs, args.policy_axis, args.pivot)
     if args.out:
         out = Path(args.out)
         if out.exists() and not args.force:

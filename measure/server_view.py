@@ -228,6 +228,10 @@ class Deployment:
     def busy_replicas(self) -> int:
         return sum(b.busy for b in self.batchers)
 
+    def load(self) -> tuple[int, int, int]:
+        """(waiting, busy replicas, replicas), as ``sim.deployment.Deployment.load``."""
+        return self.queue_length, self.busy_replicas, self.replicas
+
     def new_replica(self, runner: BatchRunner | None) -> Replica:
         self._ids += 1
         return Replica(self._ids - 1, runner)

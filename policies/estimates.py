@@ -39,19 +39,6 @@ def formed_batch_size(profile: "LatencyProfile", rate_rps: float, replicas: int,
     return b
 
 
-def queue_delay_ms(waiting: int, busy: int, replicas: int, batch: int, service_ms: float,
-                   timeout_ms: float, rate_rps: float) -> float:
-    """Expected time before a request that arrives now starts service."""
-    rounds = waiting // max(batch, 1) / max(replicas, 1)
-    delay = rounds * service_ms
-    if busy >= replicas:
-        delay += 0.5 * service_ms
-    elif waiting + 1 < batch and timeout_ms > 0:
-        to_fill = (batch - waiting - 1) / rate_rps * 1000.0 if rate_rps > 0 else math.inf
-        delay += min(timeout_ms, to_fill)
-    return delay
-
-
 class DeploymentModel:
     """A deployment's profile summarised for fast per-request predictions at the current rate."""
 
@@ -76,6 +63,17 @@ class DeploymentModel:
 
     def latency_ms(self, view: "SystemView") -> float:
         """Predicted latency of a request joining this deployment now."""
-        waiting, busy, replicas = view.load(self.name)
-        return self.service_ms + queue_delay_ms(waiting, busy, replicas, self.batch, self.service_ms,
-                                                self.timeout_ms, self.rate_rps)
+        return self.latency_at(*view.load(self.name))
+
+    def latency_at(self, waiting: int, busy: int, replicas: int) -> float:
+        """Predicted latency of a request joining this deployment with this load: its service
+        time plus the wait of the module docstring (written out flat: it runs per request)."""
+        service, batch = self.service_ms, self.batch
+        delay = service + (waiting // batch) / (replicas if replicas > 0 else 1) * service
+        if busy >= replicas:
+            return delay + 0.5 * service
+        if waiting + 1 < batch and self.timeout_ms > 0:
+            rate = self.rate_rps
+            to_fill = (batch - waiting - 1) / rate * 1000.0 if rate > 0 else math.inf
+            return delay + (to_fill if to_fill < self.timeout_ms else self.timeout_ms)
+        return delay

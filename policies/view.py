@@ -1,8 +1,8 @@
 """The one implementation of ``SystemView``, over a live system: the simulation or the real server.
 
 Both executors keep the same state under the same names (``deployment(name)`` with ``variant``,
-``replicas``, ``busy_replicas``, ``queue_length``, ``max_batch_size``, ``batch_wait_timeout_ms``
-and ``recent`` batches; ``deployment_names``, ``predictions``, ``profiles``, ``arrival_times``,
+``replicas``, ``busy_replicas``, ``queue_length``, ``load()``, ``max_batch_size``,
+``batch_wait_timeout_ms`` and ``recent`` batches; ``deployment_names``, ``predictions``, ``profiles``, ``arrival_times``,
 ``arrivals_seen``) and a ``clock()``, so a policy sees exactly the same view in both. The view
 holds no mutator: a policy changes the system only through the ``PlanAction``s it returns.
 """
@@ -22,11 +22,12 @@ if TYPE_CHECKING:
 class LiveView:
     """Implements ``policies.base.SystemView`` over an executor's live state."""
 
-    __slots__ = ("_system", "_clock")
+    __slots__ = ("_system", "_clock", "_deployment")
 
     def __init__(self, system: Any, clock: Callable[[], float]):
         self._system = system
         self._clock = clock
+        self._deployment = system.deployment  # name -> live deployment (unknown names: InputError)
 
     @property
     def now_s(self) -> float:
@@ -41,26 +42,25 @@ class LiveView:
         return self._system.predictions
 
     def variant(self, deployment: str) -> str | None:
-        return self._system.deployment(deployment).variant
+        return self._deployment(deployment).variant
 
     def replicas(self, deployment: str) -> int:
-        return self._system.deployment(deployment).replicas
+        return self._deployment(deployment).replicas
 
     def busy_replicas(self, deployment: str) -> int:
-        return self._system.deployment(deployment).busy_replicas
+        return self._deployment(deployment).busy_replicas
 
     def queue_length(self, deployment: str) -> int:
-        return self._system.deployment(deployment).queue_length
+        return self._deployment(deployment).queue_length
 
     def load(self, deployment: str) -> tuple[int, int, int]:
-        dep = self._system.deployment(deployment)
-        return dep.queue_length, dep.busy_replicas, dep.replicas
+        return self._deployment(deployment).load()
 
     def max_batch_size(self, deployment: str) -> int:
-        return self._system.deployment(deployment).max_batch_size
+        return self._deployment(deployment).max_batch_size
 
     def batch_wait_timeout_ms(self, deployment: str) -> float:
-        return self._system.deployment(deployment).batch_wait_timeout_ms
+        return self._deployment(deployment).batch_wait_timeout_ms
 
     def arrival_rate_rps(self, window_s: float = 1.0) -> float:
         """Arrivals seen in the last ``window_s`` (or since the start, if shorter), per second."""
@@ -76,7 +76,7 @@ class LiveView:
     def recent_batch_latency_ms(self, deployment: str, q: float = 95.0, window_s: float = 5.0) -> float:
         """The q-th percentile service time of batches finished in the last ``window_s`` (NaN if none)."""
         since = self._clock() - window_s
-        values = [s for t, s, _ in list(self._system.deployment(deployment).recent) if t >= since]
+        values = [s for t, s, _ in list(self._deployment(deployment).recent) if t >= since]
         return float(np.percentile(values, q)) * 1000.0 if values else math.nan
 
     def latency_profile(self, deployment: str) -> "LatencyProfile":

@@ -95,6 +95,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.timeout_s = batch_wait_timeout_s
         self.drop_expired = drop_expired
+        self._expiry = deadlines_s if drop_expired else None  # what take_batch checks expiry against
         self.max_queue_size = max_queue_size
         self.window_s = window_s
         self.replicas: list[Replica] = []
@@ -164,17 +165,14 @@ class Batcher:
                         self._timer_armed = True
                         Timeout(self.env, ready_s - now).callbacks.append(self._timer_fired)
                     return
-            batch = self._take(now, max_b)
+            batch = take_batch(queue, max_b, now, self._expiry, self.sink.drop)
             if batch:
                 replica = free.pop()
                 self.sink.batch_started(self.deployment, batch, now, replica.index)
                 replica.batch = batch
                 replica.started_s = now
-                event = replica.event = Timeout(self.env, self.sampler.draw_s(len(batch), self.env.now))
+                event = replica.event = Timeout(self.env, self.sampler.draw_s(len(batch), now))
                 event.callbacks.append(replica._done)
-
-    def _take(self, now: float, max_b: int) -> list[int]:
-        return take_batch(self.queue, max_b, now, self.deadlines_s if self.drop_expired else None, self.sink.drop)
 
     def _timer_fired(self, _event) -> None:
         self._timer_armed = False

@@ -99,6 +99,20 @@ class Deployment:
     def busy_replicas(self) -> int:
         return sum(b.busy for b in self.batchers)
 
+    def load(self) -> tuple[int, int, int]:
+        """(waiting, busy replicas, replicas able to serve) in one pass: a policy reads it per request."""
+        batchers = self.batchers
+        if len(batchers) == 1:
+            b = batchers[0]
+            free, down = len(b.free), b.down
+            return len(b.queue), len(b.replicas) - free - down, self._count - down
+        waiting = busy = down = 0
+        for b in batchers:
+            waiting += len(b.queue)
+            busy += len(b.replicas) - len(b.free) - b.down
+            down += b.down
+        return waiting, busy, self._count - down
+
     # --- changes a plan may make ------------------------------------------------------------
     def set_batching(self, max_batch_size: int | None, batch_wait_timeout_ms: float | None, now: float) -> None:
         if max_batch_size is not None:

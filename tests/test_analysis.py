@@ -11,7 +11,7 @@ from scipy import stats
 
 from analysis.stats import mean_interval, paired_difference
 from analysis.study import main as study_main
-from analysis.study import policy_table, versus_table
+from analysis.study import pivot_table, policy_table, versus_table
 
 
 def test_mean_interval_is_the_student_t_interval():
@@ -63,6 +63,12 @@ def test_policy_table_groups_by_the_other_axes():
     assert "| 3 |" in row and "0.9020 ± 0.0025" in row and "20.0 ± 24.8" in row
 
 
+def test_pivot_table_has_a_row_per_policy_and_a_column_per_group():
+    lines = pivot_table(_results(), "ontime_accuracy").splitlines()
+    assert lines[0] == "| policy | poisson | bursty |"
+    assert lines[2].startswith("| planner | 0.9320 ± 0.0025 |") and lines[3].startswith("| infaas |")
+
+
 def test_versus_table_pairs_by_seed():
     text = versus_table(_results(), "planner", "infaas")
     row = next(line for line in text.splitlines() if line.startswith("| poisson"))
@@ -73,8 +79,8 @@ def test_study_cli(tmp_path, capsys):
     path = tmp_path / "results.parquet"
     _results().to_parquet(path)
     out = tmp_path / "study.md"
-    assert study_main([str(path), "--versus", "planner:infaas", "--out", str(out)]) == 0
-    assert "planner against infaas" in out.read_text()
+    assert study_main([str(path), "--versus", "planner:infaas", "--pivot", "hit_rate", "--out", str(out)]) == 0
+    assert "planner against infaas" in out.read_text() and "hit_rate by policy" in out.read_text()
     assert study_main([str(path), "--out", str(out)]) == 2          # never overwritten silently
     assert study_main([str(path), "--versus", "planner:oracle"]) == 2
     assert study_main([str(tmp_path / "missing.parquet")]) == 2

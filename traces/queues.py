@@ -77,7 +77,8 @@ def take_batch(queue: FifoQueue | EdfQueue, max_b: int, now: float, deadlines_s:
     ``drop(request, now, "expired")`` and the next one taken in its place. Both executors batch here.
     """
     if deadlines_s is None:
-        return [queue.take() for _ in range(min(max_b, len(queue)))]
+        n = min(max_b, len(queue))
+        return [queue.take()] if n == 1 else [queue.take() for _ in range(n)]
     batch: list[int] = []
     while queue and len(batch) < max_b:
         request = queue.take()
