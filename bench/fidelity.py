@@ -4,7 +4,8 @@ In one go on this machine: (1) a fresh latency and accuracy profile of the varia
 bundle, measured now, with the zoo's trained models); (2) for each load level and each of two
 scenarios, one deployment with dynamic batching and a two-stage cascade, `measure serve` and
 `simulate run` on the same scenario and seed; (3) a table of p50, p95, p99 latency and hit rate,
-real vs simulated, with relative errors (percentage points for the hit rate).
+real vs simulated, with relative errors (percentage points for the hit rate), and how fast the real
+replicas served against the profile (``service_ratio``: 1.00 means at the profiled speed).
 
     python bench/fidelity.py [--zoo zoo] [--out runs/fidelity] [--duration 30] [--loads 0.3,0.5,0.7,0.9]
 
@@ -92,10 +93,53 @@ def capacity_and_deadline(bundle: TraceBundle, kind: str) -> tuple[float, float]
     return capacity, 3.0 * (fast.percentile_ms(MAX_BATCH, 50) + slow.percentile_ms(MAX_BATCH, 50))
 
 
+def service_ratio(run_dir: Path, bundle: TraceBundle) -> float:
+    """Mean over the real run's first-stage batches of (served time / profiled mean at that size).
+
+    Far from 1 means the machine ran at another speed while serving than while profiling (this
+    2-core VM drifts by +-30% over tens of seconds), which no simulator fed that profile can see.
+    """
+    import pandas as pd
+
+    requests = pd.read_parquet(run_dir / "requests.parquet")
+    config = json.loads((run_dir / "config.json").read_text())
+    variants = {d["name"]: d["variant"] for d in config["deployments"]}
+    batches = requests.groupby(["hop0_deployment", "hop0_start_s"]).agg(
+        finish=("hop0_finish_s", "first"), size=("hop0_batch_size", "first")).reset_index()
+    batches = batches[batches["size"] > 0]
+    ratios = []
+    for name, rows in batches.groupby("hop0_deployment"):
+        service = bundle.service[bundle.service["variant"] == variants[name]]
+        mean_ms = service.groupby("batch_size")["latency_ms"].mean()
+        served_ms = (rows["finish"] - rows["hop0_start_s"]) * 1000.0
+        ratios.append((served_ms / rows["size"].map(mean_ms)).to_numpy())
+    import numpy as np
+    return float(np.nanmean(np.concatenate(ratios))) if ratios else float("nan")
+
+
 def metrics(run_dir: Path) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     return {"p50": summary["latency_ms"]["p50"], "p95": summary["latency_ms"]["p95"],
             "p99": summary["latency_ms"]["p99"], "hit": summary["hit_rate"]}
+
+
+def table(out: Path, bundle: TraceBundle, names: list[str], seed: int) -> str:
+    """The Markdown table of a finished run directory (its scenario files give rates and deadlines)."""
+    from traces.scenario import read_toml
+
+    lines = ["| scenario | load | rate rps | deadline ms | p50 real / sim (err) | p95 real / sim (err) | "
+             "p99 real / sim (err) | hit real / sim (pts) | served / profiled service |", "|---" * 9 + "|"]
+    for name in names:
+        raw = read_toml(out / f"{name}.toml")
+        kind, load = name.rsplit("-", 1)
+        real = metrics(out / f"{name}-real" / f"seed-{seed}")
+        sim = metrics(out / f"{name}-sim" / f"seed-{seed}")
+        ratio = service_ratio(out / f"{name}-real" / f"seed-{seed}", bundle)
+        cells = [f"{real[q]:.2f} / {sim[q]:.2f} ({(sim[q] - real[q]) / real[q] * 100:+.1f}%)" for q in ("p50", "p95", "p99")]
+        hit = f"{real['hit']:.4f} / {sim['hit']:.4f} ({(sim['hit'] - real['hit']) * 100:+.2f})"
+        lines.append(f"| {kind} | {load} | {raw['arrivals']['rate_rps']:.0f} | {raw['requests']['deadline_ms']:.1f} | "
+                     + " | ".join(cells) + f" | {hit} | {ratio:.2f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -109,8 +153,14 @@ def main() -> None:
     parser.add_argument("--bundle", help="reuse this bundle instead of measuring a fresh profile")
     parser.add_argument("--scenarios", default="single,cascade")
     parser.add_argument("--replica", choices=("process", "thread"), default="process")
+    parser.add_argument("--table-only", action="store_true", help="print the table of an existing --out directory")
     args = parser.parse_args()
     out = Path(args.out)
+    loads = [float(x) for x in args.loads.split(",")]
+    names = [f"{kind}-{load:g}" for kind in args.scenarios.split(",") for load in loads]
+    if args.table_only:
+        print(table(out, TraceBundle.load(Path(args.bundle) if args.bundle else out / "bundle"), names, args.seed))
+        return
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     if args.bundle:
@@ -121,28 +171,18 @@ def main() -> None:
         if measure_main(["all", str(out / "profile.toml"), "--out", str(bundle_dir)]) != 0:
             sys.exit("fresh profile failed")
     bundle = TraceBundle.load(bundle_dir)
-    rows = []
     for kind in args.scenarios.split(","):
         capacity, deadline = capacity_and_deadline(bundle, kind)
-        for load in (float(x) for x in args.loads.split(",")):
+        for load in loads:
             name = f"{kind}-{load:g}"
             path = out / f"{name}.toml"
             path.write_text(scenario_toml(bundle_dir.resolve(), kind, load * capacity, deadline, args.duration, args.seed))
             assert measure_main(["serve", str(path), "--out", str(out / f"{name}-real"), "--zoo", args.zoo,
                                 "--replica", args.replica]) == 0
             assert simulate_main(["run", str(path), "--out", str(out / f"{name}-sim")]) == 0
-            real = metrics(out / f"{name}-real" / f"seed-{args.seed}")
-            sim = metrics(out / f"{name}-sim" / f"seed-{args.seed}")
-            rows.append((kind, load, load * capacity, deadline, real, sim))
-    lines = ["| scenario | load | rate rps | deadline ms | p50 real / sim (err) | p95 real / sim (err) | "
-             "p99 real / sim (err) | hit real / sim (pts) |", "|---" * 8 + "|"]
-    for kind, load, rate, deadline, real, sim in rows:
-        cells = [f"{real[q]:.2f} / {sim[q]:.2f} ({(sim[q] - real[q]) / real[q] * 100:+.1f}%)" for q in ("p50", "p95", "p99")]
-        hit = f"{real['hit']:.4f} / {sim['hit']:.4f} ({(sim['hit'] - real['hit']) * 100:+.2f})"
-        lines.append(f"| {kind} | {load:g} | {rate:.0f} | {deadline:.1f} | " + " | ".join(cells) + f" | {hit} |")
-    table = "\n".join(lines)
-    (out / "fidelity.md").write_text(table + "\n")
-    print(table)
+    text = table(out, bundle, names, args.seed)
+    (out / "fidelity.md").write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
