@@ -37,8 +37,18 @@ THRESHOLD = 0.999
 SINGLE_REPLICAS = 1  # on 2 cores: one for the replica, one for the front end (dispatcher, batchers)
 
 
-def profile_toml(zoo: Path, runs: int) -> str:
-    return f"""name = "fidelity"
+def profile_toml(zoo: Path, runs: int, kind: str | None = None) -> str:
+    """All three variants, or (``kind``) only those of one scenario."""
+    text = _PROFILE.format(zoo=zoo, runs=runs)
+    if kind is not None:
+        wanted = {"single": [SINGLE], "cascade": [FAST, SLOW]}[kind]
+        head, *blocks = text.split("[[variants]]")
+        text = head + "".join("[[variants]]" + b for b in blocks
+                              if any(f'model = "{v.split("/")[0]}"' in b for v in wanted))
+    return text
+
+
+_PROFILE = """name = "fidelity"
 description = "fresh profile for bench/fidelity.py"
 zoo_dir = "{zoo}"
 threads = 1
@@ -134,7 +144,8 @@ def table(out: Path, bundle: TraceBundle, names: list[str], seed: int) -> str:
         kind, load = name.rsplit("-", 1)
         real = metrics(out / f"{name}-real" / f"seed-{seed}")
         sim = metrics(out / f"{name}-sim" / f"seed-{seed}")
-        ratio = service_ratio(out / f"{name}-real" / f"seed-{seed}", bundle)
+        own = out / f"{name}-bundle"  # --profile-each: the run's own fresh timings
+        ratio = service_ratio(out / f"{name}-real" / f"seed-{seed}", TraceBundle.load(own) if own.is_dir() else bundle)
         cells = [f"{real[q]:.2f} / {sim[q]:.2f} ({(sim[q] - real[q]) / real[q] * 100:+.1f}%)" for q in ("p50", "p95", "p99")]
         hit = f"{real['hit']:.4f} / {sim['hit']:.4f} ({(sim['hit'] - real['hit']) * 100:+.2f})"
         lines.append(f"| {kind} | {load} | {raw['arrivals']['rate_rps']:.0f} | {raw['requests']['deadline_ms']:.1f} | "
@@ -154,6 +165,8 @@ def main() -> None:
     parser.add_argument("--scenarios", default="single,cascade")
     parser.add_argument("--replica", choices=("process", "thread"), default="process")
     parser.add_argument("--table-only", action="store_true", help="print the table of an existing --out directory")
+    parser.add_argument("--profile-each", action="store_true",
+                        help="re-time the scenario's variants right before each real run (replacing their latencies)")
     args = parser.parse_args()
     out = Path(args.out)
     loads = [float(x) for x in args.loads.split(",")]
@@ -172,11 +185,19 @@ def main() -> None:
             sys.exit("fresh profile failed")
     bundle = TraceBundle.load(bundle_dir)
     for kind in args.scenarios.split(","):
-        capacity, deadline = capacity_and_deadline(bundle, kind)
+        capacity, deadline = capacity_and_deadline(bundle, kind)  # rates and deadlines from the first profile
         for load in loads:
             name = f"{kind}-{load:g}"
+            run_bundle = bundle_dir
+            if args.profile_each:  # re-time just before serving: this VM's speed drifts within minutes
+                run_bundle = out / f"{name}-bundle"
+                (out / f"{name}-profile.toml").write_text(profile_toml(Path(args.zoo).resolve(), args.timed_runs, kind))
+                if measure_main(["latency", str(out / f"{name}-profile.toml"), "--out", str(run_bundle)]) != 0:
+                    sys.exit("fresh profile failed")
+                fresh = TraceBundle.load(run_bundle)  # new timings, the first profile's predictions
+                TraceBundle(meta=fresh.meta, service=fresh.service, predictions=bundle.predictions).save(run_bundle, force=True)
             path = out / f"{name}.toml"
-            path.write_text(scenario_toml(bundle_dir.resolve(), kind, load * capacity, deadline, args.duration, args.seed))
+            path.write_text(scenario_toml(run_bundle.resolve(), kind, load * capacity, deadline, args.duration, args.seed))
             assert measure_main(["serve", str(path), "--out", str(out / f"{name}-real"), "--zoo", args.zoo,
                                 "--replica", args.replica]) == 0
             assert simulate_main(["run", str(path), "--out", str(out / f"{name}-sim")]) == 0
