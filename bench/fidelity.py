@@ -23,6 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
 from measure.cli import main as measure_main  # noqa: E402
 from sim.cli import main as simulate_main  # noqa: E402
 from traces.bundle import TraceBundle  # noqa: E402
@@ -109,8 +112,6 @@ def service_ratio(run_dir: Path, bundle: TraceBundle) -> float:
     Far from 1 means the machine ran at another speed while serving than while profiling (this
     2-core VM drifts by +-30% over tens of seconds), which no simulator fed that profile can see.
     """
-    import pandas as pd
-
     requests = pd.read_parquet(run_dir / "requests.parquet")
     config = json.loads((run_dir / "config.json").read_text())
     variants = {d["name"]: d["variant"] for d in config["deployments"]}
@@ -123,7 +124,6 @@ def service_ratio(run_dir: Path, bundle: TraceBundle) -> float:
         mean_ms = service.groupby("batch_size")["latency_ms"].mean()
         served_ms = (rows["finish"] - rows["hop0_start_s"]) * 1000.0
         ratios.append((served_ms / rows["size"].map(mean_ms)).to_numpy())
-    import numpy as np
     return float(np.nanmean(np.concatenate(ratios))) if ratios else float("nan")
 
 

@@ -95,7 +95,8 @@ class Batcher:
         self.cond = threading.Condition(threading.Lock())
         self.queue = make_queue(cfg.queue, server.deadlines_s)
         self.max_b, self.timeout_s = dep.max_batch_size, dep.batch_wait_timeout_ms / 1000.0
-        self.max_queue_size, self.drop_expired = cfg.max_queue_size, cfg.drop_expired
+        self.max_queue_size = cfg.max_queue_size
+        self._expiry = server.deadlines_s if cfg.drop_expired else None  # what take_batch checks expiry against
         self.replicas: list[Replica] = []
         self.threads: list[threading.Thread] = []
         self.busy = 0
@@ -128,17 +129,13 @@ class Batcher:
                         cond.wait(ready - now - SPIN_S)
                         continue
                     return ready
-            batch = self._take(now)
+            batch = take_batch(queue, self.max_b, now, self._expiry, self.server.drop)
             if batch:
                 rep.busy, rep.started_s, self.busy = True, now, self.busy + 1
                 if queue:
                     cond.notify()  # another idle replica may take the rest
                 return batch
         return None
-
-    def _take(self, now: float) -> list[int]:
-        deadlines = self.server.deadlines_s if self.drop_expired else None
-        return take_batch(self.queue, self.max_b, now, deadlines, self.server.drop)
 
     def work(self, rep: Replica) -> None:
         """A replica's thread: form batches by the rule, run them, report them, until told to stop."""

@@ -154,15 +154,12 @@ class Planner(Policy):
         for option in self._options:
             i = option.first
             first = predicted[i]
-            if first < 0:
+            if first < 0 or option.spare_only:
                 load = view.load(models[i].name)
                 if option.spare_only and (load[0] >= models[i].batch or load[1] >= load[2]):
-                    continue  # no room to start it at once (its latency is computed when needed)
-                first = predicted[i] = models[i].latency_at(*load)
-            elif option.spare_only:
-                waiting, busy, replicas = view.load(models[i].name)
-                if waiting >= models[i].batch or busy >= replicas:
-                    continue
+                    continue  # no room to start it at once
+                if first < 0:
+                    first = predicted[i] = models[i].latency_at(*load)
             total = first
             j = option.second
             if j >= 0:

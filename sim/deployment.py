@@ -63,7 +63,7 @@ class Deployment:
     @property
     def replicas(self) -> int:
         """Replicas able to serve now: provisioned ones less those crashed."""
-        return self._count - sum(b.down for b in self.batchers)
+        return self.load()[2]
 
     # --- faults --------------------------------------------------------------------------------
     def replica(self, index: int):
@@ -93,23 +93,22 @@ class Deployment:
 
     @property
     def queue_length(self) -> int:
-        return sum(len(b.queue) for b in self.batchers)
+        return self.load()[0]
 
     @property
     def busy_replicas(self) -> int:
-        return sum(b.busy for b in self.batchers)
+        return self.load()[1]
 
     def load(self) -> tuple[int, int, int]:
         """(waiting, busy replicas, replicas able to serve) in one pass: a policy reads it per request."""
         batchers = self.batchers
         if len(batchers) == 1:
             b = batchers[0]
-            free, down = len(b.free), b.down
-            return len(b.queue), len(b.replicas) - free - down, self._count - down
+            return len(b.queue), b.busy, self._count - b.down
         waiting = busy = down = 0
         for b in batchers:
             waiting += len(b.queue)
-            busy += len(b.replicas) - len(b.free) - b.down
+            busy += b.busy
             down += b.down
         return waiting, busy, self._count - down
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .records import RequestLog
 from .scenario import Scenario
 
 STREAMS_BEFORE_DEPLOYMENTS = 4
@@ -58,8 +59,6 @@ class RunState:
     """
 
     def __init__(self, scenario: Scenario, seed: int, predictions):
-        from .records import RequestLog
-
         self.predictions = predictions if predictions is not None and predictions.sample_ids.size else None
         self.work = make_workload(scenario, seed, self.predictions.sample_ids.size if self.predictions else 0)
         work = self.work
