@@ -55,7 +55,7 @@ def main() -> None:
         variants = bundle.variants[:4]
     # about 60% of the fastest variant's capacity at full batches
     from traces.profiles import LatencyProfile
-    fastest = min(LatencyProfile(bundle.latency_samples(v), measured=True).throughput_rps(8, 2) for v in variants)
+    fastest = min(LatencyProfile.from_bundle(bundle, v).throughput_rps(8, 2) for v in variants)
     rate = 0.6 * fastest
     print(f"bundle {args.bundle}: deployments {', '.join(variants)}; Poisson {rate:.0f} rps, deadlines 20/80 ms")
     print(f"{'policy':22s} {'us/decision':>12s} {'sim requests/s':>15s}")

@@ -78,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
 
     bundle = synthetic_bundle(np.random.default_rng(0))
-    profile = LatencyProfile(bundle.latency_samples("cnn/fp32/cpu"), measured=True)
+    profile = LatencyProfile.from_bundle(bundle, "cnn/fp32/cpu")
     capacity = profile.throughput_rps(MAX_BATCH, REPLICAS)
     rate = LOAD * capacity
     duration = args.requests / rate

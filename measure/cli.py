@@ -72,7 +72,7 @@ def print_bundle_table(bundle) -> None:
 
     print(f"{'variant':32s} {'p50 b1 ms':>10s} {'p50 b8 ms':>10s} {'accuracy':>9s}")
     for variant in bundle.variants:
-        profile = LatencyProfile(bundle.latency_samples(variant), measured=True)
+        profile = LatencyProfile.from_bundle(bundle, variant)
         cells = []
         for b in (1, 8):
             cells.append(f"{profile.percentile_ms(b, 50):10.3f}" if b in profile.measured_batch_sizes else f"{'-':>10s}")

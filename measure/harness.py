@@ -122,6 +122,8 @@ def time_batches(runner: ModelRunner | ProcessRunner, profile: Profile, spec: Va
     size) keeps its own seeded sample draws; a size stops after ``max_seconds_per_config`` of its
     own timed runs (at least 3). Each row keeps when its run started (``started_at_s``, Unix
     time), from which the simulator measures how long slow spells last (``traces.profiles``).
+    With several ``idle_gaps_ms``, each run is timed once per gap, after sleeping that long; the
+    row's ``idle_ms`` names its gap.
     """
     cfg = profile.latency
     draws = {}
@@ -131,28 +133,30 @@ def time_batches(runner: ModelRunner | ProcessRunner, profile: Profile, spec: Va
     for k in range(cfg.warmup_runs):
         for b in sizes:
             runner.run(draws[b][k])
-    latencies: dict[int, list[float]] = {b: [] for b in sizes}
-    started: dict[int, list[float]] = {b: [] for b in sizes}
+    rows: dict[int, list[tuple[float, float, float]]] = {b: [] for b in sizes}  # (latency_ms, started_at_s, idle_ms)
     spent = dict.fromkeys(sizes, 0.0)
     epoch = time.time() - time.perf_counter()  # perf_counter precision, Unix time origin
     for k in range(cfg.warmup_runs, cfg.warmup_runs + cfg.timed_runs):
-        active = [b for b in sizes if spent[b] <= cfg.max_seconds_per_config or len(latencies[b]) < 3]
+        active = [b for b in sizes if spent[b] <= cfg.max_seconds_per_config or len(rows[b]) < 3]
         if not active:
             break
         for b in active:
-            t0 = time.perf_counter()
-            runner.run(draws[b][k])
-            elapsed = time.perf_counter() - t0
-            latencies[b].append(elapsed * 1000.0)
-            started[b].append(epoch + t0)
-            spent[b] += elapsed
+            for gap_ms in cfg.idle_gaps_ms:
+                if gap_ms > 0:
+                    time.sleep(gap_ms / 1000.0)
+                t0 = time.perf_counter()
+                runner.run(draws[b][k])
+                elapsed = time.perf_counter() - t0
+                rows[b].append((elapsed * 1000.0, epoch + t0, gap_ms))
+                spent[b] += elapsed
     frames = {}
-    for b, values in latencies.items():
+    for b, values in rows.items():
         n = len(values)
+        latency_ms, started_at_s, idle_ms = zip(*values) if n else ((), (), ())
         frames[b] = pd.DataFrame({"variant": [spec.id] * n, "model": [spec.model] * n, "precision": [spec.precision] * n,
-                                  "device": [spec.device] * n, "batch_size": [b] * n, "latency_ms": values,
+                                  "device": [spec.device] * n, "batch_size": [b] * n, "latency_ms": list(latency_ms),
                                   "threads": [profile.threads] * n, "pruning": [spec.pruning] * n,
-                                  "started_at_s": started[b]})
+                                  "started_at_s": list(started_at_s), "idle_ms": list(idle_ms)})
     return frames
 
 
@@ -265,11 +269,13 @@ def assemble(profile: Profile, out: Path, command: str) -> TraceBundle:
     service_frame = pd.concat(service, ignore_index=True).sort_values(["variant", "batch_size"], kind="stable")
     pred_frame = (pd.concat(predictions, ignore_index=True) if predictions
                   else pd.DataFrame({c: [] for c in PREDICTION_COLUMNS}))
+    if "idle_ms" in service_frame:  # rows timed before idle classes existed ran back to back
+        service_frame["idle_ms"] = service_frame["idle_ms"].fillna(0.0)
     for column, default in (("threads", profile.threads), ("pruning", "none")):
         if column not in service_frame:
             service_frame[column] = default
         service_frame[column] = service_frame[column].fillna(default)
-    extra = ["threads", "pruning"] + (["started_at_s"] if "started_at_s" in service_frame else [])
+    extra = ["threads", "pruning"] + [c for c in ("started_at_s", "idle_ms") if c in service_frame]
     bundle = TraceBundle(meta=meta, service=service_frame[list(SERVICE_COLUMNS) + extra],
                          predictions=pred_frame)
     bundle.save(out, force=True)

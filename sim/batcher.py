@@ -37,13 +37,15 @@ class BatchSink(Protocol):
 class Replica:
     """One server; it serves one batch at a time and records its busy time inside the window."""
 
-    __slots__ = ("batcher", "index", "batch", "started_s", "busy_s", "batches", "items", "retiring", "down", "event")
+    __slots__ = ("batcher", "index", "batch", "started_s", "free_s", "busy_s", "batches", "items", "retiring", "down",
+                 "event")
 
     def __init__(self, batcher: "Batcher", index: int):
         self.batcher = batcher
         self.index = index
         self.batch: list[int] | None = None
         self.started_s = 0.0
+        self.free_s = batcher.env.now  # idle since: the service of a batch may depend on it
         self.busy_s = 0.0
         self.batches = 0
         self.items = 0
@@ -63,6 +65,7 @@ class Replica:
         batcher = self.batcher
         now = batcher.env.now
         batch, self.batch = self.batch, None
+        self.free_s = now
         self._account(now)
         batcher.recent.append((now, now - self.started_s, len(batch)))
         lo, hi = batcher.window_s
@@ -135,7 +138,7 @@ class Batcher:
     def recover(self, replica: Replica, now: float) -> None:
         if not replica.down:
             return
-        replica.down = False
+        replica.down, replica.free_s = False, now
         self.down -= 1
         if replica.retiring:
             self.replicas.remove(replica)
@@ -171,7 +174,7 @@ class Batcher:
                 self.sink.batch_started(self.deployment, batch, now, replica.index)
                 replica.batch = batch
                 replica.started_s = now
-                event = replica.event = Timeout(self.env, self.sampler.draw_s(len(batch), now))
+                event = replica.event = Timeout(self.env, self.sampler.draw_s(len(batch), now, now - replica.free_s))
                 event.callbacks.append(replica._done)
 
     def _timer_fired(self, _event) -> None:

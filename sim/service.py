@@ -8,6 +8,7 @@ latencies (via ``LatencyProfile.grid``, which interpolates unmeasured batch size
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -26,12 +27,20 @@ class MeasuredSampler:
     Ornstein-Uhlenbeck process with time constant ``tau_s``, advanced to each batch's start, and e
     independent noise, so each size keeps its measured distribution while successive batches of
     the deployment share its slow and fast spells (one machine's).
+
+    With idle classes (``profile.after_idle``), a batch whose replica sat idle for ``idle_s``
+    takes, at the same quantile, the value interpolated linearly in idle time between the two
+    classes around it (the longest class beyond it): a replica woken from a long idle spell is
+    as slow as the runs timed after one.
     """
 
     def __init__(self, profile: LatencyProfile, max_batch_size: int, rng: np.random.Generator):
         self.profile = profile
         self._rng = rng
-        self._grids: list[list[float]] = [[]]
+        self._idle_s = [0.0] + [gap_s for gap_s, _ in profile.after_idle]
+        self._classes = [profile] + [p for _, p in profile.after_idle]
+        self._grids: list[list[list[float]]] = [[[]] for _ in self._classes]  # [class][batch size]
+        self._hot = self._grids[0]
         self._u: list[float] = []
         self._k = BLOCK
         spells = profile.spells
@@ -41,33 +50,44 @@ class MeasuredSampler:
         self.ensure_batch(max_batch_size)
 
     def ensure_batch(self, max_batch_size: int) -> None:
-        for b in range(len(self._grids), max_batch_size + 1):
-            self._grids.append((self.profile.grid(b) / 1000.0).tolist())
+        for grids, profile in zip(self._grids, self._classes):
+            for b in range(len(grids), max_batch_size + 1):
+                grids.append((profile.grid(b) / 1000.0).tolist())
 
-    def draw_s(self, batch_size: int, now_s: float = 0.0) -> float:
-        grid = self._grids[batch_size]
+    def draw_s(self, batch_size: int, now_s: float = 0.0, idle_s: float = 0.0) -> float:
+        k = self._k
         if self._spells is None:
-            k = self._k
             if k == BLOCK:
                 self._u = self._rng.random(BLOCK).tolist()
                 k = 0
             self._k = k + 1
-            return grid[int(self._u[k] * len(grid))]
-        k = self._k
-        if k >= BLOCK:
-            self._u = self._rng.standard_normal(BLOCK).tolist()
-            k = 0
-        self._k = k + 2
-        weight, rest, tau_s = self._spells
-        if self._level is None:
-            self._level = self._u[k]
+            u = self._u[k]
         else:
-            rho = math.exp(-(now_s - self._last_s) / tau_s)
-            self._level = rho * self._level + math.sqrt(1.0 - rho * rho) * self._u[k]
-        self._last_s = now_s
-        z = weight * self._level + rest * self._u[k + 1]
-        u = 0.5 * math.erfc(-z * _INV_SQRT2)
-        return grid[min(int(u * len(grid)), len(grid) - 1)]
+            if k >= BLOCK:
+                self._u = self._rng.standard_normal(BLOCK).tolist()
+                k = 0
+            self._k = k + 2
+            weight, rest, tau_s = self._spells
+            if self._level is None:
+                self._level = self._u[k]
+            else:
+                rho = math.exp(-(now_s - self._last_s) / tau_s)
+                self._level = rho * self._level + math.sqrt(1.0 - rho * rho) * self._u[k]
+            self._last_s = now_s
+            z = weight * self._level + rest * self._u[k + 1]
+            u = 0.5 * math.erfc(-z * _INV_SQRT2)
+        idle = self._idle_s
+        if len(idle) == 1 or idle_s <= 0.0:
+            grid = self._hot[batch_size]
+            return grid[min(int(u * len(grid)), len(grid) - 1)]
+        j = bisect.bisect_right(idle, idle_s) - 1
+        grid = self._grids[j][batch_size]
+        value = grid[min(int(u * len(grid)), len(grid) - 1)]
+        if j + 1 == len(idle):
+            return value
+        upper = self._grids[j + 1][batch_size]
+        w = (idle_s - idle[j]) / (idle[j + 1] - idle[j])
+        return (1.0 - w) * value + w * upper[min(int(u * len(upper)), len(upper) - 1)]
 
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -88,7 +108,7 @@ class ParametricSampler:
         for b in range(len(self._mean_s), max_batch_size + 1):
             self._mean_s.append(self.dist.batch_mean_ms(b) / 1000.0)
 
-    def draw_s(self, batch_size: int, now_s: float = 0.0) -> float:
+    def draw_s(self, batch_size: int, now_s: float = 0.0, idle_s: float = 0.0) -> float:
         k = self._k
         if k == BLOCK:
             self._unit = self.dist.unit_draws(self._rng, BLOCK).tolist()

@@ -31,7 +31,7 @@ def zoo(tmp_path_factory):
 
 
 def _profile(tmp_path: Path, zoo: Path, *, sizes=(1, 4), precisions=("fp32", "bf16", "int8", "fp16"),
-             replica="inline") -> Path:
+             replica="inline", gaps=(0.0,)) -> Path:
     path = tmp_path / "profile.toml"
     path.write_text(f"""name = "tiny"
 zoo_dir = "{zoo}"
@@ -43,6 +43,7 @@ warmup_runs = 1
 timed_runs = 3
 max_seconds_per_config = 2.0
 replica = "{replica}"
+idle_gaps_ms = {list(gaps)}
 [[variants]]
 model = "cnn-small"
 precisions = {json.dumps(list(precisions))}
@@ -97,6 +98,21 @@ def test_timing_through_a_replica_process(tmp_path, zoo):
     bundle = TraceBundle.load(out)
     assert bundle.meta["timed_in"] == "replica process"
     assert len(bundle.service) == 6 and (bundle.service["latency_ms"] > 0).all()
+
+
+def test_each_idle_gap_is_timed_as_a_class_of_its_own(tmp_path, zoo):
+    out = tmp_path / "bundle"
+    profile = _profile(tmp_path, zoo, sizes=(1, 2), precisions=("fp32",), replica="process", gaps=(0.0, 5.0))
+    assert measure_main(["latency", str(profile), "--out", str(out)]) == 0
+    bundle = TraceBundle.load(out)
+    service = bundle.service
+    assert service.groupby(["batch_size", "idle_ms"]).size().to_dict() == {(b, g): 3 for b in (1, 2) for g in (0.0, 5.0)}
+    # a run after a 5 ms gap starts at least 5 ms after the run before it started
+    started = np.sort(service["started_at_s"].to_numpy())
+    assert (np.diff(started) >= 0).all() and np.diff(started).max() >= 0.005
+    assert bundle.idle_classes_ms("cnn-small/fp32/cpu") == (0.0, 5.0)
+    hot = bundle.latency_samples("cnn-small/fp32/cpu")
+    assert sorted(hot[1]) == sorted(service[(service["batch_size"] == 1) & (service["idle_ms"] == 0)]["latency_ms"])
 
 
 def test_a_replica_process_answers_as_the_model_and_reports_its_failures(zoo):

@@ -5,7 +5,8 @@ units) and two tables, each Parquet or CSV:
 
 - ``service``: one row per timed batch run (variant, model, precision, device, batch_size,
   latency_ms, optional threads, optional started_at_s: when the run started, Unix seconds, empty
-  where unknown);
+  where unknown; optional idle_ms: how long the replica sat idle before the run, 0 or empty for
+  back to back; each distinct value is a class of its own, see ``measure.profile``);
 - ``predictions``: one row per (variant, evaluated sample) (variant, sample_id, label, pred,
   confidence, correct).
 
@@ -52,28 +53,51 @@ class TraceBundle:
     def predicted_variants(self) -> list[str]:
         return sorted(self.predictions["variant"].unique())
 
-    def latency_samples(self, variant: str) -> dict[int, np.ndarray]:
-        """Measured batch latencies (ms) of one variant, sorted, keyed by batch size."""
-        if variant not in self._samples:
-            rows = self.service[self.service["variant"] == variant]
+    def _rows(self, variant: str) -> pd.DataFrame:
+        rows = self.service[self.service["variant"] == variant]
+        if rows.empty:
+            raise KeyError(variant)
+        return rows
+
+    def _idle(self, rows: pd.DataFrame) -> np.ndarray:
+        if "idle_ms" not in rows:
+            return np.zeros(len(rows))
+        return rows["idle_ms"].fillna(0.0).to_numpy(dtype=np.float64)
+
+    def idle_classes_ms(self, variant: str) -> tuple[float, ...]:
+        """The idle gaps (ms) the variant was timed after, ascending; (0.0,) for back to back only."""
+        return tuple(float(g) for g in np.unique(self._idle(self._rows(variant))))
+
+    def latency_samples(self, variant: str, idle_ms: float | None = None) -> dict[int, np.ndarray]:
+        """Measured batch latencies (ms) of one variant, sorted, keyed by batch size: the runs timed
+        after ``idle_ms`` of idleness (None: the shortest gap measured, usually back to back)."""
+        key = (variant, idle_ms)
+        if key not in self._samples:
+            rows = self._rows(variant)
+            idle = self._idle(rows)
+            gap = idle.min() if idle_ms is None else idle_ms
+            rows = rows[idle == gap]
             if rows.empty:
-                raise KeyError(variant)
-            self._samples[variant] = {
+                raise KeyError(f"{variant} after {idle_ms} ms idle")
+            self._samples[key] = {
                 int(b): np.sort(g["latency_ms"].to_numpy(dtype=np.float64))
                 for b, g in rows.groupby("batch_size")
             }
-        return self._samples[variant]
+        return self._samples[key]
 
     def slow_spells(self, variant: str):
         """The variant's measured slow spells (``traces.profiles.SlowSpells``), from its rows that
-        have a run start time (none without them)."""
+        have a run start time (none without them); runs are ranked within their (batch size, idle
+        gap) class."""
         from .profiles import SlowSpells, measure_spells
 
         if "started_at_s" not in self.service:
             return SlowSpells()
-        rows = self.service[(self.service["variant"] == variant) & self.service["started_at_s"].notna()]
-        return measure_spells(rows["batch_size"].to_numpy(), rows["latency_ms"].to_numpy(),
-                              rows["started_at_s"].to_numpy())
+        rows = self._rows(variant)
+        known = rows["started_at_s"].notna().to_numpy()
+        classes = rows["batch_size"].to_numpy(dtype=np.float64) * 1e5 + self._idle(rows)
+        return measure_spells(classes[known], rows["latency_ms"].to_numpy()[known],
+                              rows["started_at_s"].to_numpy()[known])
 
     def common_sample_ids(self, variants: list[str]) -> np.ndarray:
         """Sample ids that every listed variant has a prediction for, sorted."""
@@ -134,6 +158,8 @@ def _load_service(path: Path) -> pd.DataFrame:
                                          integer=True).astype(np.int64)
     if "started_at_s" in frame.columns:
         frame["started_at_s"] = check_numeric(frame, path, "started_at_s", low=0, low_inclusive=True, missing_ok=True)
+    if "idle_ms" in frame.columns:
+        frame["idle_ms"] = check_numeric(frame, path, "idle_ms", low=0, low_inclusive=True, missing_ok=True)
     frame["variant"] = frame["variant"].astype(str)
     return frame
 

@@ -58,8 +58,9 @@ def check_against_bundle(scenario: Scenario) -> Prepared:
         if dep.variant not in bundle.variants:
             raise InputError(f"{where}.variant", f"{dep.variant!r} is not in bundle {bundle.path}; "
                              f"variants: {', '.join(bundle.variants)}")
-        spells = bundle.slow_spells(dep.variant) if dep.slow_spells else None
-        profile = LatencyProfile(bundle.latency_samples(dep.variant), measured=True, spells=spells)
+        profile = LatencyProfile.from_bundle(bundle, dep.variant, spells=dep.slow_spells)
+        if not dep.idle_classes:
+            profile.after_idle = ()
         if not profile.min_batch_size <= dep.max_batch_size <= profile.max_batch_size:
             raise InputError(f"{where}.max_batch_size", f"{dep.variant!r} is measured at batch sizes "
                              f"{profile.min_batch_size}..{profile.max_batch_size}; got {dep.max_batch_size}")

@@ -37,14 +37,26 @@ class LatencyProfile:
     """The latency distribution (ms) of one variant or parametric service at each batch size."""
 
     def __init__(self, grids_by_batch: dict[int, np.ndarray], *, measured: bool,
-                 spells: "SlowSpells | None" = None):
+                 spells: "SlowSpells | None" = None, after_idle: tuple = ()):
         if not grids_by_batch:
             raise ValueError("a latency profile needs at least one batch size")
         self._measured = {int(b): np.sort(np.asarray(g, dtype=np.float64)) for b, g in grids_by_batch.items()}
         self.measured_batch_sizes = tuple(sorted(self._measured))
         self.is_measured = measured
         self.spells = spells if spells is not None else SlowSpells()
+        # (idle_s, LatencyProfile) of batches timed after longer idle gaps, ascending; this profile
+        # itself is the shortest gap measured (back to back), the one policies plan with
+        self.after_idle: tuple[tuple[float, "LatencyProfile"], ...] = tuple(after_idle)
         self._cache: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def from_bundle(cls, bundle: TraceBundle, variant: str, *, spells: bool = False) -> "LatencyProfile":
+        """The variant's measured profile: back to back, with its idle classes (and slow spells)."""
+        classes = bundle.idle_classes_ms(variant)
+        after = tuple((gap / 1000.0, cls(bundle.latency_samples(variant, gap), measured=True))
+                      for gap in classes[1:])
+        return cls(bundle.latency_samples(variant, classes[0]), measured=True,
+                   spells=bundle.slow_spells(variant) if spells else None, after_idle=after)
 
     @classmethod
     def from_distribution(cls, dist: ServiceDistribution, max_batch_size: int) -> "LatencyProfile":
@@ -113,11 +125,12 @@ MAX_SPELL_LAG = 64        # runs apart, at most, in the correlation fit
 MIN_SPELL_PAIRS = 50
 
 
-def measure_spells(batch_size, latency_ms, started_at_s) -> SlowSpells:
-    """Fit ``SlowSpells`` to timed runs: normal scores, their correlation at lags 1..64 runs, and a
-    least-squares line through log(correlation) against the mean time apart (lags whose correlation
-    is above 0.05). Runs more than a second apart (another sitting) are never paired."""
-    b = np.asarray(batch_size)
+def measure_spells(group, latency_ms, started_at_s) -> SlowSpells:
+    """Fit ``SlowSpells`` to timed runs: normal scores (ranks within each ``group``, e.g. batch
+    size), their correlation at lags 1..64 runs, and a least-squares line through log(correlation)
+    against the mean time apart (lags whose correlation is above 0.05). Runs more than a second
+    apart (another sitting) are never paired."""
+    b = np.asarray(group)
     x = np.asarray(latency_ms, dtype=np.float64)
     t = np.asarray(started_at_s, dtype=np.float64)
     z = np.empty_like(x)

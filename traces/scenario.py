@@ -29,7 +29,8 @@ TOP_KEYS = ("seed", "duration_s", "warmup_s", "bundle", "price_per_replica_hour"
 FAULT_KEYS = ("deployment", "replica", "at_s", "down_s", "mttf_s", "mttr_s", "on_failure")
 ON_FAILURE = ("retry", "fail")
 DEPLOYMENT_KEYS = ("name", "variant", "service", "replicas", "max_batch_size", "batch_wait_timeout_ms",
-                   "queue", "max_queue_size", "drop_expired", "balancer", "slow_spells")
+                   "queue", "max_queue_size", "drop_expired", "balancer", "slow_spells",
+                   "idle_classes")
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class DeploymentConfig:
     drop_expired: bool = True
     balancer: str = "shared"
     slow_spells: bool = True    # sample measured service times with the bundle's slow spells
+    idle_classes: bool = True   # a batch after an idle spell draws from the bundle's runs timed after one
     service_cfg: dict | None = field(default=None, compare=False)
 
     def resolved(self) -> dict:
@@ -274,6 +276,7 @@ def _deployments(items: Any) -> tuple[DeploymentConfig, ...]:
             drop_expired=boolean(cfg, "drop_expired", where, default=True),
             balancer=text(cfg, "balancer", where, default="shared", choices=BALANCERS),
             slow_spells=boolean(cfg, "slow_spells", where, default=True),
+            idle_classes=boolean(cfg, "idle_classes", where, default=True),
             service_cfg=service_cfg,
         ))
     return tuple(out)
