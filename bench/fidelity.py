@@ -12,7 +12,9 @@ VM a batch after an idle spell runs up to 2.5x slower (``measure.profile``); the
 the p50 and p99 errors of a simulation that ignores this (``idle_classes = false``). With
 ``--repeats N`` every real run is repeated N times on the same arrivals: the table compares the
 simulator with their mean and gives how far the repeats themselves spread, this machine's own
-run-to-run noise, below which no simulator can be judged.
+run-to-run noise, below which no simulator can be judged. Last, each cell is simulated again on
+the service times its first real run served (``traces.served``), which separates the simulator's
+model of queueing, batching and dispatch from how well a profile predicts the machine's speed.
 
     python bench/fidelity.py [--zoo zoo] [--out runs/fidelity] [--duration 30] [--loads 0.3,0.5,0.7,0.9] [--repeats 1]
 
@@ -31,12 +33,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
 from measure.cli import main as measure_main  # noqa: E402
 from sim.cli import main as simulate_main  # noqa: E402
 from traces.bundle import TraceBundle  # noqa: E402
 from traces.profiles import LatencyProfile, PredictionTable  # noqa: E402
+from traces.runoutput import read_run  # noqa: E402
+from traces.served import served_batches, served_bundle  # noqa: E402
 
 SINGLE = "mobilenet_v2/int8/cpu"
 FAST, SLOW = "cnn-small-kd/fp32/cpu", "resnet18/int8/cpu"
@@ -134,26 +137,24 @@ def expected_ms(profile: LatencyProfile, batch_size: int, idle_s: float) -> floa
     return (1 - w) * below[1] + w * above[1]
 
 
-def service_ratio(run_dir: Path, bundle: TraceBundle) -> float:
-    """Mean over the real run's first-stage batches of (served time / profiled mean at that size and
-    idle time before it).
+def service_ratios(run_dir: Path, bundle: TraceBundle) -> str:
+    """Per deployment, the mean over the real run's batches of (served time / profiled mean at that
+    size and idle time before it), e.g. ``fast 1.02, slow 1.41``.
 
-    Far from 1 means the machine ran at another speed while serving than while profiling (this
-    2-core VM drifts by +-30% over tens of seconds), which no simulator fed that profile can see.
+    Far from 1 means the replicas ran at another speed while serving than while profiling: this
+    2-core VM drifts by +-30% over tens of seconds, and a replica on the front end's core shares
+    it with the front end; no simulator fed that profile can see either.
     """
-    requests = pd.read_parquet(run_dir / "requests.parquet")
-    config = json.loads((run_dir / "config.json").read_text())
+    config, requests, _ = read_run(run_dir)
     variants = {d["name"]: d["variant"] for d in config["deployments"]}
-    batches = requests.groupby(["hop0_deployment", "hop0_replica", "hop0_start_s"]).agg(
-        finish=("hop0_finish_s", "first"), size=("hop0_batch_size", "first")).reset_index()
-    batches = batches[batches["size"] > 0].sort_values("hop0_start_s")
-    ratios = []
-    for (name, _), rows in batches.groupby(["hop0_deployment", "hop0_replica"]):
+    batches = served_batches(requests)
+    parts = []
+    for name, rows in batches.groupby("deployment", sort=False):
         profile = LatencyProfile.from_bundle(bundle, variants[name])
-        idle = (rows["hop0_start_s"] - rows["finish"].shift(1)).fillna(0.0).clip(lower=0.0)
-        expected = [expected_ms(profile, int(b), float(g)) for b, g in zip(rows["size"], idle)]
-        ratios.append(((rows["finish"] - rows["hop0_start_s"]) * 1000.0 / np.asarray(expected)).to_numpy())
-    return float(np.nanmean(np.concatenate(ratios))) if ratios else float("nan")
+        idle_s = rows["idle_ms"].fillna(0.0).clip(lower=0.0) / 1000.0
+        expected = [expected_ms(profile, int(b), float(g)) for b, g in zip(rows["batch_size"], idle_s)]
+        parts.append(f"{name} {np.mean(rows['service_ms'].to_numpy() / np.asarray(expected)):.2f}")
+    return ", ".join(parts)
 
 
 def metrics(run_dir: Path) -> dict:
@@ -185,7 +186,7 @@ def table(out: Path, bundle: TraceBundle, names: list[str], seed: int) -> str:
 
     lines = ["| scenario | load | rate rps | deadline ms | p50 real / sim (err) | p95 real / sim (err) | "
              "p99 real / sim (err) | hit real / sim (pts) | served / profiled | p50, p99 err without idle classes "
-             "| real repeats: spread p50, p95, p99, hit |", "|---" * 11 + "|"]
+             "| real repeats: spread p50, p95, p99, hit | replay of real run 1: err p50, p95, p99, hit |", "|---" * 12 + "|"]
     for name in names:
         raw = read_toml(out / f"{name}.toml")
         kind, load = name.rsplit("-", 1)
@@ -193,10 +194,10 @@ def table(out: Path, bundle: TraceBundle, names: list[str], seed: int) -> str:
         real = {q: float(np.mean([r[q] for r in runs])) for q in runs[0]}
         sim = metrics(out / f"{name}-sim" / f"seed-{seed}")
         own = out / f"{name}-bundle"  # --profile-each: the run's own fresh timings
-        ratio = service_ratio(out / f"{name}-real" / f"seed-{seed}", TraceBundle.load(own) if own.is_dir() else bundle)
+        ratio = service_ratios(out / f"{name}-real" / f"seed-{seed}", TraceBundle.load(own) if own.is_dir() else bundle)
         cells = [f"{real[q]:.2f} / {sim[q]:.2f} ({_error(sim[q], real[q], q)})" for q in ("p50", "p95", "p99")]
         cells.append(f"{real['hit']:.4f} / {sim['hit']:.4f} ({_error(sim['hit'], real['hit'], 'hit')})")
-        cells.append(f"{ratio:.2f}")
+        cells.append(ratio)
         hot_dir = out / f"{name}-sim-hot" / f"seed-{seed}"
         hot = metrics(hot_dir) if hot_dir.is_dir() else None
         cells.append(f"{_error(hot['p50'], real['p50'], 'p50')}, {_error(hot['p99'], real['p99'], 'p99')}" if hot else "-")
@@ -206,9 +207,29 @@ def table(out: Path, bundle: TraceBundle, names: list[str], seed: int) -> str:
             cells.append(", ".join(f"{x:.1f}%" for x in spread) + f", {hit_spread:.2f} pts")
         else:
             cells.append("-")
+        replayed = out / f"{name}-replay" / f"seed-{seed}"
+        if replayed.is_dir():
+            first, again = runs[0], metrics(replayed)
+            cells.append(", ".join(_error(again[q], first[q], q) for q in ("p50", "p95", "p99", "hit")))
+        else:
+            cells.append("-")
         lines.append(f"| {kind} | {load} | {raw['arrivals']['rate_rps']:.0f} | {raw['requests']['deadline_ms']:.1f} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def replay(out: Path, name: str, seed: int) -> None:
+    """Simulate the cell again on the service times its first real run served (``traces.served``):
+    what error is left is the simulator's model of queueing, batching and dispatch alone."""
+    from traces.scenario import read_toml
+
+    hot = out / f"{name}-hot.toml"
+    base = Path(read_toml(hot)["bundle"])
+    served = out / f"{name}-served-bundle"
+    served_bundle(out / f"{name}-real" / f"seed-{seed}", TraceBundle.load(base)).save(served, force=True)
+    path = out / f"{name}-replay.toml"
+    path.write_text(hot.read_text().replace(f'bundle = "{base}"', f'bundle = "{served.resolve()}"'))
+    assert simulate_main(["run", str(path), "--out", str(out / f"{name}-replay"), "--force"]) == 0
 
 
 def main() -> None:
@@ -223,6 +244,8 @@ def main() -> None:
     parser.add_argument("--scenarios", default="single,cascade")
     parser.add_argument("--replica", choices=("process", "thread"), default="process")
     parser.add_argument("--table-only", action="store_true", help="print the table of an existing --out directory")
+    parser.add_argument("--replay-only", action="store_true",
+                        help="replay the real runs of an existing --out directory (traces.served), then print its table")
     parser.add_argument("--repeats", type=int, default=1, help="real runs per cell, on the same arrivals")
     parser.add_argument("--profile-each", action="store_true",
                         help="re-time the scenario's variants right before each real run (replacing their latencies)")
@@ -230,7 +253,10 @@ def main() -> None:
     out = Path(args.out)
     loads = [float(x) for x in args.loads.split(",")]
     names = [f"{kind}-{load:g}" for kind in args.scenarios.split(",") for load in loads]
-    if args.table_only:
+    if args.replay_only:
+        for name in names:
+            replay(out, name, args.seed)
+    if args.table_only or args.replay_only:
         print(table(out, TraceBundle.load(Path(args.bundle) if args.bundle else out / "bundle"), names, args.seed))
         return
     shutil.rmtree(out, ignore_errors=True)
@@ -265,6 +291,7 @@ def main() -> None:
                                     "--replica", args.replica]) == 0
             assert simulate_main(["run", str(path), "--out", str(out / f"{name}-sim")]) == 0
             assert simulate_main(["run", str(hot), "--out", str(out / f"{name}-sim-hot")]) == 0
+            replay(out, name, args.seed)
     text = table(out, bundle, names, args.seed)
     (out / "fidelity.md").write_text(text + "\n")
     print(text)

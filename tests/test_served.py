@@ -1,0 +1,95 @@
+"""A bundle from a run's served batches: what the simulator replays to test its queueing alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import FAST_MS, SLOW_MS
+from sim.cli import main as simulate_main
+from traces.bundle import TraceBundle
+from traces.runoutput import read_run
+from traces.served import served_batches, served_bundle
+
+
+def _cascade(tmp_path, tiny_bundle, rate_rps=40.0):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(f"""seed = 4
+duration_s = 20.0
+bundle = "{tiny_bundle}"
+[arrivals]
+kind = "poisson"
+rate_rps = {rate_rps}
+[requests]
+deadline_ms = 500.0
+[[deployments]]
+name = "small"
+variant = "fast/int8/cpu"
+max_batch_size = 4
+batch_wait_timeout_ms = 1.0
+[[deployments]]
+name = "big"
+variant = "slow/fp32/cpu"
+max_batch_size = 4
+[policy]
+name = "static"
+cascade = ["small", "big"]
+threshold = 0.8
+""")
+    assert simulate_main(["run", str(scenario), "--out", str(tmp_path / "run")]) == 0
+    return tmp_path / "run" / "seed-4", scenario
+
+
+def test_every_hops_batches_are_found_once_with_their_replicas_idle_time(tmp_path, tiny_bundle):
+    run, _ = _cascade(tmp_path, tiny_bundle)
+    _, requests, _ = read_run(run)
+    batches = served_batches(requests)
+    assert set(batches["deployment"]) == {"small", "big"}
+    for name, hop in (("small", 0), ("big", 1)):
+        rows = batches[batches["deployment"] == name]
+        taken = requests[requests[f"hop{hop}_deployment"] == name]
+        assert rows["batch_size"].sum() == len(taken)  # every request in exactly one batch
+        table = FAST_MS if name == "small" else SLOW_MS
+        np.testing.assert_allclose(rows["service_ms"], rows["batch_size"].map(table), rtol=1e-6)
+        idle = rows["idle_ms"].to_numpy()
+        assert np.isnan(idle[0]) and (idle[1:] >= -1e-9).all()
+
+
+def test_the_served_bundle_replaces_sizes_served_often_enough_and_keeps_the_rest(tmp_path, tiny_bundle):
+    run, _ = _cascade(tmp_path, tiny_bundle)
+    base = TraceBundle.load(tiny_bundle)
+    served = served_bundle(run, base, min_batches=5)
+    served.save(tmp_path / "served")
+    again = TraceBundle.load(tmp_path / "served")
+    _, requests, _ = read_run(run)
+    counts = served_batches(requests).groupby(["deployment", "batch_size"]).size()
+    for variant, name in (("fast/int8/cpu", "small"), ("slow/fp32/cpu", "big")):
+        rows = again.service[again.service["variant"] == variant]
+        for b in (1, 2, 4):
+            n = int(counts.get((name, b), 0))
+            source = set(rows[rows["batch_size"] == b]["source"])
+            assert source == ({"served"} if n >= 5 else {"profile"})
+            if n >= 5:
+                assert (rows["batch_size"] == b).sum() == n
+    pd_preds = again.predictions.sort_values(["variant", "sample_id"]).reset_index(drop=True)
+    assert pd_preds["pred"].tolist() == base.predictions.sort_values(["variant", "sample_id"])["pred"].tolist()
+
+
+def test_replaying_a_run_on_its_own_service_times_reproduces_it(tmp_path, tiny_bundle):
+    """The tiny bundle's times are constant, so the replay must give the very same latencies."""
+    run, scenario = _cascade(tmp_path, tiny_bundle)
+    served_bundle(run, TraceBundle.load(tiny_bundle)).save(tmp_path / "served")
+    replay = tmp_path / "replay.toml"
+    replay.write_text(scenario.read_text().replace(str(tiny_bundle), str(tmp_path / "served")))
+    assert simulate_main(["run", str(replay), "--out", str(tmp_path / "again")]) == 0
+    first = read_run(run)[1]["latency_ms"].to_numpy()
+    second = read_run(tmp_path / "again" / "seed-4")[1]["latency_ms"].to_numpy()
+    np.testing.assert_allclose(second, first, rtol=1e-9)
+    assert first.size > 500 and np.ptp(first) > 0
+
+
+def test_a_missing_run_is_one_clear_error(tmp_path, tiny_bundle):
+    from traces.errors import InputError
+
+    with pytest.raises(InputError, match="not a run output"):
+        served_bundle(tmp_path / "nowhere", TraceBundle.load(tiny_bundle))
