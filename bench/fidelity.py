@@ -176,17 +176,29 @@ def _error(sim: float, real: float, q: str) -> str:
     return f"{(sim - real) * 100:+.2f}" if q == "hit" else f"{(sim - real) / real * 100:+.1f}%"
 
 
-def table(out: Path, bundle: TraceBundle, names: list[str], seed: int) -> str:
-    """The Markdown table of a finished run directory (its scenario files give rates and deadlines).
+def _errors(sim_dir: Path, real: dict, which: tuple[str, ...] = ("p50", "p95", "p99", "hit")) -> str:
+    if not sim_dir.is_dir():
+        return "-"
+    sim = metrics(sim_dir)
+    return ", ".join(_error(sim[q], real[q], q) for q in which)
 
-    With repeated real runs, "real" is their mean, and the last column is how far they spread:
-    (max - min) / mean for the percentiles, max - min in points for the hit rate.
+
+def table(out: Path, bundle: TraceBundle, names: list[str], seed: int) -> str:
+    """Two Markdown tables of a finished run directory (its scenario files give rates and deadlines).
+
+    Prediction: the simulator fed the fresh profile against the real server; with repeated real
+    runs "real" is their mean, and the spread column is (max - min) / mean for the percentiles,
+    max - min in points for the hit rate. Engine check: the errors of the same simulation without
+    idle classes (against the real mean), and of the replays of the first real run's served
+    service times, drawn at random and in time order (against that run).
     """
     from traces.scenario import read_toml
 
-    lines = ["| scenario | load | rate rps | deadline ms | p50 real / sim (err) | p95 real / sim (err) | "
-             "p99 real / sim (err) | hit real / sim (pts) | served / profiled | p50, p99 err without idle classes "
-             "| real repeats: spread p50, p95, p99, hit | replay of real run 1: err p50, p95, p99, hit |", "|---" * 12 + "|"]
+    head = "| scenario | load | rate rps | deadline ms | "
+    predict = [head + "p50 real / sim (err) | p95 real / sim (err) | p99 real / sim (err) | hit real / sim (pts) "
+               "| served / profiled | real repeats: spread p50, p95, p99, hit |", "|---" * 10 + "|"]
+    engine = [head + "without idle classes: err p50, p95, p99, hit | replay, served times at random: err p50, p95, p99, "
+              "hit | replay, served times in time order: err p50, p95, p99, hit |", "|---" * 7 + "|"]
     for name in names:
         raw = read_toml(out / f"{name}.toml")
         kind, load = name.rsplit("-", 1)
@@ -198,38 +210,37 @@ def table(out: Path, bundle: TraceBundle, names: list[str], seed: int) -> str:
         cells = [f"{real[q]:.2f} / {sim[q]:.2f} ({_error(sim[q], real[q], q)})" for q in ("p50", "p95", "p99")]
         cells.append(f"{real['hit']:.4f} / {sim['hit']:.4f} ({_error(sim['hit'], real['hit'], 'hit')})")
         cells.append(ratio)
-        hot_dir = out / f"{name}-sim-hot" / f"seed-{seed}"
-        hot = metrics(hot_dir) if hot_dir.is_dir() else None
-        cells.append(f"{_error(hot['p50'], real['p50'], 'p50')}, {_error(hot['p99'], real['p99'], 'p99')}" if hot else "-")
         if len(runs) > 1:
             spread = [(max(r[q] for r in runs) - min(r[q] for r in runs)) / real[q] * 100 for q in ("p50", "p95", "p99")]
             hit_spread = (max(r["hit"] for r in runs) - min(r["hit"] for r in runs)) * 100
             cells.append(", ".join(f"{x:.1f}%" for x in spread) + f", {hit_spread:.2f} pts")
         else:
             cells.append("-")
-        replayed = out / f"{name}-replay" / f"seed-{seed}"
-        if replayed.is_dir():
-            first, again = runs[0], metrics(replayed)
-            cells.append(", ".join(_error(again[q], first[q], q) for q in ("p50", "p95", "p99", "hit")))
-        else:
-            cells.append("-")
-        lines.append(f"| {kind} | {load} | {raw['arrivals']['rate_rps']:.0f} | {raw['requests']['deadline_ms']:.1f} | "
-                     + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        row = f"| {kind} | {load} | {raw['arrivals']['rate_rps']:.0f} | {raw['requests']['deadline_ms']:.1f} | "
+        predict.append(row + " | ".join(cells) + " |")
+        checks = [_errors(out / f"{name}-sim-hot" / f"seed-{seed}", real),
+                  _errors(out / f"{name}-replay" / f"seed-{seed}", runs[0]),
+                  _errors(out / f"{name}-timeline" / f"seed-{seed}", runs[0])]
+        engine.append(row + " | ".join(checks) + " |")
+    return "Prediction from the fresh profile:\n\n" + "\n".join(predict) + "\n\nEngine check:\n\n" + "\n".join(engine)
 
 
 def replay(out: Path, name: str, seed: int) -> None:
-    """Simulate the cell again on the service times its first real run served (``traces.served``):
-    what error is left is the simulator's model of queueing, batching and dispatch alone."""
+    """Simulate the cell again on the service times its first real run served (``traces.served``),
+    drawn at random (``NAME-replay``) and in time order (``NAME-timeline``): what error is left is
+    the simulator's model of queueing, batching and dispatch, without the profile's."""
     from traces.scenario import read_toml
 
     hot = out / f"{name}-hot.toml"
     base = Path(read_toml(hot)["bundle"])
     served = out / f"{name}-served-bundle"
     served_bundle(out / f"{name}-real" / f"seed-{seed}", TraceBundle.load(base)).save(served, force=True)
-    path = out / f"{name}-replay.toml"
-    path.write_text(hot.read_text().replace(f'bundle = "{base}"', f'bundle = "{served.resolve()}"'))
-    assert simulate_main(["run", str(path), "--out", str(out / f"{name}-replay"), "--force"]) == 0
+    text = hot.read_text().replace(f'bundle = "{base}"', f'bundle = "{served.resolve()}"')
+    for kind, scenario in (("replay", text),
+                           ("timeline", text.replace("idle_classes = false\n", 'idle_classes = false\nservice_order = "timeline"\n'))):
+        path = out / f"{name}-{kind}.toml"
+        path.write_text(scenario)
+        assert simulate_main(["run", str(path), "--out", str(out / f"{name}-{kind}"), "--force"]) == 0
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ from traces.workload import RunState
 
 from .deployment import Deployment
 from .environment import ServingEnvironment
-from .service import MeasuredSampler, ParametricSampler
+from .service import MeasuredSampler, ParametricSampler, TimelineSampler
 
 
 class _Stages:
@@ -61,6 +61,8 @@ class Simulation(RunState):
             service_rng, balance_rng = work.deployment_rngs[index]
             sampler = (ParametricSampler(config.service, config.max_batch_size, service_rng) if config.service
                        else MeasuredSampler(profiles[config.name], config.max_batch_size, service_rng))
+            if config.service is None and profiles[config.name].timeline:
+                sampler = TimelineSampler(profiles[config.name].timeline, sampler)
             self.deployments.append(Deployment(self.env, self, index, config, sampler, self.deadlines_s,
                                                window, balance_rng))
         self._by_name = {d.name: d for d in self.deployments}

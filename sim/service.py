@@ -93,6 +93,34 @@ class MeasuredSampler:
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 
 
+class TimelineSampler:
+    """Replays a measured timeline: a batch of size b takes the latency of the size-b run that
+    started nearest the batch's own start (both in seconds from the run's start); sizes the
+    timeline lacks are drawn by ``fallback``.
+
+    Fed the batches a real run served (``traces.served``), the simulator then meets the machine's
+    fast and slow minutes exactly when the server met them, so what differs from the real run is
+    the simulator's queueing, batching and dispatch alone.
+    """
+
+    def __init__(self, timeline: dict[int, tuple[np.ndarray, np.ndarray]], fallback: MeasuredSampler):
+        self._timeline = {b: (starts.tolist(), (ms / 1000.0).tolist()) for b, (starts, ms) in timeline.items()}
+        self._fallback = fallback
+
+    def ensure_batch(self, max_batch_size: int) -> None:
+        self._fallback.ensure_batch(max_batch_size)
+
+    def draw_s(self, batch_size: int, now_s: float = 0.0, idle_s: float = 0.0) -> float:
+        found = self._timeline.get(batch_size)
+        if found is None:
+            return self._fallback.draw_s(batch_size, now_s, idle_s)
+        starts, values = found
+        i = bisect.bisect_left(starts, now_s)
+        if i == len(starts) or (i > 0 and now_s - starts[i - 1] <= starts[i] - now_s):
+            i -= 1
+        return values[i]
+
+
 class ParametricSampler:
     """A batch of size b takes ``unit * dist.batch_mean_ms(b)``; the unit variates are exact draws."""
 

@@ -93,3 +93,44 @@ def test_a_missing_run_is_one_clear_error(tmp_path, tiny_bundle):
 
     with pytest.raises(InputError, match="not a run output"):
         served_bundle(tmp_path / "nowhere", TraceBundle.load(tiny_bundle))
+
+
+def test_a_timeline_replays_each_batch_at_the_time_it_ran(tmp_path, tiny_bundle):
+    """Service times that change over the run (slow for the first 5 s) come back in time order."""
+    import pandas as pd
+
+    base = TraceBundle.load(tiny_bundle)
+    starts = np.arange(0.0, 20.0, 0.01)
+    rows = pd.DataFrame({"variant": "fast/int8/cpu", "model": "fast", "precision": "int8", "device": "cpu",
+                         "batch_size": 1, "latency_ms": np.where(starts < 5.0, 9.0, 1.0), "started_at_s": starts})
+    others = base.service[base.service["batch_size"] != 1].assign(started_at_s=np.nan)
+    TraceBundle(meta={"name": "timeline"}, service=pd.concat([rows, others], ignore_index=True),
+                predictions=base.predictions).save(tmp_path / "t")
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(f"""seed = 2
+duration_s = 20.0
+bundle = "{tmp_path / 't'}"
+[arrivals]
+kind = "poisson"
+rate_rps = 20.0
+[requests]
+deadline_ms = 500.0
+[[deployments]]
+name = "small"
+variant = "fast/int8/cpu"
+max_batch_size = 1
+service_order = "timeline"
+[policy]
+name = "static"
+""")
+    assert simulate_main(["run", str(scenario), "--out", str(tmp_path / "run")]) == 0
+    _, requests, _ = read_run(tmp_path / "run" / "seed-2")
+    served_ms = (requests["hop0_finish_s"] - requests["hop0_start_s"]) * 1000
+    start = requests["hop0_start_s"]
+    assert np.allclose(served_ms[start < 4.99], 9.0) and np.allclose(served_ms[start > 5.01], 1.0)
+    # drawn at random instead, slow and fast batches mix over the whole run
+    scenario.write_text(scenario.read_text().replace('service_order = "timeline"\n', ""))
+    assert simulate_main(["run", str(scenario), "--out", str(tmp_path / "random")]) == 0
+    _, requests, _ = read_run(tmp_path / "random" / "seed-2")
+    late = requests[requests["hop0_start_s"] > 5.01]
+    assert ((late["hop0_finish_s"] - late["hop0_start_s"]) * 1000 > 8.0).mean() > 0.1

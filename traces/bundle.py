@@ -85,6 +85,17 @@ class TraceBundle:
             }
         return self._samples[key]
 
+    def timeline(self, variant: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Batch size -> (started_at_s, latency_ms) of the variant's back-to-back runs that have a
+        start time, in time order."""
+        if "started_at_s" not in self.service:
+            return {}
+        rows = self._rows(variant)
+        idle = self._idle(rows)
+        rows = rows[(idle == idle.min()) & rows["started_at_s"].notna().to_numpy()].sort_values("started_at_s")
+        return {int(b): (g["started_at_s"].to_numpy(dtype=np.float64), g["latency_ms"].to_numpy(dtype=np.float64))
+                for b, g in rows.groupby("batch_size")}
+
     def slow_spells(self, variant: str):
         """The variant's measured slow spells (``traces.profiles.SlowSpells``), from its rows that
         have a run start time (none without them); runs are ranked within their (batch size, idle

@@ -61,6 +61,11 @@ def check_against_bundle(scenario: Scenario) -> Prepared:
         profile = LatencyProfile.from_bundle(bundle, dep.variant, spells=dep.slow_spells)
         if not dep.idle_classes:
             profile.after_idle = ()
+        if dep.service_order == "timeline":
+            profile.timeline = bundle.timeline(dep.variant)
+            if not profile.timeline:
+                raise InputError(f"{where}.service_order", f"{dep.variant!r} has no timed runs with a start time "
+                                 f"in bundle {bundle.path}; a timeline needs started_at_s")
         if not profile.min_batch_size <= dep.max_batch_size <= profile.max_batch_size:
             raise InputError(f"{where}.max_batch_size", f"{dep.variant!r} is measured at batch sizes "
                              f"{profile.min_batch_size}..{profile.max_batch_size}; got {dep.max_batch_size}")

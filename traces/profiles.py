@@ -47,6 +47,9 @@ class LatencyProfile:
         # (idle_s, LatencyProfile) of batches timed after longer idle gaps, ascending; this profile
         # itself is the shortest gap measured (back to back), the one policies plan with
         self.after_idle: tuple[tuple[float, "LatencyProfile"], ...] = tuple(after_idle)
+        # batch size -> (start times s, latencies ms) in time order, to replay a served run's own
+        # timeline (scenario ``service_order = "timeline"``); None: draw at random
+        self.timeline: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
         self._cache: dict[int, np.ndarray] = {}
 
     @classmethod

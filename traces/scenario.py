@@ -30,7 +30,8 @@ FAULT_KEYS = ("deployment", "replica", "at_s", "down_s", "mttf_s", "mttr_s", "on
 ON_FAILURE = ("retry", "fail")
 DEPLOYMENT_KEYS = ("name", "variant", "service", "replicas", "max_batch_size", "batch_wait_timeout_ms",
                    "queue", "max_queue_size", "drop_expired", "balancer", "slow_spells",
-                   "idle_classes")
+                   "idle_classes", "service_order")
+SERVICE_ORDERS = ("random", "timeline")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class DeploymentConfig:
     balancer: str = "shared"
     slow_spells: bool = True    # sample measured service times with the bundle's slow spells
     idle_classes: bool = True   # a batch after an idle spell draws from the bundle's runs timed after one
+    service_order: str = "random"  # "timeline": replay the bundle's runs in time (see traces.served)
     service_cfg: dict | None = field(default=None, compare=False)
 
     def resolved(self) -> dict:
@@ -277,6 +279,7 @@ def _deployments(items: Any) -> tuple[DeploymentConfig, ...]:
             balancer=text(cfg, "balancer", where, default="shared", choices=BALANCERS),
             slow_spells=boolean(cfg, "slow_spells", where, default=True),
             idle_classes=boolean(cfg, "idle_classes", where, default=True),
+            service_order=text(cfg, "service_order", where, default="random", choices=SERVICE_ORDERS),
             service_cfg=service_cfg,
         ))
     return tuple(out)

@@ -46,8 +46,9 @@ def served_bundle(run_dir: str | Path, base: TraceBundle, *, min_batches: int = 
     """``base`` with each served variant's timings replaced by the batches of the run in ``run_dir``.
 
     A batch size the run formed fewer than ``min_batches`` times keeps the base bundle's rows (so
-    the bundle still covers every size a scenario may form); run start times are kept (seconds
-    from the run's start) so that the run's own slow spells are measured too. Predictions are the
+    the bundle still covers every size a scenario may form), without start times. Served batches
+    keep theirs (seconds from the run's start): the run's own slow spells are measured from them,
+    and a deployment with ``service_order = "timeline"`` replays them in time. Predictions are the
     base bundle's. Runs timed after idleness (``idle_ms``) are left out: a served time already is
     what it was after whatever idleness preceded it.
     """
@@ -64,7 +65,8 @@ def served_bundle(run_dir: str | Path, base: TraceBundle, *, min_batches: int = 
         served = batches[batches["variant"] == variant]
         counts = served["batch_size"].value_counts()
         enough = {int(b) for b, n in counts.items() if n >= min_batches}
-        rows.append(service[~service["batch_size"].isin(enough)].assign(source="profile"))
+        # kept profile rows lose their start times: they are no part of the run's timeline
+        rows.append(service[~service["batch_size"].isin(enough)].assign(source="profile", started_at_s=np.nan))
         if enough:
             like = service.iloc[0]
             served = served[served["batch_size"].isin(enough)]
