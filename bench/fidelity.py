@@ -87,7 +87,7 @@ precisions = ["int8"]
 
 
 def scenario_toml(bundle: Path, kind: str, rate_rps: float, deadline_ms: float, duration_s: float, seed: int,
-                  idle_classes: bool = True) -> str:
+                  idle_classes: bool = True, fast_first: bool = False) -> str:
     head = f"""seed = {seed}
 duration_s = {duration_s}
 warmup_s = {min(5.0, duration_s / 5)}
@@ -102,11 +102,12 @@ deadline_ms = {deadline_ms:.3f}
            f'idle_classes = {str(idle_classes).lower()}\n')
     if kind == "single":
         return head + f'[[deployments]]\nname = "m"\nvariant = "{SINGLE}"\nreplicas = {SINGLE_REPLICAS}\n{dep}[policy]\nname = "static"\n'
-    # the first replica gets a core of its own, the next shares the front end's: that costs the
-    # small fast stage, whose batches are ~0.4 ms, 50% (0.90 against 0.59 ms here), and the slow
-    # stage nothing measurable (4.41 against 4.39 ms), so the fast stage goes first
-    return head + (f'[[deployments]]\nname = "fast"\nvariant = "{FAST}"\nreplicas = 1\n{dep}'
-                   f'[[deployments]]\nname = "slow"\nvariant = "{SLOW}"\nreplicas = 1\n{dep}'
+    # The first replica gets a core of its own, the next shares the front end's. Sharing slowed the
+    # slow stage 1.2-1.5x (runs/fid14, fid15: its p95 and p99 then 17-65% above the simulator's)
+    # and slows the fast one 1.0-1.5x (runs/fid16: tails within 27%), so the slow stage goes first.
+    stages = [f'[[deployments]]\nname = "slow"\nvariant = "{SLOW}"\nreplicas = 1\n{dep}',
+              f'[[deployments]]\nname = "fast"\nvariant = "{FAST}"\nreplicas = 1\n{dep}']
+    return head + "".join(stages[::-1] if fast_first else stages) + (
                    f'[policy]\nname = "static"\ncascade = ["fast", "slow"]\nthreshold = {THRESHOLD}\n')
 
 
@@ -257,6 +258,8 @@ def main() -> None:
     parser.add_argument("--table-only", action="store_true", help="print the table of an existing --out directory")
     parser.add_argument("--replay-only", action="store_true",
                         help="replay the real runs of an existing --out directory (traces.served), then print its table")
+    parser.add_argument("--fast-first", action="store_true",
+                        help="give the cascade's fast stage the core of its own, the slow one the front end's")
     parser.add_argument("--repeats", type=int, default=1, help="real runs per cell, on the same arrivals")
     parser.add_argument("--profile-each", action="store_true",
                         help="re-time the scenario's variants right before each real run (replacing their latencies)")
@@ -294,8 +297,10 @@ def main() -> None:
                 TraceBundle(meta=fresh.meta, service=fresh.service, predictions=bundle.predictions).save(run_bundle, force=True)
             path, hot = out / f"{name}.toml", out / f"{name}-hot.toml"
             rate = load * capacity
-            path.write_text(scenario_toml(run_bundle.resolve(), kind, rate, deadline, args.duration, args.seed))
-            hot.write_text(scenario_toml(run_bundle.resolve(), kind, rate, deadline, args.duration, args.seed, False))
+            path.write_text(scenario_toml(run_bundle.resolve(), kind, rate, deadline, args.duration, args.seed,
+                                          fast_first=args.fast_first))
+            hot.write_text(scenario_toml(run_bundle.resolve(), kind, rate, deadline, args.duration, args.seed, False,
+                                         fast_first=args.fast_first))
             for k in range(1, args.repeats + 1):
                 real = out / (f"{name}-real" if k == 1 else f"{name}-real-{k}")
                 assert measure_main(["serve", str(path), "--out", str(real), "--zoo", args.zoo,
