@@ -5,16 +5,17 @@ bundle, measured now, with the zoo's trained models); (2) for each load level an
 scenarios, one deployment with dynamic batching and a two-stage cascade, `measure serve` and
 `simulate run` on the same scenario and seed; (3) a table of p50, p95, p99 latency and hit rate,
 real vs simulated, with relative errors (percentage points for the hit rate), and how fast the real
-replicas served against the profile (``service_ratio``: 1.00 means at the profiled speed).
+replicas served against the profile (``service_ratios``: 1.00 means at the profiled speed).
 
-The profile times every batch after idle gaps of 0 to 30 ms as well as back to back, since on this
-VM a batch after an idle spell runs up to 2.5x slower (``measure.profile``); the table also gives
-the p50 and p99 errors of a simulation that ignores this (``idle_classes = false``). With
+The profile times every batch after idle gaps of 1 to 30 ms as well as back to back, since on this
+VM a batch after an idle spell runs up to 2.5x slower (``measure.profile``); a second table (the
+engine check) gives the errors of a simulation that ignores this (``idle_classes = false``). With
 ``--repeats N`` every real run is repeated N times on the same arrivals: the table compares the
 simulator with their mean and gives how far the repeats themselves spread, this machine's own
 run-to-run noise, below which no simulator can be judged. Last, each cell is simulated again on
-the service times its first real run served (``traces.served``), which separates the simulator's
-model of queueing, batching and dispatch from how well a profile predicts the machine's speed.
+the service times its first real run served (``traces.served``), drawn at random and in time
+order, which separates the simulator's model of queueing, batching and dispatch from how well a
+profile predicts the machine's speed.
 
     python bench/fidelity.py [--zoo zoo] [--out runs/fidelity] [--duration 30] [--loads 0.3,0.5,0.7,0.9] [--repeats 1]
 

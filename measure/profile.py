@@ -31,7 +31,8 @@ A variant id is ``model[-pruning]/precision/device``, e.g. ``resnet18-channel/in
 batch (on this VM a small CNN's batch of 1 took 0.39 ms back to back, 0.55 ms after 1 ms idle and
 0.99 ms after 10 ms; MobileNetV2-int8 4.3 ms up to 2 ms idle, 5.0-5.4 ms after 5-10 ms). Each gap
 listed is timed as its own class (column ``idle_ms``); the simulator then serves each batch from
-the class nearest the replica's actual idle time, so a lightly loaded server is as slow as it is.
+the two classes around its replica's actual idle time, so a lightly loaded server is as slow as
+it is.
 """
 
 from __future__ import annotations
