@@ -134,3 +134,19 @@ name = "static"
     _, requests, _ = read_run(tmp_path / "random" / "seed-2")
     late = requests[requests["hop0_start_s"] > 5.01]
     assert ((late["hop0_finish_s"] - late["hop0_start_s"]) * 1000 > 8.0).mean() > 0.1
+
+
+def test_a_timeline_on_another_clock_is_refused(tmp_path, tiny_bundle):
+    """A profile's start times are Unix seconds: replaying them as a run's timeline is a mistake."""
+    from traces.errors import InputError
+    from traces.prepare import check_against_bundle
+    from traces.scenario import scenario_from_dict
+
+    base = TraceBundle.load(tiny_bundle)
+    service = base.service.assign(started_at_s=1.7e9 + np.arange(len(base.service)) * 0.01)
+    TraceBundle(meta={"name": "unix"}, service=service, predictions=base.predictions).save(tmp_path / "u")
+    raw = {"duration_s": 10.0, "bundle": str(tmp_path / "u"), "arrivals": {"kind": "poisson", "rate_rps": 10.0},
+           "requests": {"deadline_ms": 100.0}, "policy": {"name": "static"},
+           "deployments": [{"name": "m", "variant": "fast/int8/cpu", "max_batch_size": 4, "service_order": "timeline"}]}
+    with pytest.raises(InputError, match="service_order.*outside"):
+        check_against_bundle(scenario_from_dict(raw))

@@ -66,6 +66,12 @@ def check_against_bundle(scenario: Scenario) -> Prepared:
             if not profile.timeline:
                 raise InputError(f"{where}.service_order", f"{dep.variant!r} has no timed runs with a start time "
                                  f"in bundle {bundle.path}; a timeline needs started_at_s")
+            first = min(float(starts[0]) for starts, _ in profile.timeline.values())
+            last = max(float(starts[-1]) for starts, _ in profile.timeline.values())
+            if last < 0 or first > scenario.duration_s:
+                raise InputError(f"{where}.service_order", f"{dep.variant!r}'s runs in bundle {bundle.path} started at "
+                                 f"{first:g}..{last:g} s, outside this scenario's 0..{scenario.duration_s:g} s; a "
+                                 "timeline needs start times in seconds from the run's start (traces/served.py)")
         if not profile.min_batch_size <= dep.max_batch_size <= profile.max_batch_size:
             raise InputError(f"{where}.max_batch_size", f"{dep.variant!r} is measured at batch sizes "
                              f"{profile.min_batch_size}..{profile.max_batch_size}; got {dep.max_batch_size}")
