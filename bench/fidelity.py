@@ -238,6 +238,7 @@ def replay(out: Path, name: str, seed: int) -> None:
     served = out / f"{name}-served-bundle"
     served_bundle(out / f"{name}-real" / f"seed-{seed}", TraceBundle.load(base)).save(served, force=True)
     text = hot.read_text().replace(f'bundle = "{base}"', f'bundle = "{served.resolve()}"')
+    assert str(served.resolve()) in text, f"{hot}: its bundle line was not found"
     for kind, scenario in (("replay", text),
                            ("timeline", text.replace("idle_classes = false\n", 'idle_classes = false\nservice_order = "timeline"\n'))):
         path = out / f"{name}-{kind}.toml"

@@ -120,7 +120,7 @@ def time_batches(runner: ModelRunner | ProcessRunner, profile: Profile, spec: Va
     of bending one size's numbers: timed one size after another, a MobileNetV2-int8 profile here
     once put batch 2 at 11.6 ms between 4.5 ms (batch 1) and 6.5 ms (batch 3). Each (variant,
     size) keeps its own seeded sample draws; a size stops after ``max_seconds_per_config`` of its
-    own timed runs (at least 3). Each row keeps when its run started (``started_at_s``, Unix
+    own timed runs (at least 3 per idle gap). Each row keeps when its run started (``started_at_s``, Unix
     time), from which the simulator measures how long slow spells last (``traces.profiles``).
     With several ``idle_gaps_ms``, each run is timed once per gap, after sleeping that long; the
     row's ``idle_ms`` names its gap.
@@ -137,13 +137,15 @@ def time_batches(runner: ModelRunner | ProcessRunner, profile: Profile, spec: Va
     spent = dict.fromkeys(sizes, 0.0)
     epoch = time.time() - time.perf_counter()  # perf_counter precision, Unix time origin
     for k in range(cfg.warmup_runs, cfg.warmup_runs + cfg.timed_runs):
-        active = [b for b in sizes if spent[b] <= cfg.max_seconds_per_config or len(rows[b]) < 3]
+        active = [b for b in sizes if spent[b] <= cfg.max_seconds_per_config or len(rows[b]) < 3 * len(cfg.idle_gaps_ms)]
         if not active:
             break
         for b in active:
             for gap_ms in cfg.idle_gaps_ms:
                 if gap_ms > 0:
                     time.sleep(gap_ms / 1000.0)
+                elif len(cfg.idle_gaps_ms) > 1:  # back to back means after a run, not after the last gap
+                    runner.run(draws[b][k])
                 t0 = time.perf_counter()
                 runner.run(draws[b][k])
                 elapsed = time.perf_counter() - t0

@@ -109,8 +109,9 @@ def _gaps(lat: dict) -> tuple[float, ...]:
     gaps = lat.get("idle_gaps_ms", [0.0])
     if (not isinstance(gaps, list) or not gaps
             or any(isinstance(g, bool) or not isinstance(g, (int, float)) or not 0 <= g < 1e4 for g in gaps)
-            or gaps != sorted(set(gaps))):
-        raise InputError("latency.idle_gaps_ms", f"must be increasing numbers of milliseconds, 0 <= gap < 10000, got {gaps!r}")
+            or gaps != sorted(set(gaps)) or gaps[0] != 0):
+        raise InputError("latency.idle_gaps_ms", "must be increasing numbers of milliseconds starting with 0 (back to "
+                         f"back), each below 10000, got {gaps!r}")
     return tuple(float(g) for g in gaps)
 
 

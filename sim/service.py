@@ -41,6 +41,7 @@ class MeasuredSampler:
         self._classes = [profile] + [p for _, p in profile.after_idle]
         self._grids: list[list[list[float]]] = [[[]] for _ in self._classes]  # [class][batch size]
         self._hot = self._grids[0]
+        self._single = len(self._idle_s) == 1
         self._u: list[float] = []
         self._k = BLOCK
         spells = profile.spells
@@ -50,9 +51,13 @@ class MeasuredSampler:
         self.ensure_batch(max_batch_size)
 
     def ensure_batch(self, max_batch_size: int) -> None:
-        for grids, profile in zip(self._grids, self._classes):
-            for b in range(len(grids), max_batch_size + 1):
-                grids.append((profile.grid(b) / 1000.0).tolist())
+        hot = self._grids[0]
+        for b in range(len(hot), max_batch_size + 1):
+            hot.append((self.profile.grid(b) / 1000.0).tolist())
+        for grids, profile in zip(self._grids[1:], self._classes[1:]):
+            for b in range(len(grids), max_batch_size + 1):  # a size an idle class lacks: back to back
+                inside = profile.min_batch_size <= b <= profile.max_batch_size
+                grids.append((profile.grid(b) / 1000.0).tolist() if inside else hot[b])
 
     def draw_s(self, batch_size: int, now_s: float = 0.0, idle_s: float = 0.0) -> float:
         k = self._k
@@ -62,6 +67,9 @@ class MeasuredSampler:
                 k = 0
             self._k = k + 1
             u = self._u[k]
+            if self._single:  # the common case, kept as short as it was
+                grid = self._hot[batch_size]
+                return grid[int(u * len(grid))]
         else:
             if k >= BLOCK:
                 self._u = self._rng.standard_normal(BLOCK).tolist()
@@ -77,7 +85,7 @@ class MeasuredSampler:
             z = weight * self._level + rest * self._u[k + 1]
             u = 0.5 * math.erfc(-z * _INV_SQRT2)
         idle = self._idle_s
-        if len(idle) == 1 or idle_s <= 0.0:
+        if self._single or idle_s <= 0.0:
             grid = self._hot[batch_size]
             return grid[min(int(u * len(grid)), len(grid) - 1)]
         j = bisect.bisect_right(idle, idle_s) - 1

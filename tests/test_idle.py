@@ -68,3 +68,12 @@ def test_a_negative_idle_time_is_refused_naming_the_row(tmp_path, tiny_bundle):
     (tmp_path / "bundle.json").write_text('{"name": "bad"}')
     with pytest.raises(InputError, match="row 2.*idle_ms"):
         TraceBundle.load(tmp_path)
+
+
+def test_a_size_an_idle_class_lacks_is_served_back_to_back():
+    hot = LatencyProfile({1: np.full(10, HOT_MS), 4: np.full(10, 4 * HOT_MS)}, measured=True)
+    profile = LatencyProfile(hot._measured, measured=True,
+                             after_idle=((GAP_MS / 1000, LatencyProfile({1: np.full(10, IDLE_MS)}, measured=True)),))
+    sampler = MeasuredSampler(profile, 4, np.random.default_rng(0))
+    assert sampler.draw_s(1, 0.0, 1.0) * 1000 == pytest.approx(IDLE_MS)
+    assert sampler.draw_s(3, 0.0, 1.0) * 1000 == pytest.approx(3 * HOT_MS)  # interpolated from sizes 1 and 4

@@ -51,6 +51,7 @@ def test_variant_grid_and_ids(tmp_path):
     (("[latency]", "[latency]\ntimed_runs = 1"), "latency.timed_runs"),
     (("[latency]", "[latency]\nidle_gaps_ms = [5, 1]"), "latency.idle_gaps_ms"),
     (("[latency]", "[latency]\nidle_gaps_ms = [-1]"), "latency.idle_gaps_ms"),
+    (("[latency]", "[latency]\nidle_gaps_ms = [1, 10]"), "latency.idle_gaps_ms"),
 ])
 def test_bad_profile_is_one_clear_line(tmp_path, capsys, edit, where):
     path = tmp_path / "p.toml"

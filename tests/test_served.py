@@ -71,6 +71,8 @@ def test_the_served_bundle_replaces_sizes_served_often_enough_and_keeps_the_rest
             assert source == ({"served"} if n >= 5 else {"profile"})
             if n >= 5:
                 assert (rows["batch_size"] == b).sum() == n
+    # the tiny bundle has no start times; served batches keep theirs, so the run's timeline replays
+    assert set(again.timeline("fast/int8/cpu")) == {b for b in (1, 2, 4) if counts.get(("small", b), 0) >= 5}
     pd_preds = again.predictions.sort_values(["variant", "sample_id"]).reset_index(drop=True)
     assert pd_preds["pred"].tolist() == base.predictions.sort_values(["variant", "sample_id"])["pred"].tolist()
 

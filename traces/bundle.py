@@ -92,7 +92,7 @@ class TraceBundle:
             return {}
         rows = self._rows(variant)
         idle = self._idle(rows)
-        rows = rows[(idle == idle.min()) & rows["started_at_s"].notna().to_numpy()].sort_values("started_at_s")
+        rows = rows[(idle == idle.min()) & rows["started_at_s"].notna().to_numpy()].sort_values("started_at_s", kind="stable")
         return {int(b): (g["started_at_s"].to_numpy(dtype=np.float64), g["latency_ms"].to_numpy(dtype=np.float64))
                 for b, g in rows.groupby("batch_size")}
 
@@ -106,7 +106,7 @@ class TraceBundle:
             return SlowSpells()
         rows = self._rows(variant)
         known = rows["started_at_s"].notna().to_numpy()
-        classes = rows["batch_size"].to_numpy(dtype=np.float64) * 1e5 + self._idle(rows)
+        classes = pd.MultiIndex.from_arrays([rows["batch_size"].to_numpy(), self._idle(rows)]).factorize()[0]
         return measure_spells(classes[known], rows["latency_ms"].to_numpy()[known],
                               rows["started_at_s"].to_numpy()[known])
 

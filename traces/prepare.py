@@ -53,6 +53,9 @@ def check_against_bundle(scenario: Scenario) -> Prepared:
     for dep in scenario.deployments:
         where = f"deployments.{dep.name}"
         if dep.variant is None:
+            if dep.service_order != "random":
+                raise InputError(f"{where}.service_order", "a parametric service has no timeline; only a measured "
+                                 "variant can replay one")
             profiles[dep.name] = LatencyProfile.from_distribution(dep.service, max(dep.max_batch_size, 64))
             continue
         if dep.variant not in bundle.variants:

@@ -75,7 +75,8 @@ def served_bundle(run_dir: str | Path, base: TraceBundle, *, min_batches: int = 
                                   "started_at_s": served["start_s"].to_numpy(), "source": "served"})
             for column in service.columns.difference(timed.columns):  # variant, model, threads...
                 timed[column] = like[column]
-            rows.append(timed[[*service.columns.drop("source", errors="ignore"), "source"]])
+            rows.append(timed[[*service.columns.drop(["source", "started_at_s"], errors="ignore"), "started_at_s",
+                               "source"]])
     service = pd.concat(rows, ignore_index=True)
     meta = {**base.meta, "name": f"{base.name} as served", "served_from": str(run_dir),
             "description": f"{base.meta.get('description', '')}; timings replaced by the batches served in {run_dir}"}
