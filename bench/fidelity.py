@@ -124,21 +124,6 @@ def capacity_and_deadline(bundle: TraceBundle, kind: str) -> tuple[float, float]
     return capacity, 3.0 * (fast.percentile_ms(MAX_BATCH, 50) + slow.percentile_ms(MAX_BATCH, 50))
 
 
-def expected_ms(profile: LatencyProfile, batch_size: int, idle_s: float) -> float:
-    """The profile's mean service at this size after this much idleness, interpolated between idle
-    classes as the simulator's sampler does."""
-    classes = [(0.0, profile)] + list(profile.after_idle)
-    means = [(gap, p.mean_ms(batch_size)) for gap, p in classes]
-    if idle_s <= 0 or len(means) == 1:
-        return means[0][1]
-    below = [m for m in means if m[0] <= idle_s][-1]
-    above = next((m for m in means if m[0] > idle_s), None)
-    if above is None:
-        return below[1]
-    w = (idle_s - below[0]) / (above[0] - below[0])
-    return (1 - w) * below[1] + w * above[1]
-
-
 def service_ratios(run_dir: Path, bundle: TraceBundle) -> str:
     """Per deployment, the mean over the real run's batches of (served time / profiled mean at that
     size and idle time before it), e.g. ``fast 1.02, slow 1.41``.
@@ -154,7 +139,7 @@ def service_ratios(run_dir: Path, bundle: TraceBundle) -> str:
     for name, rows in batches.groupby("deployment", sort=False):
         profile = LatencyProfile.from_bundle(bundle, variants[name])
         idle_s = rows["idle_ms"].fillna(0.0).clip(lower=0.0) / 1000.0
-        expected = [expected_ms(profile, int(b), float(g)) for b, g in zip(rows["batch_size"], idle_s)]
+        expected = [profile.mean_ms_after_idle(int(b), float(g)) for b, g in zip(rows["batch_size"], idle_s)]
         parts.append(f"{name} {np.mean(rows['service_ms'].to_numpy() / np.asarray(expected)):.2f}")
     return ", ".join(parts)
 

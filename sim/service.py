@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from traces.distributions import ServiceDistribution
-from traces.profiles import LatencyProfile
+from traces.profiles import LatencyProfile, idle_bracket
 
 BLOCK = 8192
 
@@ -37,7 +37,7 @@ class MeasuredSampler:
     def __init__(self, profile: LatencyProfile, max_batch_size: int, rng: np.random.Generator):
         self.profile = profile
         self._rng = rng
-        self._idle_s = [0.0] + [gap_s for gap_s, _ in profile.after_idle]
+        self._idle_s = list(profile.idle_gaps_s)
         self._classes = [profile] + [p for _, p in profile.after_idle]
         self._grids: list[list[list[float]]] = [[[]] for _ in self._classes]  # [class][batch size]
         self._hot = self._grids[0]
@@ -56,8 +56,7 @@ class MeasuredSampler:
             hot.append((self.profile.grid(b) / 1000.0).tolist())
         for grids, profile in zip(self._grids[1:], self._classes[1:]):
             for b in range(len(grids), max_batch_size + 1):  # a size an idle class lacks: back to back
-                inside = profile.min_batch_size <= b <= profile.max_batch_size
-                grids.append((profile.grid(b) / 1000.0).tolist() if inside else hot[b])
+                grids.append((profile.grid(b) / 1000.0).tolist() if profile.covers(b) else hot[b])
 
     def draw_s(self, batch_size: int, now_s: float = 0.0, idle_s: float = 0.0) -> float:
         k = self._k
@@ -84,17 +83,15 @@ class MeasuredSampler:
             self._last_s = now_s
             z = weight * self._level + rest * self._u[k + 1]
             u = 0.5 * math.erfc(-z * _INV_SQRT2)
-        idle = self._idle_s
         if self._single or idle_s <= 0.0:
             grid = self._hot[batch_size]
             return grid[min(int(u * len(grid)), len(grid) - 1)]
-        j = bisect.bisect_right(idle, idle_s) - 1
+        j, w = idle_bracket(self._idle_s, idle_s)
         grid = self._grids[j][batch_size]
         value = grid[min(int(u * len(grid)), len(grid) - 1)]
-        if j + 1 == len(idle):
+        if w == 0.0:
             return value
         upper = self._grids[j + 1][batch_size]
-        w = (idle_s - idle[j]) / (idle[j + 1] - idle[j])
         return (1.0 - w) * value + w * upper[min(int(u * len(upper)), len(upper) - 1)]
 
 

@@ -61,11 +61,9 @@ def check_against_bundle(scenario: Scenario) -> Prepared:
         if dep.variant not in bundle.variants:
             raise InputError(f"{where}.variant", f"{dep.variant!r} is not in bundle {bundle.path}; "
                              f"variants: {', '.join(bundle.variants)}")
-        profile = LatencyProfile.from_bundle(bundle, dep.variant, spells=dep.slow_spells)
-        if not dep.idle_classes:
-            profile.after_idle = ()
+        profile = LatencyProfile.from_bundle(bundle, dep.variant, spells=dep.slow_spells, idle_classes=dep.idle_classes,
+                                             timeline=dep.service_order == "timeline")
         if dep.service_order == "timeline":
-            profile.timeline = bundle.timeline(dep.variant)
             if not profile.timeline:
                 raise InputError(f"{where}.service_order", f"{dep.variant!r} has no timed runs with a start time "
                                  f"in bundle {bundle.path}; a timeline needs started_at_s")

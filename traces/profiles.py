@@ -16,6 +16,7 @@ correlation, which keeps every batch size's distribution exactly as measured.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,13 +54,34 @@ class LatencyProfile:
         self._cache: dict[int, np.ndarray] = {}
 
     @classmethod
-    def from_bundle(cls, bundle: TraceBundle, variant: str, *, spells: bool = False) -> "LatencyProfile":
-        """The variant's measured profile: back to back, with its idle classes (and slow spells)."""
+    def from_bundle(cls, bundle: TraceBundle, variant: str, *, spells: bool = False, idle_classes: bool = True,
+                    timeline: bool = False) -> "LatencyProfile":
+        """The variant's measured profile: back to back, with its idle classes, and (when asked)
+        its slow spells and its timeline."""
         classes = bundle.idle_classes_ms(variant)
         after = tuple((gap / 1000.0, cls(bundle.latency_samples(variant, gap), measured=True))
-                      for gap in classes[1:])
-        return cls(bundle.latency_samples(variant, classes[0]), measured=True,
-                   spells=bundle.slow_spells(variant) if spells else None, after_idle=after)
+                      for gap in classes[1:]) if idle_classes else ()
+        profile = cls(bundle.latency_samples(variant, classes[0]), measured=True,
+                      spells=bundle.slow_spells(variant) if spells else None, after_idle=after)
+        if timeline:
+            profile.timeline = bundle.timeline(variant)
+        return profile
+
+    @property
+    def idle_gaps_s(self) -> tuple[float, ...]:
+        """The idle classes' gaps (s), this profile's own (back to back) first."""
+        return (0.0,) + tuple(gap_s for gap_s, _ in self.after_idle)
+
+    def covers(self, batch_size: int) -> bool:
+        return self.min_batch_size <= batch_size <= self.max_batch_size
+
+    def mean_ms_after_idle(self, batch_size: int, idle_s: float) -> float:
+        """The mean service at this size after this much idleness, interpolated between idle
+        classes as the simulator's sampler does (a size an idle class lacks: back to back)."""
+        classes = (self,) + tuple(p for _, p in self.after_idle)
+        j, w = idle_bracket(self.idle_gaps_s, idle_s)
+        means = [(p if p.covers(batch_size) else self).mean_ms(batch_size) for p in classes[j:j + 2]]
+        return means[0] if w == 0.0 else (1.0 - w) * means[0] + w * means[1]
 
     @classmethod
     def from_distribution(cls, dist: ServiceDistribution, max_batch_size: int) -> "LatencyProfile":
@@ -106,6 +128,15 @@ class LatencyProfile:
     def throughput_rps(self, batch_size: int, replicas: int = 1) -> float:
         """Requests per second that back-to-back batches of this size sustain."""
         return replicas * batch_size * 1000.0 / self.mean_ms(batch_size)
+
+
+def idle_bracket(gaps_s, idle_s: float) -> tuple[int, float]:
+    """The idle class at or below ``idle_s`` (ascending ``gaps_s``, the first 0) and the weight of
+    the next one in a linear interpolation; 0 at or beyond the longest gap."""
+    j = max(bisect.bisect_right(gaps_s, idle_s) - 1, 0)
+    if j + 1 >= len(gaps_s):
+        return j, 0.0
+    return j, (idle_s - gaps_s[j]) / (gaps_s[j + 1] - gaps_s[j])
 
 
 @dataclass(frozen=True)
