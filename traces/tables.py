@@ -5,12 +5,7 @@ Errors name the file, the column and the 1-based data row, so a user can open th
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -98,30 +93,8 @@ def check_text(frame: pd.DataFrame, path: Path, column: str) -> None:
         raise InputError(f"{path} row {row + 1}", f"{column} must be a non-empty string")
 
 
-@contextmanager
-def atomic_directory(target: Path, *, force: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary directory that becomes ``target`` only if the block succeeds.
+def atomic_directory(target: Path, *, force: bool = False):
+    """The one safe way to write an output directory: see ``traces.outputs.atomic_output``."""
+    from .outputs import atomic_output
 
-    An existing target is an error unless ``force``; with ``force`` it is replaced only after the
-    new content is complete, so a failure never leaves a partial or missing output behind.
-    """
-    target = Path(target)
-    if target.exists() and not force:
-        raise InputError(str(target), "already exists; pass --force to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary directory
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    return atomic_output(target, force=force)
