@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from policies.base import PlanAction, Policy, Reject, Request, Route, check_plan_action
+from policies.base import PlanAction, Policy, Reject, Request, Route, check_plan_action, check_route
 from policies.view import LiveView
 from traces.distributions import ServiceDistribution
 from traces.errors import InputError
@@ -134,6 +134,7 @@ class Server(RunState):
         if isinstance(route, Reject):
             resolved: _Stages | Reject = route
         elif isinstance(route, Route) and route.hops:
+            check_route(route, self.policy.name)
             last = len(route.hops) - 1
             stages = tuple((self.deployment(h.deployment), h.threshold if k < last else None)
                            for k, h in enumerate(route.hops))

@@ -14,7 +14,7 @@ import math
 from traces.errors import InputError
 
 from .base import PlanAction, Policy
-from .registry import create, register
+from .registry import create_inner, inner_errors, register
 
 
 @register
@@ -23,18 +23,17 @@ class AimdBatching(Policy):
 
     def __init__(self, inner: str = "static", inner_params: dict | None = None, deadline_ms: float | None = None,
                  slo_fraction: float = 0.5, increase: int = 1, decrease: float = 0.5, q: float = 99.0):
-        if inner == self.name:
-            raise InputError("policy.inner", "aimd-batching cannot wrap itself")
         if not 0 < decrease < 1:
             raise InputError("policy.decrease", f"must be in (0, 1), got {decrease!r}")
-        self.inner = create(inner, inner_params or {})
+        self.inner = create_inner(self.name, inner, inner_params)
         self.deadline_ms, self.slo_fraction = deadline_ms, slo_fraction
         self.increase, self.decrease, self.q = increase, decrease, q
         self._seen_ms = math.inf
         self.history: list[tuple[float, str, int]] = []
 
     def setup(self, view):
-        self.inner.setup(view)
+        with inner_errors():
+            self.inner.setup(view)
         self._limits = {d: view.latency_profile(d).max_batch_size for d in view.deployments}
         self._batch = {d: view.max_batch_size(d) for d in view.deployments}  # starts from the scenario's
         self._last_s = view.now_s

@@ -50,6 +50,27 @@ class Route:
         return cls(tuple(hops) + (Hop(deployments[-1]),))
 
 
+def repeated_deployment(deployments: Sequence[str]) -> str | None:
+    """The first deployment a route visits twice, or None. A route must not: a request would meet
+    the same model (and the same confidence) again, and its hops share one deployment's record."""
+    seen: set[str] = set()
+    for name in deployments:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
+def check_route(route: Route, policy_name: str) -> None:
+    """Refuse a route no executor can run; both executors call it when they first see a route."""
+    from traces.errors import InputError
+
+    twice = repeated_deployment([hop.deployment for hop in route.hops])
+    if twice is not None:
+        raise InputError(f"policy {policy_name!r}", f"route {route.label} visits deployment {twice!r} twice; "
+                         "each stage of a cascade must be a different deployment")
+
+
 @dataclass(frozen=True, eq=False)
 class Reject:
     """Refuse a request at arrival; ``reason`` is recorded as its drop reason."""

@@ -18,7 +18,7 @@ from traces.errors import InputError
 
 from .base import Policy, Reject, Route
 from .estimates import DeploymentModel
-from .registry import create, register
+from .registry import create_inner, inner_errors, register
 
 
 @register
@@ -27,17 +27,16 @@ class Degrade(Policy):
 
     def __init__(self, inner: str = "planner", inner_params: dict | None = None, on_overload: str = "best-effort",
                  q: float = 95.0, refresh_s: float = 0.5):
-        if inner == self.name:
-            raise InputError("policy.inner", "degrade cannot wrap itself")
         if on_overload not in ("best-effort", "shed"):
             raise InputError("policy.on_overload", f"must be best-effort or shed, got {on_overload!r}")
-        self.inner = create(inner, inner_params or {})
+        self.inner = create_inner(self.name, inner, inner_params)
         self.on_overload, self.q, self.refresh_s = on_overload, q, refresh_s
         self.overrides: Counter = Counter()
         self._shed = Reject("shed")
 
     def setup(self, view):
-        self.inner.setup(view)
+        with inner_errors():
+            self.inner.setup(view)
         deps = list(view.deployments)
         self._models = {d: DeploymentModel(d, view.latency_profile(d), self.q) for d in deps}
         speed = {d: view.latency_profile(d).percentile_ms(1, 50) for d in deps}

@@ -9,7 +9,12 @@ batch B, batch wait timeout T and arrival rate lambda:
 - a request arriving now waits for the batches ahead of it, ``queue / (R b)`` service rounds, plus
   half a service when every replica is busy (the mean residual), plus the time for its own batch to
   fill or time out when a replica is idle and the batch is not full;
-- its predicted latency is that wait plus the profiled service time of b at a chosen percentile.
+- its predicted latency is that wait plus the profiled service time of b at a chosen percentile;
+- its utilisation is lambda s(b) / (R b), the share of the replicas' time that rate keeps busy.
+
+A deployment with no live replica (R = 0: every replica crashed) has zero capacity: its predicted
+latency and its utilisation are infinite, so a policy comparing them never picks it and never
+divides by its replica count.
 """
 
 from __future__ import annotations
@@ -37,6 +42,15 @@ def formed_batch_size(profile: "LatencyProfile", rate_rps: float, replicas: int,
             break
         b = nxt
     return b
+
+
+def utilization(profile: "LatencyProfile", rate_rps: float, replicas: int, max_batch_size: int,
+                timeout_ms: float) -> float:
+    """The share of ``replicas``' time that ``rate_rps`` keeps busy at the batch it forms (inf for none)."""
+    if replicas <= 0:
+        return math.inf
+    b = formed_batch_size(profile, rate_rps, replicas, max_batch_size, timeout_ms)
+    return rate_rps * profile.mean_ms(b) / 1000.0 / (b * replicas)
 
 
 class DeploymentModel:
@@ -67,9 +81,12 @@ class DeploymentModel:
 
     def latency_at(self, waiting: int, busy: int, replicas: int) -> float:
         """Predicted latency of a request joining this deployment with this load: its service
-        time plus the wait of the module docstring (written out flat: it runs per request)."""
+        time plus the wait of the module docstring (written out flat: it runs per request);
+        infinite with no live replica."""
+        if replicas <= 0:
+            return math.inf
         service, batch = self.service_ms, self.batch
-        delay = service + (waiting // batch) / (replicas if replicas > 0 else 1) * service
+        delay = service + (waiting // batch) / replicas * service
         if busy >= replicas:
             return delay + 0.5 * service
         if waiting + 1 < batch and self.timeout_ms > 0:

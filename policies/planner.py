@@ -33,7 +33,7 @@ import numpy as np
 from traces.errors import InputError
 
 from .base import Policy, Route
-from .estimates import DeploymentModel, formed_batch_size
+from .estimates import DeploymentModel, utilization
 from .registry import register
 
 DEFAULT_TAUS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
@@ -92,12 +92,9 @@ class Planner(Policy):
         self._replan(view)
 
     def _utilization(self, view, index: int, rate_rps: float) -> float:
-        model = self._models[index]
-        profile = model.profile
-        replicas = view.replicas(model.name)
-        b = formed_batch_size(profile, rate_rps, replicas, view.max_batch_size(model.name),
-                              view.batch_wait_timeout_ms(model.name))
-        return rate_rps * profile.mean_ms(b) / 1000.0 / (b * replicas)
+        name = self._models[index].name
+        return utilization(self._models[index].profile, rate_rps, view.replicas(name), view.max_batch_size(name),
+                           view.batch_wait_timeout_ms(name))
 
     def _sustainable(self, view, option: _Option, rate_rps: float) -> bool:
         if self._utilization(view, option.first, rate_rps) > self.max_utilization:

@@ -1,12 +1,22 @@
-"""Policies by name. ``@register`` adds a class; ``create`` builds one from a scenario's [policy] table."""
+"""Policies by name. ``@register`` adds a class; ``create`` builds one from a scenario's [policy] table.
+
+``create`` is the one gate every policy's parameters pass: unknown and missing names, and each
+value against its ``__init__`` annotation (``policies.params``), so no policy re-checks types.
+A policy that wraps another (``degrade``, ``aimd-batching``) builds it with ``create_inner``, which
+names the inner policy's parameters ``policy.inner_params.<key>`` in its errors.
+"""
 
 from __future__ import annotations
 
 import inspect
+import typing
+from contextlib import contextmanager
+from typing import Iterator
 
 from traces.errors import InputError
 
 from .base import Policy
+from .params import check
 
 _REGISTRY: dict[str, type[Policy]] = {}
 
@@ -24,9 +34,9 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str) -> type[Policy]:
-    if name not in _REGISTRY:
-        raise InputError("policy.name", f"unknown policy {name!r}; known: {', '.join(names())}")
+def get(name: str, where: str = "policy.name") -> type[Policy]:
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise InputError(where, f"unknown policy {name!r}; known: {', '.join(names())}")
     return _REGISTRY[name]
 
 
@@ -37,14 +47,44 @@ def parameters(name: str) -> dict[str, object]:
     return {p.name: p.default for p in list(signature.parameters.values())[1:] if p.kind in kinds}
 
 
+def annotations(name: str) -> dict[str, object]:
+    """A policy's parameter annotations, resolved (its module may use ``from __future__ import annotations``)."""
+    hints = typing.get_type_hints(get(name).__init__)
+    return {key: hints[key] for key in parameters(name) if key in hints}
+
+
 def create(name: str, params: dict) -> Policy:
     cls = get(name)
     accepted = parameters(name)
-    for key in params:
+    hints = annotations(name)
+    for key, value in params.items():
         if key not in accepted:
             allowed = ", ".join(sorted(accepted)) or "none"
             raise InputError(f"policy.{key}", f"unknown parameter for policy {name!r}; allowed: {allowed}")
+        if key in hints:
+            check(value, hints[key], f"policy.{key}")
     for key, default in accepted.items():
         if default is inspect.Parameter.empty and key not in params:
             raise InputError(f"policy.{key}", f"is required by policy {name!r}")
     return cls(**params)
+
+
+@contextmanager
+def inner_errors() -> Iterator[None]:
+    """Rename a wrapped policy's ``policy[.<key>]`` errors to ``policy.inner_params[.<key>]``."""
+    try:
+        yield
+    except InputError as exc:
+        where = exc.where
+        if where == "policy" or where.startswith("policy."):
+            raise InputError("policy.inner_params" + where[len("policy"):], exc.problem) from None
+        raise
+
+
+def create_inner(outer: str, inner: str, params: dict | None) -> Policy:
+    """The policy a wrapper named ``outer`` delegates to: ``inner`` built from ``params``."""
+    if inner == outer:
+        raise InputError("policy.inner", f"{outer} cannot wrap itself")
+    get(inner, "policy.inner")
+    with inner_errors():
+        return create(inner, params or {})

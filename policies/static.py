@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from traces.errors import InputError
 
-from .base import Policy, Route
+from .base import Policy, Route, repeated_deployment
 from .registry import register
 
 
@@ -42,6 +42,9 @@ class StaticPolicy(Policy):
             raise InputError("policy.cascade", "must list at least two deployments")
         for name in self.cascade:
             _check_known(name, known, "policy.cascade")
+        twice = repeated_deployment(self.cascade)
+        if twice is not None:
+            raise InputError("policy.cascade", f"lists deployment {twice!r} twice; each stage must be a different deployment")
         if self.thresholds is None or len(self.thresholds) != len(self.cascade) - 1:
             raise InputError("policy.thresholds", f"a cascade of {len(self.cascade)} needs "
                              f"{len(self.cascade) - 1} threshold(s) in [0, 1]")

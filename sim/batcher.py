@@ -50,7 +50,7 @@ class Replica:
         self.batches = 0
         self.items = 0
         self.retiring = False
-        self.down = False
+        self.down = 0  # outages in progress: it serves only at 0
         self.event = None  # the completion of the batch in service; a crash orphans it
 
     def _account(self, now: float) -> None:
@@ -122,11 +122,14 @@ class Batcher:
     def alive(self) -> int:
         return len(self.replicas) - self.down
 
-    def crash(self, replica: Replica, now: float) -> None:
-        """The replica stops at once; the requests of its batch go back to the engine."""
-        if replica.down or replica not in self.replicas:
-            return
-        replica.down = True
+    def crash(self, replica: Replica, now: float) -> bool:
+        """The replica stops at once; the requests of its batch go back to the engine. Outages may
+        overlap: each one counts, and only the first stops it (True when this one did)."""
+        if replica not in self.replicas:
+            return False
+        replica.down += 1
+        if replica.down > 1:
+            return False
         self.down += 1
         if replica in self.free:
             self.free.remove(replica)
@@ -134,18 +137,24 @@ class Batcher:
             replica._account(now)
             batch, replica.batch, replica.event = replica.batch, None, None
             self.sink.batch_failed(self.deployment, batch, now)
+        return True
 
-    def recover(self, replica: Replica, now: float) -> None:
+    def recover(self, replica: Replica, now: float) -> bool:
+        """One outage of the replica ends; it serves again once the last one has (True then)."""
         if not replica.down:
-            return
-        replica.down, replica.free_s = False, now
+            return False
+        replica.down -= 1
+        if replica.down:
+            return False
+        replica.free_s = now
         self.down -= 1
         if replica.retiring:
             self.replicas.remove(replica)
             self.retired.append(replica)
-            return
+            return True
         self.free.append(replica)
         self.dispatch(now)
+        return True
 
     def submit(self, request: int, now: float) -> bool:
         """Enqueue; False when the queue is full (the caller records the rejection)."""

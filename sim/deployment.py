@@ -74,22 +74,27 @@ class Deployment:
         return None, None
 
     def crash(self, index: int, now: float) -> None:
+        """One outage of replica ``index`` starts (outages may overlap; it is down until the last ends)."""
         batcher, replica = self.replica(index)
-        if replica is None:
-            return
-        batcher.crash(replica, now)
-        if self._balancer is not None:
-            # a load balancer with health checks: the dead replica's line moves to live ones
-            self._live = [b for b in self.batchers if b.alive]
-            for request in batcher.queue.drain():
-                if not self.submit(request, now):
-                    self.sink.drop(request, now, "queue_full")
+        if replica is not None and batcher.crash(replica, now) and self._balancer is not None:
+            self._health_check(now)
 
     def recover(self, index: int, now: float) -> None:
         batcher, replica = self.replica(index)
-        if replica is not None:
-            batcher.recover(replica, now)
-            self._live = [b for b in self.batchers if b.alive]
+        if replica is not None and batcher.recover(replica, now) and self._balancer is not None:
+            self._health_check(now)
+
+    def _health_check(self, now: float) -> None:
+        """A load balancer with health checks: the lines of dead replicas move to live ones. With
+        none live, requests wait in the lines they were balanced onto until a replica recovers."""
+        self._live = [b for b in self.batchers if b.alive]
+        if self._live:
+            self._resubmit([r for b in self.batchers if not b.alive for r in b.queue.drain()], now)
+
+    def _resubmit(self, requests, now: float) -> None:
+        for request in requests:
+            if not self.submit(request, now):
+                self.sink.drop(request, now, "queue_full")
 
     @property
     def queue_length(self) -> int:
@@ -161,10 +166,8 @@ class Deployment:
                 batcher.replicas.clear()
                 batcher.free.clear()
             self._gone.append(batcher)
-        self._live = [b for b in self.batchers if b.alive]
-        for request in orphans:
-            if not self.submit(request, now):
-                self.sink.drop(request, now, "queue_full")
+        self._health_check(now)
+        self._resubmit(orphans, now)
 
     def _next_replica_id(self) -> int:
         self._replica_ids += 1

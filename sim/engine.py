@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from policies.base import PlanAction, Policy, Reject, Request, Route, check_plan_action
+from policies.base import PlanAction, Policy, Reject, Request, Route, check_plan_action, check_route
 from policies.view import LiveView
 from traces.bundle import TraceBundle
 from traces.errors import InputError
@@ -102,6 +102,7 @@ class Simulation(RunState):
         if isinstance(route, Reject):
             resolved: _Stages | Reject = route
         elif isinstance(route, Route) and route.hops:
+            check_route(route, self.policy.name)
             last = len(route.hops) - 1
             stages = []
             for k, hop in enumerate(route.hops):

@@ -54,6 +54,9 @@ class FakeView:
     def arrival_rate_rps(self, window_s=1.0):
         return self.rate_rps
 
+    def recent_batch_latency_ms(self, d, q=95.0, window_s=5.0):
+        return self._deps[d].get("recent_ms", math.nan)  # NaN: no batch finished lately
+
     def latency_profile(self, d):
         return self._profiles[d]
 

@@ -86,3 +86,28 @@ def test_degrade_routes_around_a_crashed_deployment_with_nothing_lost(tiny_bundl
     up = requests[requests["arrival_s"] > 5.1]
     assert (up["route"] == "slow").all()
     assert summary["policy"]["overrides"] == {"route_around_crash": len(down)}
+
+
+@pytest.mark.parametrize("balancer", ["shared", "round_robin"])
+def test_overlapping_outages_keep_a_replica_down_until_the_last_ends(balancer):
+    faults = [{"deployment": "m", "replica": 1, "at_s": 10.0, "down_s": 10.0},
+              {"deployment": "m", "replica": 1, "at_s": 15.0, "down_s": 15.0}]
+    requests, summary = simulate(scenario(faults, replicas=2, balancer=balancer, rate=300.0, duration=40.0), seed=6)
+    assert summary["completed"] == summary["requests"]
+    on_1 = requests.loc[requests["hop0_replica"] == 1, "hop0_start_s"]
+    assert not ((on_1 >= 10.0) & (on_1 < 30.0)).any()
+    assert (on_1 < 10.0).any() and (on_1 >= 30.0).any()  # it serves before and after
+    assert [(f["crash_s"], f["recover_s"]) for f in summary["faults"]] == [(10.0, 20.0), (15.0, 30.0)]
+
+
+def test_random_outages_inside_a_scheduled_one_do_not_end_it():
+    # one replica; random crashes (mean up 1 s, down 0.2 s) fall inside the scheduled [5, 15)
+    faults = [{"deployment": "m", "at_s": 5.0, "down_s": 10.0}, {"deployment": "m", "mttf_s": 1.0, "mttr_s": 0.2}]
+    requests, summary = simulate(scenario(faults, rate=100.0, duration=20.0), seed=7)
+    inside = [f for f in summary["faults"][1:] if 5.0 < f["crash_s"] and f["recover_s"] < 15.0]
+    assert len(inside) >= 3
+    starts = requests["hop0_start_s"]
+    assert not ((starts >= 5.0) & (starts < 15.0)).any()
+    for fault in summary["faults"]:
+        assert not ((starts >= fault["crash_s"]) & (starts < fault["recover_s"])).any()
+    assert summary["completed"] == summary["requests"]

@@ -141,3 +141,90 @@ def test_aimd_grows_while_under_budget_and_halves_when_over():
         view.observed = 4.0 if step < 4 else 15.0  # budget is 10 ms
         sizes += [a.max_batch_size for a in aimd.plan(view)]
     assert sizes == [5, 6, 7, 8, 4, 2]
+
+
+# --- parameter types: one check in registry.create, against each policy's __init__ annotations ----
+
+def test_every_policy_parameter_has_a_checkable_annotation():
+    from policies.params import describe
+    from policies.registry import annotations, parameters
+
+    for name in policies.names():
+        hints = annotations(name)
+        assert set(hints) == set(parameters(name)), name
+        assert all(describe(h) for h in hints.values())
+
+
+@pytest.mark.parametrize("hint, good, bad", [
+    ("float", [1, 2.5, -3.0], [True, "1.0", None, float("nan"), [1.0]]),
+    ("int", [1, -2], [True, 1.0, "1", None]),
+    ("str", ["a", ""], [1, None, ["a"]]),
+    ("bool", [True, False], [1, 0, "true", None]),
+    ("list[float]", [[], [1, 2.5]], [1.0, (1.0,), [1.0, "x"], [True]]),
+    ("list[str]", [[], ["a", "b"]], ["a", ["a", 1]]),
+    ("dict | None", [{}, {"k": 1}, None], [5, "x", []]),
+    ("float | None", [None, 1.5, 2], ["x", False]),
+])
+def test_parameter_type_rules(hint, good, bad):
+    from policies.params import matches
+
+    resolved = eval(hint)
+    assert all(matches(v, resolved) for v in good)
+    assert not any(matches(v, resolved) for v in bad)
+
+
+def test_none_is_accepted_where_the_annotation_allows_it():
+    assert policies.create("infaas", {"accuracy_floor": None}).accuracy_floor is None
+    assert policies.create("planner", {"taus": None, "q": 90}).q == 90  # an int where a float is expected
+    with pytest.raises(InputError, match="^policy.q: must be a number, got None$"):
+        policies.create("planner", {"q": None})
+
+
+TWO_DEPLOYMENTS = ('[[deployments]]\nname = "fast"\nvariant = "fast/int8/cpu"\nmax_batch_size = 4\n\n'
+                   '[[deployments]]\nname = "slow"\nvariant = "slow/fp32/cpu"\nmax_batch_size = 4\n')
+
+
+@pytest.mark.parametrize("policy, line", [
+    ('name = "infaas"\naccuracy_floor = "high"', "policy.accuracy_floor: must be a number, got 'high'"),
+    ('name = "infaas"\nq = nan', "policy.q: must be a number, got nan"),
+    ('name = "planner"\nmax_utilization = true', "policy.max_utilization: must be a number, got True"),
+    ('name = "aimd-batching"\nincrease = 1.5', "policy.increase: must be an integer, got 1.5"),
+    ('name = "aimd-batching"\nincrease = true', "policy.increase: must be an integer, got True"),
+    ('name = "degrade"\non_overload = 3', "policy.on_overload: must be a string, got 3"),
+    ('name = "static"\ndeployment = 1', "policy.deployment: must be a string, got 1"),
+    ('name = "planner"\ncascades = "yes"', "policy.cascades: must be true or false, got 'yes'"),
+    ('name = "planner"\ntaus = 0.5', "policy.taus: must be a list of numbers, got 0.5"),
+    ('name = "planner"\ntaus = [0.5, "x"]', "policy.taus: must be a list of numbers, got [0.5, 'x']"),
+    ('name = "static"\ncascade = "fast"\nthreshold = 0.5', "policy.cascade: must be a list of strings, got 'fast'"),
+    ('name = "static"\ncascade = ["fast", "slow"]\nthresholds = 0.5',
+     "policy.thresholds: must be a list of numbers, got 0.5"),
+    ('name = "degrade"\ninner_params = 5', "policy.inner_params: must be a table, got 5"),
+    ('name = "degrade"\ninner = 5', "policy.inner: must be a string, got 5"),
+    # the wrapped policy's own parameters are named under inner_params
+    ('name = "degrade"\ninner = "infaas"\ninner_params = { accuracy_floor = "high" }',
+     "policy.inner_params.accuracy_floor: must be a number, got 'high'"),
+    ('name = "degrade"\ninner = "infaas"\ninner_params = { accuracy_floor = 2.0 }',
+     "policy.inner_params.accuracy_floor: must be in [0, 1], got 2.0"),
+    ('name = "aimd-batching"\ninner = "infaas"\ninner_params = { floor = 0.5 }',
+     "policy.inner_params.floor: unknown parameter for policy 'infaas'"),
+    ('name = "aimd-batching"\ninner_params = { deployment = "nosuch" }',
+     "policy.inner_params.deployment: unknown deployment 'nosuch'"),
+    ('name = "degrade"\ninner = "nope"', "policy.inner: unknown policy 'nope'"),
+    ('name = "degrade"\ninner = "degrade"', "policy.inner: degrade cannot wrap itself"),
+    ('name = "static"\ncascade = ["fast", "fast"]\nthreshold = 0.5', "policy.cascade: lists deployment 'fast' twice"),
+])
+@pytest.mark.parametrize("command", ["run", "validate"])
+def test_bad_policy_parameters_get_one_line_and_exit_2(tmp_path, tiny_bundle, capsys, command, policy, line):
+    from sim.cli import main
+
+    scenario = tmp_path / "scn.toml"
+    scenario.write_text(f"duration_s = 1.0\nbundle = '{tiny_bundle.as_posix()}'\n\n[arrivals]\nkind = \"poisson\"\n"
+                        f"rate_rps = 50.0\n\n[requests]\ndeadline_ms = 50.0\n\n{TWO_DEPLOYMENTS}\n[policy]\n{policy}\n")
+    out = tmp_path / "out"
+    code = main(["run", str(scenario), "--out", str(out)] if command == "run" else ["validate", str(scenario)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    err = captured.err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{line}" in err and (f": {line}" in err or err.startswith(f"error: {line}")), err
+    assert not out.exists() and list(tmp_path.glob(".out*")) == []
