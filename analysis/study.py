@@ -6,13 +6,16 @@ comparisons of two policies, as Markdown.
 
 Rows are grouped by every axis of the sweep except the policy axis and the seed (for the study:
 workload and deadline); within a group there is one row per policy, in the sweep's order.
+
+``--out`` writes the same Markdown under a first line that marks it as ours (``REPORT_MARKER``),
+atomically (``traces.outputs.atomic_file``): a report of ours is replaced only with ``--force``,
+any other file never.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -20,12 +23,14 @@ import pandas as pd
 
 from traces.cli import run_command
 from traces.errors import InputError
+from traces.outputs import atomic_file, check_file_target
 
 from .stats import mean_interval, paired_difference
 
 METRICS = (("hit_rate", "hit rate", 4), ("accuracy", "accuracy", 4), ("ontime_accuracy", "on-time accuracy", 4),
            ("latency_ms.p99", "p99 ms", 1))
 NOT_AXES = {"run_id", "seed"}
+REPORT_MARKER = "<!-- written by python -m analysis.study; replaced by its --force -->"
 
 
 def read_results(path: str | Path) -> pd.DataFrame:
@@ -124,13 +129,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="add a paired comparison of policy A against policy B (repeatable)")
     parser.add_argument("--pivot", action="append", default=[], metavar="METRIC",
                         help="add a policy x group table of one metric (e.g. ontime_accuracy; repeatable)")
-    parser.add_argument("--out", help="write the Markdown here (atomically; refuses to overwrite without --force)")
-    parser.add_argument("--force", action="store_true")
+    parser.add_argument("--out", help="also write the Markdown to this file (atomically; never over a file not "
+                                      "written by this command)")
+    parser.add_argument("--force", action="store_true", help="replace an earlier report of this command at --out")
     args = parser.parse_args(argv)
     return run_command(lambda: _report_command(args))
 
 
 def _report_command(args) -> int:
+    if args.out:  # checked before the results are read
+        check_file_target(args.out, force=args.force, marker_line=REPORT_MARKER)
     frame = read_results(args.results)
     if args.policy_axis not in frame:
         raise InputError(f"--policy-axis {args.policy_axis}", f"is not a column of {args.results}")
@@ -145,12 +153,8 @@ def _report_command(args) -> int:
             raise InputError(f"--pivot {metric}", f"is not a column of {args.results}")
     text = report(frame, pairs, args.policy_axis, args.pivot)
     if args.out:
-        out = Path(args.out)
-        if out.exists() and not args.force:
-            raise InputError(str(out), "exists; pass --force to replace it")
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out)
+        with atomic_file(args.out, force=args.force, marker_line=REPORT_MARKER) as tmp:
+            tmp.write_text(REPORT_MARKER + "\n" + text)
     print(text, end="")
     return 0
 

@@ -17,16 +17,20 @@ the service times its first real run served (``traces.served``), drawn at random
 order, which separates the simulator's model of queueing, batching and dispatch from how well a
 profile predicts the machine's speed.
 
-    python bench/fidelity.py [--zoo zoo] [--out runs/fidelity] [--duration 30] [--loads 0.3,0.5,0.7,0.9] [--repeats 1]
+    python bench/fidelity.py [--zoo zoo] [--out runs/fidelity] [--force] [--duration 30] [--loads 0.3,0.5,0.7,0.9] [--repeats 1]
 
-The zoo must hold the digits models (`measure train examples/profiles/digits-cpu.toml`).
+The zoo must hold the digits models (`measure train examples/profiles/digits-cpu.toml`). The whole
+output is built in a staging directory and appears at ``--out`` only once complete
+(``traces.outputs``); an earlier output of the bench there is replaced only with ``--force``, and a
+directory that is not an output of ours never. The scenario files name their bundle relative to
+themselves, so the output can be moved.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +42,9 @@ import numpy as np  # noqa: E402
 from measure.cli import main as measure_main  # noqa: E402
 from sim.cli import main as simulate_main  # noqa: E402
 from traces.bundle import TraceBundle  # noqa: E402
+from traces.cli import run_command  # noqa: E402
+from traces.errors import InputError  # noqa: E402
+from traces.outputs import atomic_output, check_target  # noqa: E402
 from traces.profiles import LatencyProfile, PredictionTable  # noqa: E402
 from traces.runoutput import read_run  # noqa: E402
 from traces.served import served_batches, served_bundle  # noqa: E402
@@ -87,7 +94,7 @@ precisions = ["int8"]
 """
 
 
-def scenario_toml(bundle: Path, kind: str, rate_rps: float, deadline_ms: float, duration_s: float, seed: int,
+def scenario_toml(bundle: Path | str, kind: str, rate_rps: float, deadline_ms: float, duration_s: float, seed: int,
                   idle_classes: bool = True, fast_first: bool = False) -> str:
     head = f"""seed = {seed}
 duration_s = {duration_s}
@@ -219,22 +226,37 @@ def replay(out: Path, name: str, seed: int) -> None:
     from traces.scenario import read_toml
 
     hot = out / f"{name}-hot.toml"
-    base = Path(read_toml(hot)["bundle"])
+    if not hot.is_file() or not (out / f"{name}-real" / f"seed-{seed}").is_dir():
+        raise InputError(str(out), f"holds no real run of {name} (seed {seed}) to replay; "
+                         "expected a finished bench output")
+    written = read_toml(hot)["bundle"]  # relative to the scenario file, or absolute (older outputs)
+    base = Path(written) if Path(written).is_absolute() else hot.parent / written
     served = out / f"{name}-served-bundle"
     served_bundle(out / f"{name}-real" / f"seed-{seed}", TraceBundle.load(base)).save(served, force=True)
-    text = hot.read_text().replace(f'bundle = "{base}"', f'bundle = "{served.resolve()}"')
-    assert str(served.resolve()) in text, f"{hot}: its bundle line was not found"
+    text = hot.read_text().replace(f'bundle = "{written}"', f'bundle = "{served.name}"')
+    assert f'bundle = "{served.name}"' in text, f"{hot}: its bundle line was not found"
     for kind, scenario in (("replay", text),
                            ("timeline", text.replace("idle_classes = false\n", 'idle_classes = false\nservice_order = "timeline"\n'))):
         path = out / f"{name}-{kind}.toml"
-        path.write_text(scenario)
+        write_atomically(path, scenario)
         assert simulate_main(["run", str(path), "--out", str(out / f"{name}-{kind}"), "--force"]) == 0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def write_atomically(path: Path, text: str) -> None:
+    """A file of the bench's output, whole or not at all (a rerun of the replay rewrites them)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench/fidelity.py", description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", default=str(REPO / "zoo"))
     parser.add_argument("--out", default=str(REPO / "runs" / "fidelity"))
+    parser.add_argument("--force", action="store_true", help="replace an earlier output of the bench at --out")
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--loads", default="0.3,0.5,0.7,0.9")
     parser.add_argument("--seed", type=int, default=1)
@@ -250,20 +272,45 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="real runs per cell, on the same arrivals")
     parser.add_argument("--profile-each", action="store_true",
                         help="re-time the scenario's variants right before each real run (replacing their latencies)")
-    args = parser.parse_args()
-    out = Path(args.out)
-    loads = [float(x) for x in args.loads.split(",")]
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(lambda: bench(args), interrupted="interrupted (nothing was written at --out)")
+
+
+def bench(args) -> int:
+    try:
+        loads = [float(x) for x in args.loads.split(",")]
+    except ValueError:
+        raise InputError(f"--loads {args.loads}", "expected numbers separated by commas, e.g. 0.3,0.5") from None
     names = [f"{kind}-{load:g}" for kind in args.scenarios.split(",") for load in loads]
-    if args.replay_only:
-        for name in names:
-            replay(out, name, args.seed)
-    if args.table_only or args.replay_only:
+    if args.table_only or args.replay_only:  # read (and, replaying, add to) a finished output
+        out = Path(args.out)
+        missing = [f"{name}.toml" for name in names if not (out / f"{name}.toml").is_file()]
+        if missing:
+            raise InputError(str(out), f"is not a finished bench output with these cells (no {missing[0]}); "
+                             "--table-only and --replay-only read one")
+        if args.replay_only:
+            for name in names:
+                replay(out, name, args.seed)
         print(table(out, TraceBundle.load(Path(args.bundle) if args.bundle else out / "bundle"), names, args.seed))
-        return
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+        return 0
+    check_target(args.out, force=args.force)  # before anything is measured
     if args.bundle:
-        bundle_dir = Path(args.bundle)
+        TraceBundle.load(Path(args.bundle))  # a bad --bundle fails now, not after the first runs
+    with atomic_output(args.out, force=args.force, kind="fidelity") as staging:
+        text = run_cells(staging, args, loads, names)
+    print(text)
+    print(f"wrote {args.out}/")
+    return 0
+
+
+def run_cells(out: Path, args, loads: list[float], names: list[str]) -> str:
+    """Measure (unless ``--bundle``), then serve, simulate and replay every cell, into ``out``."""
+    if args.bundle:
+        bundle_dir = Path(args.bundle).resolve()
     else:
         (out / "profile.toml").write_text(profile_toml(Path(args.zoo).resolve(), args.timed_runs))
         bundle_dir = out / "bundle"
@@ -282,11 +329,13 @@ def main() -> None:
                     sys.exit("fresh profile failed")
                 fresh = TraceBundle.load(run_bundle)  # new timings, the first profile's predictions
                 TraceBundle(meta=fresh.meta, service=fresh.service, predictions=bundle.predictions).save(run_bundle, force=True)
+            # inside the output: named relative to the scenario files, which then survive the swap
+            written = run_bundle.name if run_bundle.parent == out else run_bundle
             path, hot = out / f"{name}.toml", out / f"{name}-hot.toml"
             rate = load * capacity
-            path.write_text(scenario_toml(run_bundle.resolve(), kind, rate, deadline, args.duration, args.seed,
+            path.write_text(scenario_toml(written, kind, rate, deadline, args.duration, args.seed,
                                           fast_first=args.fast_first))
-            hot.write_text(scenario_toml(run_bundle.resolve(), kind, rate, deadline, args.duration, args.seed, False,
+            hot.write_text(scenario_toml(written, kind, rate, deadline, args.duration, args.seed, False,
                                          fast_first=args.fast_first))
             for k in range(1, args.repeats + 1):
                 real = out / (f"{name}-real" if k == 1 else f"{name}-real-{k}")
@@ -297,8 +346,8 @@ def main() -> None:
             replay(out, name, args.seed)
     text = table(out, bundle, names, args.seed)
     (out / "fidelity.md").write_text(text + "\n")
-    print(text)
+    return text
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

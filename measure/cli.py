@@ -44,25 +44,27 @@ def cmd_train(args, profile: Profile | None = None) -> int:
 
 
 def _measure(args, *, latency: bool, accuracy: bool, argv) -> int:
+    from contextlib import nullcontext
+
+    from traces.outputs import check_target, scratch_directory, sweep_leftovers
+
+    # Before any work (and before importing torch): a file, the current directory or a directory
+    # of the user's is refused; an existing bundle is resumed, or with --force replaced only once
+    # the new one is complete: nothing is deleted first (see measure.harness).
+    out = check_target(Path(args.out), force=args.force, resume="bundle")
+    profile = load_profile(args.profile)
     from .harness import assemble, measure
 
-    profile = load_profile(args.profile)
-    out = Path(args.out)
-    if args.force:  # afresh: neither the bundle nor the pieces of an interrupted run are kept
-        import shutil
-
-        from .harness import PartStore
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.rmtree(PartStore.dir_for(out), ignore_errors=True)
-    if getattr(args, "train", False):
-        cmd_train(args, profile)
-    store = measure(profile, out, latency=latency, accuracy=accuracy, progress=_progress())
-    bundle = assemble(profile, out, _command(argv))
+    sweep_leftovers(out)
+    with scratch_directory(out, "parts") if args.force else nullcontext() as parts:
+        if getattr(args, "train", False):
+            cmd_train(args, profile)
+        measure(profile, out, latency=latency, accuracy=accuracy, progress=_progress(), parts=parts)
+        bundle = assemble(profile, out, _command(argv), parts=parts)
     for failure in bundle.meta.get("failed", []):
         print(f"  skipped {failure['variant']}: {failure['reason']}")
     print_bundle_table(bundle)
     print(f"wrote {out} ({len(bundle.service)} latency rows, {len(bundle.predictions)} predictions)")
-    del store
     return 0
 
 

@@ -4,6 +4,10 @@ Each finished piece of work (one variant's latencies at one batch size, one vari
 one variant's failure) is written at once as a small file in a hidden folder beside the bundle, so
 an interrupted run resumes where it stopped. ``assemble`` merges the pieces with what the bundle
 already holds and replaces the bundle atomically; nothing measured is ever dropped.
+
+A fresh start (``measure --force``) deletes nothing first: it measures into a scratch folder of its
+own (``traces.outputs.scratch_directory``), ignoring the bundle's rows and the resumable pieces, and
+only once the new bundle has replaced the old one are the old pieces dropped.
 """
 
 from __future__ import annotations
@@ -36,12 +40,15 @@ class PartStore:
     def dir_for(out: Path) -> Path:
         return out.parent / f".{out.name}.parts"
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, directory: Path | None = None):
+        """The pieces of the bundle ``out``: beside it, or (``directory``, a fresh start) in that
+        folder, ignoring what the bundle already holds."""
         self.out = out
-        self.dir = self.dir_for(out)
+        self.fresh = directory is not None
+        self.dir = Path(directory) if directory is not None else self.dir_for(out)
         self.dir.mkdir(parents=True, exist_ok=True)
         self._done: set[str] = {p.stem for p in self.dir.iterdir() if p.suffix in (".parquet", ".json")}
-        if (out / "bundle.json").is_file():
+        if not self.fresh and (out / "bundle.json").is_file():
             bundle = TraceBundle.load(out)
             for (variant, b), _ in bundle.service.groupby(["variant", "batch_size"]):
                 self._done.add(self.latency_key(variant, int(b)))
@@ -199,12 +206,14 @@ def _measure_variant(profile: Profile, spec: VariantSpec, keys: list[str], data,
         bar.update(len(sizes))
 
 
-def measure(profile: Profile, out: Path, *, latency: bool, accuracy: bool, progress: bool = False) -> PartStore:
-    """Measure every variant of the profile that the bundle (or its parts) does not have yet."""
+def measure(profile: Profile, out: Path, *, latency: bool, accuracy: bool, progress: bool = False,
+            parts: Path | None = None) -> PartStore:
+    """Measure every variant of the profile that the bundle (or its parts) does not have yet;
+    ``parts``: start afresh, with the pieces in that folder (see ``PartStore``)."""
     from .zoo import load_zoo_task
 
-    store = PartStore(out)
-    data = load_zoo_task(profile.zoo_dir, profile.task)
+    data = load_zoo_task(profile.zoo_dir, profile.task)  # a missing zoo fails before anything is written
+    store = PartStore(out, parts)
     torch.set_num_threads(profile.threads)
     todo = []
     for spec in profile.variants:
@@ -246,10 +255,13 @@ def zoo_summary(zoo_dir: Path, task: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def assemble(profile: Profile, out: Path, command: str) -> TraceBundle:
-    """Merge the bundle's rows with the new parts; write it atomically; drop the parts."""
-    store = PartStore(out)
-    old = TraceBundle.load(out) if (out / "bundle.json").is_file() else None
+def assemble(profile: Profile, out: Path, command: str, parts: Path | None = None) -> TraceBundle:
+    """Merge the bundle's rows with the new parts; write it atomically; drop the parts.
+
+    ``parts`` (a fresh start): the bundle is made of those pieces alone, and replaces the old one
+    (whose resumable pieces are dropped after the swap)."""
+    store = PartStore(out, parts)
+    old = TraceBundle.load(out) if not store.fresh and (out / "bundle.json").is_file() else None
     service = [old.service] if old is not None else []
     predictions = [old.predictions] if old is not None and len(old.predictions) else []
     service += store.read("service")
@@ -282,4 +294,6 @@ def assemble(profile: Profile, out: Path, command: str) -> TraceBundle:
                          predictions=pred_frame)
     bundle.save(out, force=True)
     shutil.rmtree(store.dir, ignore_errors=True)
+    if store.fresh:  # the pieces of an earlier interrupted run: superseded by the new bundle
+        shutil.rmtree(PartStore.dir_for(out), ignore_errors=True)
     return TraceBundle.load(out)

@@ -12,14 +12,13 @@ import pandas as pd
 
 import policies
 from traces.errors import InputError
+from traces.outputs import atomic_output, check_target
 from traces.prepare import Prepared, check_against_bundle
 from traces.progress import show_progress
+from traces.provenance import REPO_ROOT  # not measure.harness's: that one imports torch
 from traces.runoutput import write_into
 from traces.scenario import load_scenario, parse_seeds
 from traces.summary import flatten, summarize, summary_table
-from traces.tables import atomic_directory
-
-from .harness import REPO_ROOT
 
 
 def zoo_location(prepared: Prepared, override: str | None) -> tuple[Path, str]:
@@ -87,13 +86,14 @@ def serve_command(args) -> int:
     from .replicas import front_end_cpus, pinned
     from .server import serve
 
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.scenario).stem}-real"
+    check_target(out, force=args.force)  # at once; atomic_output checks again before writing
     scenario = load_scenario(args.scenario, args.set)
     prepared = check_against_bundle(scenario)
     policies.create(scenario.policy.name, scenario.policy.params)
     seeds = parse_seeds(args.seeds) if args.seeds else [scenario.seed]
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.scenario).stem}-real"
     summaries = []
-    with atomic_directory(out, force=args.force) as staging:
+    with atomic_output(out, force=args.force, kind="run") as staging:  # before any model is loaded
         for seed in seeds:
             pin = args.replica == "process" and not args.no_pin
             factories, labels = runner_factories(prepared, args.zoo, seed, args.replica, pin)

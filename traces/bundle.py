@@ -144,7 +144,7 @@ class TraceBundle:
     def save(self, path: str | Path, *, force: bool = False, fmt: str = "parquet") -> Path:
         """Write atomically; ``fmt`` is 'parquet' or 'csv'."""
         path = Path(path)
-        with atomic_directory(path, force=force) as staging:
+        with atomic_directory(path, force=force, kind="bundle") as staging:
             (staging / "bundle.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
             for stem, frame in (("service", self.service), ("predictions", self.predictions)):
                 if fmt == "csv":

@@ -1,4 +1,4 @@
-"""Output directories that appear whole or not at all, and never replace what is not ours.
+"""Outputs that appear whole or not at all, and never replace what is not ours.
 
 A user points ``--out`` at a directory of their own. Every command that writes (``simulate run``,
 ``simulate sweep``, ``measure *``, ``bench/fidelity.py``, the analysis reports) therefore follows one
@@ -7,15 +7,19 @@ rule, implemented here once:
 1. Before any work, the target is checked (``check_target``): a file, the current directory or
    one of its parents, the filesystem root or the home directory is refused; so is an existing
    directory that is not an output of ours (it holds none of our marker, ``bundle.json``,
-   ``summary.json`` or ``sweep.json``), and an output of ours is replaced only with ``--force``.
+   ``summary.json`` or ``sweep.json``), and an output of ours is replaced only with ``--force``
+   (or, for a command that resumes, taken up again when it is of the command's own kind).
 2. The new output is built in a hidden staging directory beside the target
    (``.<name>.staging-<pid>-<random>``), which carries the marker file.
 3. Only when it is complete is it swapped in: the old output is renamed aside, the staging
    directory renamed into place, then the old one deleted. A failure or Ctrl-C at any point before
    the swap removes the staging directory and leaves the old output untouched.
-4. SIGTERM removes the staging directories of the process before it dies. A SIGKILL cannot be
-   caught: the next run into the same place removes staging directories whose process is gone
-   (and puts back an old output caught between the two renames), and says so on stderr.
+4. SIGTERM removes the staging (and scratch) directories of the process before it dies. A SIGKILL
+   cannot be caught: the next run into the same place removes those whose process is gone (and
+   puts back an old output caught between the two renames), and says so on stderr.
+
+A single-file output (a report) follows the same rule with ``atomic_file``: a file of ours starts
+with a marker line the command chooses.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import sys
@@ -36,9 +41,10 @@ from .errors import InputError
 
 MARKER = ".servesim-output.json"   # written into every output directory we create
 OURS = ("bundle.json", "summary.json", "sweep.json")  # what outputs written before the marker hold
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<what>staging|old)-(?P<pid>\d+)-[^/]*$")
+SCRATCH = ("staging", "old", "parts")  # the hidden directories (or files) we keep beside a target
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<what>staging|old|parts)-(?P<pid>\d+)-[^/]*$")
 
-_active: set[Path] = set()          # staging directories of this process, removed on SIGTERM
+_active: set[Path] = set()          # staging directories and files of this process, removed on SIGTERM
 _lock = threading.Lock()
 _handler_installed = False
 
@@ -55,8 +61,33 @@ def is_ours(path: Path) -> bool:
     return not any(path.iterdir())
 
 
-def check_target(target: str | Path, *, force: bool, option: str = "--out") -> Path:
-    """The output path, checked against the rules above; raises ``InputError`` naming it."""
+def output_kind(path: Path) -> str | None:
+    """The kind of output of ours at ``path`` (run, bundle, sweep, fidelity...): its marker's, or
+    for an output written before the marker existed, the one its files show; None otherwise."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    if (path / "bundle.json").is_file():  # whatever wrote it (TraceBundle.save is used by several kinds)
+        return "bundle"
+    try:
+        kind = json.loads((path / MARKER).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if isinstance(kind, str):
+        return kind
+    for name, legacy in (("sweep.json", "sweep"), ("summary.json", "run"),
+                         ("runs.csv", "run")):
+        if (path / name).is_file():
+            return legacy
+    return None
+
+
+def check_target(target: str | Path, *, force: bool, option: str = "--out", resume: str | None = None) -> Path:
+    """The output path, checked against the rules above; raises ``InputError`` naming it.
+
+    ``resume``: the command takes up an existing output of this kind (e.g. ``"bundle"``), so one is
+    accepted without ``force``; an output of ours of another kind still needs ``force``.
+    """
     target = Path(target)
     where = str(target)
     resolved = target.resolve()
@@ -68,20 +99,37 @@ def check_target(target: str | Path, *, force: bool, option: str = "--out") -> P
         raise InputError(where, f"{option} is the filesystem root or the home directory; choose a new directory")
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise InputError(where, f"{option} is an existing file, not an output directory; choose another path")
-    for parent in resolved.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(where, f"cannot create it: {parent} is a file, not a directory")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise InputError(where, f"cannot create it: {parent} is not writable")
-            break
+    _check_parent(target)
     if target.exists():
         if not is_ours(target):
             raise InputError(where, f"{option} exists and is not an output of ours (no {MARKER}, "
                              f"{', '.join(OURS)}); refusing to replace it; choose another path")
         if not force and any(target.iterdir()):
-            raise InputError(where, "already exists; pass --force to replace it")
+            if resume is None:
+                raise InputError(where, "already exists; pass --force to replace it")
+            kind = output_kind(target)
+            if kind != resume:
+                raise InputError(where, f"is an output of ours ({kind or 'unknown kind'}) but not a {resume} "
+                                 "to resume; pass --force to replace it, or choose another path")
     return target
+
+
+def _check_parent(target: Path) -> None:
+    """The nearest existing ancestor of ``target`` is a directory we may create entries in."""
+    for parent in target.resolve().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(str(target), f"cannot create it: {parent} is a file, not a directory")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise InputError(str(target), f"cannot create it: {parent} is not writable")
+            return
+
+
+def _make_parent(target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a read-only or virtual filesystem that os.access did not reveal
+        raise InputError(str(target), f"cannot create it: {exc.strerror or exc}") from None
 
 
 def sweep_leftovers(target: Path) -> list[str]:
@@ -94,13 +142,13 @@ def sweep_leftovers(target: Path) -> list[str]:
         return notes
     for entry in sorted(parent.iterdir()):
         match = _LEFTOVER.match(entry.name)
-        if not match or match["name"] != target.name or not entry.is_dir() or _alive(int(match["pid"])):
+        if not match or match["name"] != target.name or _alive(int(match["pid"])):
             continue
-        if match["what"] == "old" and not target.exists():
+        if match["what"] == "old" and entry.is_dir() and not target.exists():
             os.replace(entry, target)
             notes.append(f"put back {target}, which a killed run had moved aside to {entry.name}")
         else:
-            shutil.rmtree(entry, ignore_errors=True)
+            _remove(entry)
             notes.append(f"removed {entry}, the unfinished output of a run that was killed")
     for line in notes:
         print(f"note: {line}", file=sys.stderr)
@@ -113,20 +161,65 @@ def atomic_output(target: str | Path, *, force: bool = False, kind: str = "run",
     """Yield a staging directory that becomes ``target`` only if the block completes."""
     target = check_target(target, force=force, option=option)
     sweep_leftovers(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-{os.getpid()}-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary directory
-    write_marker(staging, kind)
-    _register(staging)
-    try:
+    _make_parent(target)
+    with _scratch(target, "staging") as staging:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the output is an ordinary directory
+        write_marker(staging, kind)
         yield staging
         _swap_in(staging, target)
+
+
+@contextmanager
+def scratch_directory(target: str | Path, what: str = "parts") -> Iterator[Path]:
+    """A hidden working directory beside ``target`` (``.<name>.<what>-<pid>-<random>``) for the
+    pieces of an output under construction, e.g. the measurements of a ``measure --force`` run.
+    It is removed when the block ends, however it ends, and on SIGTERM; one that a SIGKILL left
+    is removed by the next ``sweep_leftovers`` of the same target."""
+    target = Path(target)
+    if what not in SCRATCH:
+        raise ValueError(f"what must be one of {SCRATCH}, got {what!r}")
+    _make_parent(target)
+    with _scratch(target, what) as directory:
+        yield directory
+
+
+def check_file_target(target: str | Path, *, force: bool, marker_line: str, option: str = "--out") -> Path:
+    """A single-file output path, checked: a file of ours starts with ``marker_line`` and is
+    replaced only with ``force``; any other existing file, a directory or a bad parent is refused."""
+    target = Path(target)
+    where = str(target)
+    if target.is_symlink() or target.is_dir():
+        raise InputError(where, f"{option} is a directory or a link, not a file of ours; choose another path")
+    _check_parent(target)
+    if target.exists():
+        if not _first_line_is(target, marker_line):
+            raise InputError(where, f"{option} exists and was not written by us (its first line is not "
+                             f"{marker_line!r}); refusing to replace it; choose another path")
+        if not force:
+            raise InputError(where, "already exists; pass --force to replace it")
+    return target
+
+
+@contextmanager
+def atomic_file(target: str | Path, *, force: bool, marker_line: str, option: str = "--out") -> Iterator[Path]:
+    """Yield a temporary path beside ``target`` (checked by ``check_file_target``) that replaces it
+    (``os.replace``) when the block completes; the writer starts it with ``marker_line``."""
+    target = check_file_target(target, force=force, marker_line=marker_line, option=option)
+    sweep_leftovers(target)
+    _make_parent(target)
+    tmp = target.parent / f".{target.name}.staging-{os.getpid()}-{secrets.token_hex(4)}"
+    _register(tmp)
+    try:
+        yield tmp
+        if not _first_line_is(tmp, marker_line):
+            raise RuntimeError(f"{tmp}: the writer did not start the file with its marker line")
+        os.replace(tmp, target)
     finally:
-        _unregister(staging)
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        _unregister(tmp)
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_marker(directory: Path, kind: str) -> None:
@@ -134,6 +227,29 @@ def write_marker(directory: Path, kind: str) -> None:
     from . import provenance
 
     (Path(directory) / MARKER).write_text(json.dumps({"kind": kind, **provenance.info()}, sort_keys=True) + "\n")
+
+
+def _first_line_is(path: Path, line: str) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.readline().rstrip("\r\n") == line
+    except OSError:
+        return False
+
+
+@contextmanager
+def _scratch(target: Path, what: str) -> Iterator[Path]:
+    try:
+        directory = Path(tempfile.mkdtemp(prefix=f".{target.name}.{what}-{os.getpid()}-", dir=target.parent))
+    except OSError as exc:
+        raise InputError(str(target), f"cannot create it: {exc.strerror or exc}") from None
+    _register(directory)
+    try:
+        yield directory
+    finally:
+        _unregister(directory)
+        if directory.exists():
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _swap_in(staging: Path, target: Path) -> None:
@@ -146,6 +262,16 @@ def _swap_in(staging: Path, target: Path) -> None:
     os.replace(staging, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def _alive(pid: int) -> bool:
@@ -179,6 +305,6 @@ def _unregister(staging: Path) -> None:
 def _on_sigterm(signum, frame) -> None:  # pragma: no cover - exercised in a subprocess by the tests
     """Remove this process's staging directories, then die of SIGTERM as if unhandled."""
     for staging in list(_active):
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove(staging)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)

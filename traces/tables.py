@@ -93,8 +93,8 @@ def check_text(frame: pd.DataFrame, path: Path, column: str) -> None:
         raise InputError(f"{path} row {row + 1}", f"{column} must be a non-empty string")
 
 
-def atomic_directory(target: Path, *, force: bool = False):
+def atomic_directory(target: Path, *, force: bool = False, kind: str = "run"):
     """The one safe way to write an output directory: see ``traces.outputs.atomic_output``."""
     from .outputs import atomic_output
 
-    return atomic_output(target, force=force)
+    return atomic_output(target, force=force, kind=kind)
