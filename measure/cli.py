@@ -88,28 +88,64 @@ def cmd_serve(args) -> int:
     return serve_command(args)
 
 
+EXTRA_MODULES = ("torch", "torchvision", "transformers", "tokenizers", "sklearn")  # the 'measure' extra
+EXAMPLES = {
+    "measure": """examples:
+  measure all examples/profiles/digits-cpu.toml --out bundles/digits-cpu    # train, time, evaluate
+  measure serve examples/demo.toml --seeds 1-3                              # the demo on real replicas
+
+Needs the optional extra: pip install -e '.[measure]'""",
+    "train": """examples:
+  measure train examples/profiles/digits-cpu.toml""",
+    "latency": """examples:
+  measure latency examples/profiles/digits-cpu.toml --out bundles/digits-cpu
+  measure latency examples/profiles/digits-cpu.toml --out bundles/digits-cpu --force   # afresh""",
+    "accuracy": """examples:
+  measure accuracy examples/profiles/digits-cpu.toml --out bundles/digits-cpu""",
+    "all": """examples:
+  measure all examples/profiles/sst2-cpu.toml --out bundles/sst2-cpu""",
+    "serve": """examples:
+  measure serve examples/demo.toml
+  measure serve examples/demo.toml --seeds 1-3 --out runs/demo-real --force
+  measure serve examples/demo.toml --replica thread --no-pin --set arrivals.rate_rps=100
+
+It refuses the scenarios `simulate run` refuses, the same limits included ([limits] in the scenario,
+or --set limits.max_requests=N).""",
+}
+
+
+def _sub(sub, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", epilog=EXAMPLES[name],
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="measure", description="Measure model variants and serve them for real.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train the profile's models into its zoo (skips trained ones)")
-    train.add_argument("profile")
+    from traces.cli import version_text
+
+    parser = argparse.ArgumentParser(prog="measure", description="Measure model variants and serve them for real.",
+                                     epilog=EXAMPLES["measure"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_text("measure"))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    train = _sub(sub, "train", "train the profile's models into its zoo (skips trained ones)")
+    train.add_argument("profile", help="the measurement profile (TOML)")
     train.set_defaults(func=lambda a, argv: cmd_train(a))
     for name, lat, acc, text in (("latency", True, False, "time every variant x batch size"),
                                  ("accuracy", False, True, "per-sample predictions of every variant"),
                                  ("all", True, True, "train if needed, then latency and accuracy")):
-        p = sub.add_parser(name, help=text + " into a bundle (resumable)")
-        p.add_argument("profile")
+        p = _sub(sub, name, text + " into a bundle (resumable)")
+        p.add_argument("profile", help="the measurement profile (TOML)")
         p.add_argument("--out", required=True, help="bundle directory (created, or resumed if it exists)")
         p.add_argument("--force", action="store_true", help="start the bundle afresh instead of resuming")
         if name == "all":
             p.set_defaults(train=True)
         p.set_defaults(func=lambda a, argv, lat=lat, acc=acc: _measure(a, latency=lat, accuracy=acc, argv=argv))
-    serve = sub.add_parser("serve", help="run a scenario on real model replicas; writes the simulator's run output")
-    serve.add_argument("scenario")
-    serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    serve = _sub(sub, "serve", "run a scenario on real model replicas; writes the simulator's run output")
+    serve.add_argument("scenario", help="the scenario file (TOML), as `simulate run` takes it")
+    serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a scenario key (repeatable), e.g. arrivals.rate_rps=300")
     serve.add_argument("--seeds", help="seeds: 3, 1-5 or 1,4,9 (default: the scenario's seed)")
     serve.add_argument("--out", help="output directory (default: runs/<scenario name>-real)")
-    serve.add_argument("--force", action="store_true")
+    serve.add_argument("--force", action="store_true", help="replace an existing run output there")
     serve.add_argument("--zoo", help="zoo directory (default: the one recorded in the bundle's profile)")
     serve.add_argument("--replica", choices=("process", "thread"), default="process",
                        help="run each model replica in a process of its own (default) or as a thread of this one")
@@ -120,9 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_extra(call):
+    """``call()``, with a missing module of the 'measure' extra as one line saying what to install."""
+    from traces.errors import InputError
+
+    try:
+        return call()
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in EXTRA_MODULES:
+            raise
+        raise InputError("measure", f"needs the optional extra 'measure' (module {exc.name!r} is missing): "
+                         "pip install -e '.[measure]'") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(lambda: args.func(args, argv),
+    return run_command(lambda: _with_extra(lambda: args.func(args, argv)),
                        interrupted="interrupted (finished work is kept; run the same command to resume)")
 
 

@@ -1,4 +1,9 @@
-"""`simulate`: run, validate and list scenarios. Bad input -> one line on stderr, exit status 2."""
+"""`simulate`: run, validate and list scenarios, and sweep grids of them.
+
+Bad input -> one line on stderr, exit status 2. ``validate`` runs exactly the checks ``run`` runs
+before its first seed (``sim.runner.prepare``), and also warns where the offered load exceeds what
+a deployment can serve.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +12,70 @@ import sys
 from pathlib import Path
 
 import policies
+from policies.base import Route
 from traces.bundle import TraceBundle
-from traces.cli import run_command
+from traces.cli import run_command, version_text
+from traces.prepare import Prepared
 from traces.scenario import load_scenario, parse_seeds
-from traces.summary import summary_table
+from traces.summary import legend, summary_table
 
-from .runner import prepare, run_seeds
+from .runner import first_route, prepare, run_seeds
 
 BUNDLED_DATA = Path(__file__).resolve().parents[1] / "traces" / "data"
+KNOWN_ROUTES = ("static", "static-small", "static-large")  # policies whose route is fixed before the run
 
 
 def cmd_run(args) -> int:
     scenario = load_scenario(args.scenario, args.set)
-    seeds = parse_seeds(args.seeds) if args.seeds else [scenario.seed]
+    seeds = parse_seeds(args.seeds, scenario.limits) if args.seeds else [scenario.seed]
     out = Path(args.out) if args.out else Path("runs") / Path(args.scenario).stem
     prepared = prepare(scenario)
     summaries = run_seeds(prepared, seeds, out, force=args.force)
     print(summary_table(summaries))
+    print(legend(len(summaries)))
     print(f"wrote {out}/ (seed-<n>/config.json, requests.parquet, summary.json; runs.csv)")
     return 0
+
+
+def offered_rps(prepared: Prepared) -> dict[str, tuple[float, str]]:
+    """Mean requests per second each deployment is offered, with how, for the policies whose
+    route is known before the run (a single deployment, or a cascade: each next hop gets the share
+    of the samples that no earlier hop was confident enough on). Empty for the other policies."""
+    scenario = prepared.scenario
+    if scenario.policy.name not in KNOWN_ROUTES:
+        return {}
+    route = first_route(prepared)
+    if not isinstance(route, Route):
+        return {}
+    rate = scenario.arrivals.mean_rate_rps(scenario.duration_s)
+    table = prepared.predictions
+    offered: dict[str, tuple[float, str]] = {}
+    share, passing, how = 1.0, None, "all arrivals"
+    for hop in route.hops:
+        name = hop.deployment
+        rps = offered.get(name, (0.0, ""))[0] + rate * share
+        offered[name] = (rps, how if name not in offered else "several hops")
+        if hop.threshold is None:
+            break
+        variant = scenario.deployment(name).variant
+        confidence = table.confidence[variant]  # the engine checked that a cascade hop has predictions
+        unsure = confidence < hop.threshold
+        passing = unsure if passing is None else passing & unsure
+        share = float(passing.mean())
+        how = f"{share:.1%} passed on by {name}@{hop.threshold:g}"
+    return offered
+
+
+def overload_warnings(prepared: Prepared) -> list[str]:
+    warnings = []
+    for name, (rps, how) in offered_rps(prepared).items():
+        dep = prepared.scenario.deployment(name)
+        capacity = prepared.profiles[name].throughput_rps(dep.max_batch_size, dep.replicas)
+        if rps > capacity:
+            warnings.append(f"warning: deployment {name!r} is offered ~{rps:.1f} rps ({how}) but serves at most "
+                            f"~{capacity:.1f} rps ({dep.replicas} replica(s) at full batches of {dep.max_batch_size}); "
+                            "its queue will grow and requests miss their deadlines")
+    return warnings
 
 
 def cmd_validate(args) -> int:
@@ -47,6 +97,9 @@ def cmd_validate(args) -> int:
               f"{profile.percentile_ms(1, 50):.3f} ms; capacity ~{capacity:.0f} rps at full batches")
     params = ", ".join(f"{k}={v!r}" for k, v in scenario.policy.params.items())
     print(f"  policy: {scenario.policy.name}({params})")
+    sys.stdout.flush()
+    for line in overload_warnings(prepared):
+        print(line, file=sys.stderr)
     return 0
 
 
@@ -91,29 +144,73 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+SET_HELP = ("override a scenario key (repeatable), e.g. arrivals.rate_rps=300, deployments.small.replicas=2, "
+            "policy='{name=\"planner\"}'; also the limits, e.g. limits.max_requests=2e8")
+LIMITS = ("Limits: a run is refused when it would need more than 50,000,000 requests (or rate intervals, plans,\n"
+          "crashes), a deployment more than 1024 replicas or batches over 4096, random crashes with mttf_s\n"
+          "under 10 batch-1 service times, or more than 1000 seeds. Raise them in the scenario ([limits]\n"
+          "max_requests, max_replicas, max_batch_size, mttf_service_ratio, max_seeds) or with --set limits.<key>=N.")
+
+EXAMPLES = {
+    "simulate": """examples:
+  simulate list                                      # bundled traces, their variants, the policies
+  simulate validate examples/demo.toml               # check a scenario, print what would run
+  simulate run examples/demo.toml --seeds 1-3        # run it; results in runs/demo/
+  simulate sweep examples/study/study.toml --out runs/study""",
+    "run": f"""examples:
+  simulate run examples/demo.toml
+  simulate run examples/demo.toml --seeds 1-5 --out runs/demo5 --force
+  simulate run examples/demo.toml --set arrivals.rate_rps=300 --set deployments.large.replicas=3
+
+The table lists each seed and, over several, their mean; its legend is printed below it.
+{LIMITS}""",
+    "validate": f"""examples:
+  simulate validate examples/demo.toml
+  simulate validate examples/demo.toml --set policy='{{name="planner"}}'
+
+It runs the checks `simulate run` runs before its first seed, so ok means the run will start, and
+warns (on stderr, exit status still 0) where the offered load exceeds what a deployment can serve.
+{LIMITS}""",
+    "sweep": """examples:
+  simulate sweep examples/study/study.toml --out runs/study
+  simulate sweep examples/study/study.toml --out runs/study --workers 2     # again: resumes
+  simulate sweep examples/study/study.toml --out runs/study --executor ray --address auto""",
+    "list": """examples:
+  simulate list
+  simulate list my-bundles/ runs/                    # bundles (directories with bundle.json) found there""",
+}
+
+
+def _sub(sub, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", epilog=EXAMPLES[name],
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="simulate", description="Simulate ML serving on measured traces.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a scenario and write its run output")
-    run.add_argument("scenario")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override a scenario key, e.g. arrivals.rate_rps=300 or deployments.small.replicas=2")
+    parser = argparse.ArgumentParser(prog="simulate", description="Simulate ML serving on measured traces.",
+                                     epilog=EXAMPLES["simulate"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_text("simulate"))
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    run = _sub(sub, "run", "run a scenario and write its run output")
+    run.add_argument("scenario", help="the scenario file (TOML)")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     run.add_argument("--seeds", help="seeds to run: 3, 1-5 or 1,4,9 (default: the scenario's seed)")
     run.add_argument("--out", help="output directory (default: runs/<scenario name>)")
-    run.add_argument("--force", action="store_true", help="replace an existing output directory")
+    run.add_argument("--force", action="store_true", help="replace an existing run output there")
     run.set_defaults(func=cmd_run)
-    validate = sub.add_parser("validate", help="check a scenario and its bundle, print what would run")
-    validate.add_argument("scenario")
-    validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    validate = _sub(sub, "validate", "check a scenario and its bundle, print what would run")
+    validate.add_argument("scenario", help="the scenario file (TOML)")
+    validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     validate.set_defaults(func=cmd_validate)
-    sweep = sub.add_parser("sweep", help="expand a sweep file into a grid of runs (parallel, resumable)")
-    sweep.add_argument("sweep")
+    sweep = _sub(sub, "sweep", "expand a sweep file into a grid of runs (parallel, resumable)")
+    sweep.add_argument("sweep", help="the sweep file (TOML): a base scenario, seeds and axes")
     sweep.add_argument("--out", required=True, help="directory for runs/ and results.parquet (resumed if it exists)")
-    sweep.add_argument("--executor", choices=("local", "ray"), default="local")
+    sweep.add_argument("--executor", choices=("local", "ray"), default="local",
+                       help="local worker processes (default) or a Ray cluster (needs the 'dist' extra)")
     sweep.add_argument("--workers", type=int, help="local worker processes (default: all cores)")
     sweep.add_argument("--address", help="with --executor ray: the address of an existing Ray cluster")
     sweep.set_defaults(func=cmd_sweep)
-    listing = sub.add_parser("list", help="list bundles, their variants, and the policies")
+    listing = _sub(sub, "list", "list bundles, their variants, and the policies")
     listing.add_argument("bundles", nargs="*", help="directories to search (default: the bundled traces)")
     listing.set_defaults(func=cmd_list)
     return parser

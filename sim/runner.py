@@ -9,9 +9,10 @@ from typing import Callable
 import pandas as pd
 
 import policies
+from policies.base import Reject, Request, Route
 from traces.errors import InputError
 from traces.prepare import Prepared, check_against_bundle
-from traces.progress import show_progress
+from traces.progress import Progress
 from traces.runoutput import write_into
 from traces.scenario import Scenario
 from traces.summary import flatten, summarize
@@ -24,18 +25,39 @@ BOUNDS = ("oracle-static", "isolation-bound")  # computed by sim.bounds, not rou
 
 
 def prepare(scenario: Scenario) -> Prepared:
-    """Check the scenario against its bundle and the policy against the deployments."""
+    """Everything ``run`` checks before its first seed, so that ``simulate validate`` saying ok
+    means ``simulate run`` starts: the scenario against its bundle (and the limits), the policy
+    against the deployments, and the route it gives a first request. Errors name the ``--set`` or
+    the scenario file they come from (``Scenario.blame``)."""
+    try:
+        return _prepare(scenario)
+    except InputError as exc:
+        raise scenario.blame(exc) from None
+
+
+def _prepare(scenario: Scenario) -> Prepared:
     prepared = check_against_bundle(scenario)
     if scenario.policy.name in BOUNDS:
         if scenario.policy.params:
             key = next(iter(scenario.policy.params))
             raise InputError(f"policy.{key}", f"{scenario.policy.name} takes no parameters")
         return prepared
-    # fail fast on the policy: its name, its parameters, and its setup against the deployments
-    dry = dataclasses.replace(scenario, duration_s=min(scenario.duration_s, 1e-6), warmup_s=0.0)
-    Simulation(dry, policies.create(scenario.policy.name, scenario.policy.params), bundle=prepared.bundle,
-               profiles=prepared.profiles, predictions=prepared.predictions, seed=scenario.seed)
+    first_route(prepared)
     return prepared
+
+
+def first_route(prepared: Prepared) -> Route | Reject:
+    """The route the policy gives a request arriving first, in an empty system, as checked by the
+    engine: fails fast on the policy's name, parameters and setup against the deployments, and on
+    a route the engine cannot serve (a cascade over deployments without predictions)."""
+    scenario = prepared.scenario
+    dry = dataclasses.replace(scenario, duration_s=min(scenario.duration_s, 1e-6), warmup_s=0.0)
+    policy = policies.create(scenario.policy.name, scenario.policy.params)
+    sim = Simulation(dry, policy, bundle=prepared.bundle, profiles=prepared.profiles,
+                     predictions=prepared.predictions, seed=scenario.seed)
+    route = policy.route(Request(0, 0.0, max(scenario.requests.deadline_ms), 0), sim.view)
+    sim._resolve(route)
+    return route
 
 
 def run_once(prepared: Prepared, seed: int, progress: Callable[[float], None] | None = None):
@@ -67,14 +89,8 @@ def run_seeds(prepared: Prepared, seeds: list[int], out: Path, *, force: bool = 
     summaries = []
     with atomic_directory(out, force=force) as staging:
         for seed in seeds:
-            bar = None
-            if show_progress():
-                from tqdm import tqdm
-                bar = tqdm(total=prepared.scenario.duration_s, desc=f"seed {seed}", unit="sim s", leave=False)
-            config, requests, summary = run_once(prepared, seed, None if bar is None else
-                                                 lambda t, bar=bar: bar.update(t - bar.n))
-            if bar is not None:
-                bar.close()
+            with Progress(prepared.scenario.duration_s, f"seed {seed}", "sim s") as progress:
+                config, requests, summary = run_once(prepared, seed, progress.update)
             write_into(staging / f"seed-{seed}", config, requests, summary)
             summaries.append(summary)
         pd.DataFrame([flatten(s) for s in summaries]).to_csv(staging / "runs.csv", index=False)

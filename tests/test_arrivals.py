@@ -326,3 +326,18 @@ def test_twitter_trace_ipa_window():
     t = r.times_s(1200.0, rng(16))
     # total ~ 15,000 + sum of Bernoulli noise (variance <= 1200/4): sd <= 17, i.e. 0.015 rps
     assert abs(len(t) / 1200 - r.mean_rate_rps(1200.0)) < 4 * math.sqrt(300) / 1200
+
+
+@pytest.mark.parametrize("name, text", [("t.csv", b"timestamp\n0.0\n\xe9\n"), ("t.jsonl", b'{"timestamp": 0}\n\xe9\n'),
+                                        ("c.txt", b"3\n4\n\xe9 5\n")])
+def test_replay_trace_that_is_not_utf8_is_named(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_bytes(text)
+    with pytest.raises(InputError, match=rf"{name}: not UTF-8 text \(byte 0xe9"):  # (on line 3 where known)
+        from_config({"kind": "replay", "path": name}, tmp_path)
+
+
+def test_segments_count_what_drawing_builds():
+    assert Poisson(5.0).segments(1e9) == 1
+    assert Piecewise([1.0, 2.0], 0.5).segments(10.0) == 20
+    assert Bursty([1.0, 2.0], [1.0, 3.0]).segments(100.0) == 2 * (100.0 / 2.0 + 8)

@@ -75,3 +75,66 @@ def test_prediction_table_aligns_common_samples():
     assert table.sample_ids.tolist() == [1, 2, 3]
     assert table.confidence["fast/int8/cpu"].tolist() == [0.90, 0.60, 0.55]
     assert table.accuracy("fast/int8/cpu") == pytest.approx(2 / 3)
+
+
+# ---------------------------------------------------------------- rows that disagree with themselves
+
+
+def _saved(tmp_path, service=None, predictions=None):
+    base_service, base_predictions = tiny_bundle_frames()
+    path = tmp_path / "b"
+    TraceBundle({"name": "t"}, base_service if service is None else service,
+                base_predictions if predictions is None else predictions).save(path, fmt="csv")
+    return path
+
+
+def test_correct_that_disagrees_with_label_and_pred_is_named(tmp_path):
+    _, predictions = tiny_bundle_frames()
+    predictions.loc[5, "correct"] = not predictions.loc[5, "correct"]
+    with pytest.raises(InputError, match=r"predictions.csv row 6: correct is False but label 0 and pred 0 agree"):
+        TraceBundle.load(_saved(tmp_path, predictions=predictions))
+
+
+@pytest.mark.parametrize("column, value, part", [("precision", "fp32", "precision is 'int8'"),
+                                                 ("device", "cuda", "device is 'cpu'"),
+                                                 ("model", "slow", "model[-pruning] is 'fast'")])
+def test_service_column_that_disagrees_with_the_variant_id_is_named(tmp_path, column, value, part):
+    service, _ = tiny_bundle_frames()
+    service.loc[3, column] = value
+    with pytest.raises(InputError, match=rf"service.csv row 4: {column} '{value}' disagrees with variant "
+                                         rf"'fast/int8/cpu', whose {part.replace('[', '.').replace(']', '.')}"):
+        TraceBundle.load(_saved(tmp_path, service=service))
+
+
+def test_a_pruned_variant_names_its_base_model(tmp_path):
+    service, predictions = tiny_bundle_frames()
+    service["variant"] = service["variant"].str.replace("fast/", "fast-l1/")
+    predictions["variant"] = predictions["variant"].str.replace("fast/", "fast-l1/")
+    assert "fast-l1/int8/cpu" in TraceBundle.load(_saved(tmp_path, service, predictions)).variants
+    service["model"] = service["model"].str.replace("fast", "fas")
+    with pytest.raises(InputError, match="model 'fas' disagrees"):
+        TraceBundle.load(_saved(tmp_path / "2", service, predictions))
+
+
+def test_a_variant_that_is_not_an_id_is_named(tmp_path):
+    service, _ = tiny_bundle_frames()
+    service.loc[0, "variant"] = "fast-int8"
+    with pytest.raises(InputError, match=r"service.csv row 1: variant 'fast-int8' is not a variant id"):
+        TraceBundle.load(_saved(tmp_path, service=service))
+
+
+@pytest.mark.parametrize("name", ["digits-cpu", "sst2-cpu"])
+def test_shipped_bundles_load(name):
+    from pathlib import Path
+
+    bundle = TraceBundle.load(Path(__file__).resolve().parents[1] / "traces" / "data" / name)
+    assert len(bundle.variants) > 5 and len(bundle.predictions) > 0
+
+
+@pytest.mark.parametrize("table", ["service.csv", "predictions.csv", "bundle.json"])
+def test_a_file_that_is_not_utf8_is_named(tmp_path, table):
+    path = _saved(tmp_path)
+    raw = (path / table).read_bytes()
+    (path / table).write_bytes(raw + b"\xff\xfe")
+    with pytest.raises(InputError, match=rf"{table}: not UTF-8 text \(byte 0xff"):
+        TraceBundle.load(path)

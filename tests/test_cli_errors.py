@@ -286,6 +286,12 @@ def test_scenario_file_not_found(check, tmp_path):
     check(tmp_path / "missing.toml", "missing.toml")
 
 
+def test_scenario_not_utf8(check, tmp_path, tiny_bundle):
+    scn = tmp_path / "latin1.toml"
+    scn.write_bytes(scenario_text(tiny_bundle).replace("seed = 1", "# caf\u00e9\nseed = 1").encode("latin-1"))
+    check(scn, "latin1.toml", "not UTF-8 text", "0xe9")
+
+
 def test_malformed_toml(check, tmp_path, tiny_bundle):
     text = scenario_text(tiny_bundle).replace("rate_rps = 50.0", "rate_rps = [50.0,")
     scn = write_scenario(tmp_path / "broken.toml", text)
@@ -300,7 +306,7 @@ def test_bad_set(check, tmp_path, tiny_bundle, item, needle):
     check(scn, "--set", needle, extra=("--set", item))
 
 
-@pytest.mark.parametrize("seeds", ["abc", "5-1", "1,1", "1-x"])
+@pytest.mark.parametrize("seeds", ["abc", "5-1", "1,1", "1-x", "1.5", "a-b", "-3", "1e3"])
 def test_bad_seeds(capsys, tmp_path, tiny_bundle, seeds):
     scn = make_scenario(tmp_path, tiny_bundle)
     expect_run_error(capsys, tmp_path, scn, "--seeds", repr(seeds), extra=("--seeds", seeds))
@@ -310,8 +316,10 @@ def test_bad_seeds(capsys, tmp_path, tiny_bundle, seeds):
 
 
 def existing_output(tmp_path: Path) -> Path:
+    """An earlier run output (it holds a summary.json, so it is ours to replace with --force)."""
     out = tmp_path / "runs" / "out"
     out.mkdir(parents=True)
+    (out / "summary.json").write_text("{}")
     (out / "marker.txt").write_text("keep me")
     return out
 
@@ -320,7 +328,7 @@ def test_existing_output_without_force_is_untouched(capsys, tmp_path, tiny_bundl
     out = existing_output(tmp_path)
     scn = make_scenario(tmp_path, tiny_bundle)
     expect_error(capsys, ["run", str(scn), "--out", str(out)], str(out), "--force")
-    assert sorted(p.name for p in out.iterdir()) == ["marker.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["marker.txt", "summary.json"]
     assert (out / "marker.txt").read_text() == "keep me"
     assert leftovers(out) == []
 
@@ -344,7 +352,7 @@ def test_failed_force_run_keeps_existing_output(capsys, tmp_path, tiny_bundle):
     out = existing_output(tmp_path)
     scn = make_scenario(tmp_path, tiny_bundle, policy='name = "static"\ndeployment = "nosuch"')
     expect_error(capsys, ["run", str(scn), "--out", str(out), "--force"], "policy.deployment")
-    assert sorted(p.name for p in out.iterdir()) == ["marker.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["marker.txt", "summary.json"]
     assert leftovers(out) == []
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from traces.checks import read_utf8, utf8_problem
 from traces.errors import InputError
 from traces.tables import plain
 
@@ -76,6 +77,11 @@ class ArrivalProcess(abc.ABC):
         """Analytic (or, for replay, exact empirical after scaling) expected arrivals per second
         over [0, duration_s)."""
 
+    def segments(self, duration_s: float) -> float:
+        """How many constant-rate pieces drawing arrivals over [0, duration_s) builds (memory and
+        time grow with it, apart from the arrivals themselves); checked against the run's limits."""
+        return 1.0
+
 
 class Poisson(ArrivalProcess):
     """Homogeneous Poisson arrivals: the memoryless baseline every queueing result assumes."""
@@ -132,6 +138,9 @@ class Bursty(ArrivalProcess):
     def mean_rate_rps(self, duration_s: float) -> float:
         return float((self.mean_dwell_s * self.rates_rps).sum() / self.mean_dwell_s.sum())
 
+    def segments(self, duration_s: float) -> float:
+        return 2.0 * (duration_s / float(self.mean_dwell_s.mean()) + 8)
+
 
 class Piecewise(ArrivalProcess):
     """Non-homogeneous Poisson with a step rate: a diurnal or ramp pattern, exact per interval.
@@ -161,6 +170,9 @@ class Piecewise(ArrivalProcess):
 
     def times_s(self, duration_s: float, rng: np.random.Generator) -> np.ndarray:
         return _segments(*self._intervals(float(duration_s)), rng)
+
+    def segments(self, duration_s: float) -> float:
+        return float(max(1, math.ceil(duration_s / self.interval_s)))
 
     def mean_rate_rps(self, duration_s: float) -> float:
         starts, ends, rates = self._intervals(float(duration_s))
@@ -245,6 +257,10 @@ class Replay(ArrivalProcess):
             counts = np.array(tokens, dtype=np.int64)
             bad = next(iter(np.flatnonzero(counts < 0)), None)
         except (ValueError, OverflowError):  # rare, so a slow scan for the culprit is fine
+            try:
+                self.path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(str(self.path), utf8_problem(exc, whole_file=True)) from None
             bad = next(i for i, t in enumerate(tokens) if not (t.isdigit() and len(t) < 19))
         if bad is not None:
             raise InputError(f"{self.path} value {bad + 1}",
@@ -264,6 +280,8 @@ class Replay(ArrivalProcess):
                 df = pd.read_csv(self.path)
         except InputError:
             raise
+        except UnicodeDecodeError as e:
+            raise InputError(str(self.path), utf8_problem(e)) from None
         except (ValueError, OSError, ImportError) as e:
             raise InputError(str(self.path), f"cannot read as a {suffix or 'csv'} table: {e}".splitlines()[0]) from None
         if len(df) == 0 or len(df.columns) == 0:
@@ -296,7 +314,7 @@ class Replay(ArrivalProcess):
 
     def _jsonl_rows(self) -> list[dict]:
         rows = []
-        for i, line in enumerate(self.path.read_text().splitlines(), 1):
+        for i, line in enumerate(read_utf8(self.path).splitlines(), 1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))

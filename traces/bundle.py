@@ -10,7 +10,9 @@ units) and two tables, each Parquet or CSV:
 - ``predictions``: one row per (variant, evaluated sample) (variant, sample_id, label, pred,
   confidence, correct).
 
-Loading validates every row; an error names the file, the row and the column.
+Loading validates every row; an error names the file, the row and the column. Beyond types and
+ranges, a row must agree with itself: ``correct`` is ``label == pred``, and a service row's model,
+precision and device are those its variant id ``model[-pruning]/precision/device`` names.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .checks import read_utf8
 from .errors import InputError
-from .tables import (atomic_directory, check_boolean, check_numeric, check_text, find_table,
+from .tables import (atomic_directory, check_boolean, check_numeric, check_text, find_table, plain,
                      read_table)
 
 SERVICE_COLUMNS = ("variant", "model", "precision", "device", "batch_size", "latency_ms")
@@ -127,7 +130,7 @@ class TraceBundle:
         if not meta_path.is_file():
             raise InputError(str(path), "not a trace bundle: missing bundle.json")
         try:
-            meta = json.loads(meta_path.read_text())
+            meta = json.loads(read_utf8(meta_path))
         except json.JSONDecodeError as exc:
             raise InputError(str(meta_path), f"invalid JSON ({exc})") from None
         if not isinstance(meta, dict):
@@ -172,7 +175,31 @@ def _load_service(path: Path) -> pd.DataFrame:
     if "idle_ms" in frame.columns:
         frame["idle_ms"] = check_numeric(frame, path, "idle_ms", low=0, low_inclusive=True, missing_ok=True)
     frame["variant"] = frame["variant"].astype(str)
+    _check_variant_ids(frame, path)
     return frame
+
+
+def _check_variant_ids(frame: pd.DataFrame, path: Path) -> None:
+    """Each row's model, precision and device columns against its variant id."""
+    parts = frame["variant"].str.split("/")
+    shape = parts.str.len().to_numpy() != 3
+    shape |= ~parts.map(lambda p: all(x.strip() for x in p) if len(p) == 3 else False).to_numpy(dtype=bool)
+    if shape.any():
+        row = int(np.flatnonzero(shape)[0])
+        raise InputError(f"{path} row {row + 1}", f"variant {frame['variant'].iloc[row]!r} is not a variant id "
+                         "model[-pruning]/precision/device")
+    base = parts.str[0]
+    model = frame["model"].astype(str)
+    model_ok = pd.Series([b == m or b.startswith(m + "-") for b, m in zip(base, model)], index=frame.index)
+    checks = (("model", model_ok, "model[-pruning]", base),
+              ("precision", frame["precision"].astype(str) == parts.str[1], "precision", parts.str[1]),
+              ("device", frame["device"].astype(str) == parts.str[2], "device", parts.str[2]))
+    for column, agrees, part, expected in checks:
+        bad = ~agrees.to_numpy(dtype=bool)
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise InputError(f"{path} row {row + 1}", f"{column} {frame[column].iloc[row]!r} disagrees with variant "
+                             f"{frame['variant'].iloc[row]!r}, whose {part} is {expected.iloc[row]!r}")
 
 
 def _load_predictions(path: Path) -> pd.DataFrame:
@@ -185,6 +212,12 @@ def _load_predictions(path: Path) -> pd.DataFrame:
             raise InputError(f"{path} row {row[0] + 1}", f"{column} is missing")
     frame["confidence"] = check_numeric(frame, path, "confidence", low=0, low_inclusive=True, high=1)
     frame["correct"] = check_boolean(frame, path, "correct")
+    wrong = frame["correct"].to_numpy(dtype=bool) != (frame["label"] == frame["pred"]).to_numpy(dtype=bool)
+    if wrong.any():
+        row = int(np.flatnonzero(wrong)[0])
+        raise InputError(f"{path} row {row + 1}", f"correct is {bool(frame['correct'].iloc[row])} but label "
+                         f"{plain(frame['label'].iloc[row])} and pred {plain(frame['pred'].iloc[row])} "
+                         f"{'agree' if not frame['correct'].iloc[row] else 'differ'}; correct must be label == pred")
     duplicated = frame.duplicated(["variant", "sample_id"]).to_numpy()
     if duplicated.any():
         row = int(np.flatnonzero(duplicated)[0])

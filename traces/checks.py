@@ -1,4 +1,5 @@
-"""Typed reads of config tables (parsed TOML) that fail with one line naming the key."""
+"""Typed reads of config tables (parsed TOML) and of text files, failing with one line that names
+the key or the file."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, Iterable
 from .errors import InputError
 
 _MISSING = object()
+NEWLINE = b"\n"
 
 
 def reject_unknown(cfg: dict, allowed: Iterable[str], where: str) -> None:
@@ -83,3 +85,25 @@ def table(cfg: dict, key: str, where: str, *, required: bool = True) -> dict:
     if not isinstance(value, dict):
         raise InputError(name, f"must be a table, got {value!r}")
     return value
+
+
+def utf8_problem(exc: UnicodeDecodeError, *, whole_file: bool = False) -> str:
+    """The one-line reason for a file that is not UTF-8 text (``whole_file``: ``exc`` decoded the
+    whole file, so the line is known; a parser's error covers only a chunk of it)."""
+    line = f" on line {exc.object.count(NEWLINE, 0, exc.start) + 1}" if whole_file else ""
+    return f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x}{line}); save it as UTF-8"
+
+
+def read_utf8(path) -> str:
+    """A text file's content, or an InputError naming the file: missing, unreadable or not UTF-8."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(str(path), utf8_problem(exc, whole_file=True)) from None
+    except FileNotFoundError:
+        raise InputError(str(path), "file not found") from None
+    except OSError as exc:
+        raise InputError(str(path), f"cannot be read ({exc.strerror or exc})") from None

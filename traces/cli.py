@@ -1,20 +1,41 @@
 """What every command-line front end does with errors: one line and exit status 2 for bad input
-(``InputError``), 130 on Ctrl-C, never a traceback for either."""
+(``InputError``), 130 on Ctrl-C, never a traceback for either; and a reader that stops early
+(``simulate list | head -1``) ends the command quietly instead of with a ``BrokenPipeError``."""
 
 from __future__ import annotations
 
+import os
 import sys
+from importlib import metadata
 from typing import Callable
 
 from .errors import InputError
 
+BROKEN_PIPE = 141  # what a shell reports for a command killed by SIGPIPE (128 + 13)
+
+
+def version_text(prog: str) -> str:
+    """``<prog> (servesim <version>)`` for ``--version``; the version of the installed package."""
+    try:
+        version = metadata.version("servesim")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        version = "unknown (not installed)"
+    return f"{prog} (servesim {version})"
+
 
 def run_command(call: Callable[[], int], *, interrupted: str = "interrupted") -> int:
     try:
-        return call()
+        code = call()
+        sys.stdout.flush()  # a closed pipe shows up here, while it can still be handled
+        return code
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader has gone: what is left to print goes nowhere, also at interpreter exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .bundle import TraceBundle
 from .errors import InputError
+from .limits import check_faults
 from .profiles import LatencyProfile, PredictionTable
 from .scenario import Scenario
 
@@ -80,6 +81,7 @@ def check_against_bundle(scenario: Scenario) -> Prepared:
             raise InputError(f"{where}.variant", f"{dep.variant!r} has no batch-size-1 measurements; "
                              "a batch of one request could not be timed")
         profiles[dep.name] = profile
+    check_faults(scenario, profiles)
     predictions = None
     if bundle is not None and bundle.predicted_variants:
         predictions = PredictionTable.from_bundle(bundle, sorted({d.variant for d in measured}))

@@ -1,21 +1,26 @@
 """The scenario file (TOML): one serving system and its traffic, shared by `simulate` and `measure serve`.
 
 Loading is strict: unknown keys, wrong types and out-of-range values fail with one line naming the
-file and key. ``Scenario.resolved()`` is the fully resolved form written as ``config.json``.
+file and key, or, for a value given with ``--set``, naming that ``--set`` (``Scenario.blame``).
+Sizes beyond ``traces.limits`` are refused at load too. ``Scenario.resolved()`` is the fully
+resolved form written as ``config.json``.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from . import arrivals as arrivals_mod
-from .checks import as_number, boolean, integer, number, reject_unknown, table, text
+from . import limits as limits_mod
+from .checks import as_number, boolean, integer, number, read_utf8, reject_unknown, table, text
 from .distributions import ServiceDistribution, service_from_config
 from .errors import InputError
+from .limits import Limits
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,7 +30,7 @@ else:  # pragma: no cover
 QUEUE_DISCIPLINES = ("fifo", "edf")
 BALANCERS = ("shared", "round_robin", "least_loaded", "power_of_two")
 TOP_KEYS = ("seed", "duration_s", "warmup_s", "bundle", "price_per_replica_hour", "arrivals",
-            "requests", "deployments", "policy", "faults")
+            "requests", "deployments", "policy", "faults", "limits")
 FAULT_KEYS = ("deployment", "replica", "at_s", "down_s", "mttf_s", "mttr_s", "on_failure")
 ON_FAILURE = ("retry", "fail")
 DEPLOYMENT_KEYS = ("name", "variant", "service", "replicas", "max_batch_size", "batch_wait_timeout_ms",
@@ -109,6 +114,8 @@ class Scenario:
     policy: PolicyConfig
     source: Path | None = None
     faults: tuple[FaultConfig, ...] = ()
+    limits: Limits = Limits()
+    overrides: tuple[tuple[str, tuple[str, ...]], ...] = ()  # --set keys as typed, with their canonical paths
 
     def deployment(self, name: str) -> DeploymentConfig:
         for dep in self.deployments:
@@ -133,16 +140,45 @@ class Scenario:
             "policy": {"name": self.policy.name, "plan_interval_s": self.policy.plan_interval_s,
                        **self.policy.params},
             "faults": [f.resolved() for f in self.faults],
+            **({"limits": self.limits.resolved()} if self.limits.resolved() else {}),
             "source": str(self.source) if self.source else None,
         }
 
+    def blame(self, exc: InputError) -> InputError:
+        """The error as the user should read it: naming the ``--set`` that gave the bad value, else
+        the scenario file for a scenario key; errors about other files (a bundle, a trace) as they are."""
+        return blame(exc, self.source, self.overrides, keys_only=True)
+
+
+_SCENARIO_KEY = re.compile(rf"^({'|'.join(TOP_KEYS)})(?:[.\[]|$)")
+
+
+def _under(where: str, path: str) -> bool:
+    """Whether key ``where`` is ``path``, inside it, or one of the tables that hold it."""
+    return any(a == b or a.startswith(b + ".") or a.startswith(b + "[") for a, b in ((where, path), (path, where)))
+
+
+def blame(exc: InputError, source: Path | None, overrides=(), *, keys_only: bool = False) -> InputError:
+    """``exc`` naming its ``--set``, else prefixed with the scenario file (``keys_only``: only when
+    it is about a scenario key)."""
+    where = exc.where
+    involved = getattr(exc, "keys", (where,))  # a limit names every key that makes the size
+    for key, paths in reversed(overrides):  # the last --set of a key is the one that took effect
+        if where and any(_under(k, p) for k in involved for p in paths):
+            return InputError(f"--set {key}" if where in paths else f"--set {key}: {where}", exc.problem)
+    if source is not None and (not keys_only or _SCENARIO_KEY.match(where) or not where):
+        return InputError(f"{source}: {where}" if where else str(source), exc.problem)
+    return exc
+
 
 def read_toml(path: Path) -> dict:
+    """A TOML file (scenario, sweep, profile) as a dict; missing, unreadable, not UTF-8 or invalid
+    TOML is one line naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(str(path), "file not found")
+        raise InputError(str(path), "file not found" if not path.exists() else "not a file")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(read_utf8(path))
     except tomllib.TOMLDecodeError as exc:
         raise InputError(str(path), f"invalid TOML ({exc})") from None
 
@@ -151,12 +187,31 @@ def load_scenario(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     """Read, apply ``--set key=value`` overrides, and validate a scenario file."""
     path = Path(path)
     raw = read_toml(path)
-    for item in overrides:
-        apply_override(raw, item)
+    keys = tuple((key, _canonical(raw, key)) for key in (apply_override(raw, item) for item in overrides))
     try:
-        return scenario_from_dict(raw, base_dir=path.parent, source=path)
+        scenario = scenario_from_dict(raw, base_dir=path.parent, source=path)
     except InputError as exc:
-        raise InputError(f"{path}: {exc.where}", exc.problem) from None
+        raise blame(exc, path, keys) from None
+    return replace(scenario, overrides=keys)
+
+
+def _canonical(raw: dict, key: str) -> tuple[str, ...]:
+    """The paths errors use for a --set key: list elements as ``[i]`` and, for named ones
+    (deployments), as ``.name``, e.g. ``deployments.0.replicas`` -> ``deployments[0].replicas``
+    and ``deployments.small.replicas``."""
+    paths = [""]
+    node: Any = raw
+    for part in key.split("."):
+        if isinstance(node, list):
+            index = int(part) if part.isdigit() and int(part) < len(node) else next(
+                (i for i, item in enumerate(node) if isinstance(item, dict) and item.get("name") == part), len(node))
+            node = node[index] if index < len(node) else {}
+            name = node.get("name") if isinstance(node, dict) else None
+            paths = [p + f"[{index}]" for p in paths] + ([p + f".{name}" for p in paths] if isinstance(name, str) else [])
+        else:
+            paths = [f"{p}.{part}" if p else part for p in paths]
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+    return tuple(dict.fromkeys(paths))
 
 
 def parse_value(text_value: str) -> Any:
@@ -167,12 +222,17 @@ def parse_value(text_value: str) -> Any:
         return text_value
 
 
-def apply_override(raw: dict, item: str) -> None:
-    """Apply ``--set key=value``, e.g. ``arrivals.rate_rps=300`` or ``deployments.small.replicas=2``."""
+def apply_override(raw: dict, item: str) -> str:
+    """Apply ``--set key=value``, e.g. ``arrivals.rate_rps=300`` or ``deployments.small.replicas=2``;
+    returns the key."""
     if "=" not in item:
         raise InputError(f"--set {item}", "expected key=value")
     key, value = item.split("=", 1)
-    set_path(raw, key.strip(), parse_value(value.strip()), where=f"--set {key.strip()}")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise InputError(f"--set {item}", "expected key=value with a dotted key like arrivals.rate_rps")
+    set_path(raw, key, parse_value(value.strip()), where=f"--set {key}")
+    return key
 
 
 def set_path(raw: dict, key: str, value: Any, where: str | None = None) -> None:
@@ -219,14 +279,17 @@ def scenario_from_dict(raw: dict, base_dir: Path = Path("."), source: Path | Non
     arrivals_cfg = table(raw, "arrivals", "")
     process = arrivals_mod.from_config(arrivals_cfg, base_dir, where="arrivals")
     deployments = _deployments(raw.get("deployments"))
-    return Scenario(
+    scenario = Scenario(
         seed=seed, duration_s=duration_s, warmup_s=warmup_s, bundle=bundle,
         price_per_replica_hour=number(raw, "price_per_replica_hour", "", default=1.0, low=0),
         arrivals=process, arrivals_cfg=arrivals_cfg,
         requests=_requests(table(raw, "requests", "")),
         deployments=deployments, policy=_policy(table(raw, "policy", "")), source=source,
         faults=_faults(raw.get("faults", []), deployments),
+        limits=limits_mod.limits_from_config(table(raw, "limits", "", required=False)),
     )
+    limits_mod.check_scenario(scenario)
+    return scenario
 
 
 def _requests(cfg: dict) -> RequestsConfig:
@@ -319,20 +382,22 @@ def _policy(cfg: dict) -> PolicyConfig:
     return PolicyConfig(name=name, plan_interval_s=interval, params=params)
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``3``, ``1-5`` or ``1,4,9`` -> a list of seeds."""
-    seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if hi < lo:
-                    raise ValueError
-                seeds.extend(range(lo, hi + 1))
-            else:
-                seeds.append(int(part))
-    except ValueError:
-        raise InputError("--seeds", f"expected a seed, a range like 1-5, or a list like 1,4,9; got {text!r}") from None
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+_SEED_PART = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", re.ASCII)
+
+
+def parse_seeds(text: str, limits: Limits = Limits()) -> list[int]:
+    """``3``, ``1-5`` or ``1,4,9`` -> a list of seeds (plain decimal integers, at most
+    ``limits.max_seeds`` of them)."""
+    ranges = []
+    for part in text.split(","):
+        match = _SEED_PART.fullmatch(part)
+        lo, hi = (int(match[1]), int(match[2] or match[1])) if match else (0, -1)
+        if hi < lo:
+            raise InputError("--seeds", f"expected a seed, a range like 1-5, or a list like 1,4,9 (non-negative "
+                             f"integers); got {text!r}")
+        ranges.append(range(lo, hi + 1))
+    limits_mod.check_seeds(sum(len(r) for r in ranges), limits)
+    seeds = [s for r in ranges for s in r]
+    if len(set(seeds)) != len(seeds):
         raise InputError("--seeds", f"seeds must be distinct non-negative integers; got {text!r}")
     return seeds

@@ -101,6 +101,15 @@ def _get(summary: dict, path: tuple[str, ...]) -> float:
     return math.nan if summary is None else float(summary)
 
 
+def legend(seeds: int = 1) -> str:
+    """What the columns of ``summary_table`` mean, to print below it."""
+    text = ("hit: share of measured arrivals (those arriving in [warmup_s, duration_s)) completed by their deadline\n"
+            "acc: correct / completed; ontime: correct and on time / measured arrivals; p50/p95/p99 ms: latency\n"
+            "of completed requests; rps: completions per second; batch: mean batch size; cost: replica-hours x\n"
+            "price_per_replica_hour (price units)")
+    return text + ("\n±: the 95% Student-t half-width of the mean over seeds" if seeds > 1 else "")
+
+
 def summary_table(summaries: list[dict]) -> str:
     header = ["seed", "requests", "dropped"] + [c[1] for c in COLUMNS]
     rows = [[str(s["seed"]), str(s["requests"]), str(s["dropped"])] + [_fmt(_get(s, c[2]), c[3]) for c in COLUMNS]

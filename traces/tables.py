@@ -29,6 +29,10 @@ def read_table(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
         frame = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     except FileNotFoundError:
         raise InputError(str(path), "file not found") from None
+    except UnicodeDecodeError as exc:
+        from .checks import utf8_problem
+
+        raise InputError(str(path), utf8_problem(exc)) from None
     except Exception as exc:  # pyarrow and the csv parser raise many types for one cause
         raise InputError(str(path), f"cannot be read as a table ({type(exc).__name__}: {exc})") from None
     missing = [c for c in required if c not in frame.columns]
