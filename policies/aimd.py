@@ -10,10 +10,10 @@ deadline is ``deadline_ms`` or else the tightest one seen.
 from __future__ import annotations
 
 import math
-
-from traces.errors import InputError
+from typing import Annotated
 
 from .base import PlanAction, Policy
+from .params import Count, Percentile, Positive, Range
 from .registry import create_inner, inner_errors, register
 
 
@@ -21,10 +21,9 @@ from .registry import create_inner, inner_errors, register
 class AimdBatching(Policy):
     name = "aimd-batching"
 
-    def __init__(self, inner: str = "static", inner_params: dict | None = None, deadline_ms: float | None = None,
-                 slo_fraction: float = 0.5, increase: int = 1, decrease: float = 0.5, q: float = 99.0):
-        if not 0 < decrease < 1:
-            raise InputError("policy.decrease", f"must be in (0, 1), got {decrease!r}")
+    def __init__(self, inner: str = "static", inner_params: dict | None = None, deadline_ms: Positive | None = None,
+                 slo_fraction: Positive = 0.5, increase: Count = 1,
+                 decrease: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.5, q: Percentile = 99.0):
         self.inner = create_inner(self.name, inner, inner_params)
         self.deadline_ms, self.slo_fraction = deadline_ms, slo_fraction
         self.increase, self.decrease, self.q = increase, decrease, q

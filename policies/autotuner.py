@@ -4,7 +4,9 @@ Every plan interval it scores each (deployment, batch size) by sustained through
 mean batch latency, among those whose profiled p95 batch latency fits the deadline, and sends all
 traffic to the winner with its maximum batch set to that b. Accuracy plays no part: this is the
 batch-size tuning of throughput-oriented servers (Triton's model analyzer, Clipper's batch sizing).
-The deadline is the ``deadline_ms`` parameter, or else the tightest deadline seen so far.
+The deadline is the ``deadline_ms`` parameter, or else the tightest deadline seen so far. A
+deployment with no live replica has no throughput: it is never chosen, and when it is the current
+choice and nothing fits, traffic moves to the fastest live deployment.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 
 from .base import PlanAction, Policy, Route
 from .extremes import fastest
+from .params import Percentile, Positive
 from .registry import register
 
 
@@ -20,7 +23,7 @@ from .registry import register
 class ThroughputAutotuner(Policy):
     name = "throughput-autotuner"
 
-    def __init__(self, deadline_ms: float | None = None, q: float = 95.0):
+    def __init__(self, deadline_ms: Positive | None = None, q: Percentile = 95.0):
         self.deadline_ms = deadline_ms
         self.q = q
         self._seen_ms = math.inf
@@ -32,7 +35,8 @@ class ThroughputAutotuner(Policy):
 
     def _choose(self, view, deadline_ms: float) -> PlanAction | None:
         best, best_tput = None, -1.0
-        for dep in view.deployments:
+        live = [d for d in view.deployments if view.replicas(d) > 0]  # a crashed deployment has no throughput
+        for dep in live:
             profile = view.latency_profile(dep)
             for b in range(profile.min_batch_size, profile.max_batch_size + 1):
                 if profile.percentile_ms(b, self.q) > deadline_ms:
@@ -41,6 +45,8 @@ class ThroughputAutotuner(Policy):
                 if tput > best_tput:
                     best, best_tput = (dep, b), tput
         if best is None:
+            if live and view.replicas(self._current.hops[0].deployment) <= 0:
+                self._current = self._routes[fastest(view, live)]  # nothing fits: at least a live one
             return None
         self._current = self._routes[best[0]]
         return PlanAction(best[0], max_batch_size=best[1])

@@ -18,6 +18,7 @@ from traces.errors import InputError
 
 from .base import Policy, Reject, Route
 from .estimates import DeploymentModel
+from .params import NonNegative, Percentile
 from .registry import create_inner, inner_errors, register
 
 
@@ -26,7 +27,7 @@ class Degrade(Policy):
     name = "degrade"
 
     def __init__(self, inner: str = "planner", inner_params: dict | None = None, on_overload: str = "best-effort",
-                 q: float = 95.0, refresh_s: float = 0.5):
+                 q: Percentile = 95.0, refresh_s: NonNegative = 0.5):
         if on_overload not in ("best-effort", "shed"):
             raise InputError("policy.on_overload", f"must be best-effort or shed, got {on_overload!r}")
         self.inner = create_inner(self.name, inner, inner_params)

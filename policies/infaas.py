@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import math
 
-from traces.errors import InputError
-
 from .base import Policy, Route
 from .estimates import DeploymentModel
+from .params import Fraction, Percentile, Positive
 from .registry import register
 
 
@@ -25,9 +24,7 @@ from .registry import register
 class Infaas(Policy):
     name = "infaas"
 
-    def __init__(self, accuracy_floor: float | None = None, q: float = 95.0, refresh_s: float = 0.25):
-        if accuracy_floor is not None and not 0 <= accuracy_floor <= 1:
-            raise InputError("policy.accuracy_floor", f"must be in [0, 1], got {accuracy_floor!r}")
+    def __init__(self, accuracy_floor: Fraction | None = None, q: Percentile = 95.0, refresh_s: Positive = 0.25):
         self.accuracy_floor = accuracy_floor
         self.q = q
         self.refresh_s = refresh_s

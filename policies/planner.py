@@ -27,6 +27,7 @@ expected accuracy whose predicted latency fits the time the request has left.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from traces.errors import InputError
 
 from .base import Policy, Route
 from .estimates import DeploymentModel, utilization
+from .params import Fraction, NonNegative, Percentile, Positive, Range
 from .registry import register
 
 DEFAULT_TAUS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
@@ -52,13 +54,12 @@ class _Option:
 class Planner(Policy):
     name = "planner"
 
-    def __init__(self, taus: list[float] | None = None, q: float = 95.0, max_utilization: float = 0.9,
-                 refresh_s: float = 0.5, rate_window_s: float = 2.0, cascades: bool = True, mix: bool = True):
+    def __init__(self, taus: list[Fraction] | None = None, q: Percentile = 95.0,
+                 max_utilization: Annotated[float, Range(0, 1, low_open=True)] = 0.9, refresh_s: NonNegative = 0.5,
+                 rate_window_s: Positive = 2.0, cascades: bool = True, mix: bool = True):
         self.taus = tuple(taus) if taus is not None else DEFAULT_TAUS
         if not self.taus or any(not 0 <= t <= 1 for t in self.taus):
             raise InputError("policy.taus", f"must be thresholds in [0, 1], got {taus!r}")
-        if not 0 < max_utilization <= 1:
-            raise InputError("policy.max_utilization", f"must be in (0, 1], got {max_utilization!r}")
         self.q, self.max_utilization = q, max_utilization
         self.refresh_s, self.rate_window_s, self.use_cascades = refresh_s, rate_window_s, cascades
         self.mix = mix

@@ -49,7 +49,7 @@ def parameters(name: str) -> dict[str, object]:
 
 def annotations(name: str) -> dict[str, object]:
     """A policy's parameter annotations, resolved (its module may use ``from __future__ import annotations``)."""
-    hints = typing.get_type_hints(get(name).__init__)
+    hints = typing.get_type_hints(get(name).__init__, include_extras=True)
     return {key: hints[key] for key in parameters(name) if key in hints}
 
 

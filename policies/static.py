@@ -11,6 +11,7 @@ from __future__ import annotations
 from traces.errors import InputError
 
 from .base import Policy, Route, repeated_deployment
+from .params import Fraction
 from .registry import register
 
 
@@ -19,7 +20,7 @@ class StaticPolicy(Policy):
     name = "static"
 
     def __init__(self, deployment: str | None = None, cascade: list[str] | None = None,
-                 threshold: float | None = None, thresholds: list[float] | None = None):
+                 threshold: Fraction | None = None, thresholds: list[Fraction] | None = None):
         self.deployment = deployment
         self.cascade = cascade
         self.thresholds = thresholds if thresholds is not None else ([threshold] if threshold is not None else None)

@@ -29,7 +29,7 @@ DEPLOYMENTS = [
 PARAMS = {"static": {"cascade": ["small", "mid", "large"], "thresholds": [0.9, 0.8]},
           "aimd-batching": {"inner": "planner"}}
 OUTAGE_S = (0.3, 2.2)  # [crash, recover) of every replica of the dead deployment, in a 3 s run
-ADAPTIVE = ("degrade", "infaas", "planner", "aimd-batching")  # these route around a dead deployment
+ADAPTIVE = ("degrade", "infaas", "planner", "aimd-batching", "throughput-autotuner")  # they route around it
 
 
 def own_policies() -> list[str]:
@@ -138,6 +138,14 @@ def test_every_policy_decides_with_a_dead_deployment(policy, dead):
         route = chosen.route(request(100.0, arrival_s=view.now_s), view)
         if policy in ADAPTIVE:
             assert [h.deployment for h in route.hops] == ["slow" if dead == "fast" else "fast"]
+
+
+def test_autotuner_leaves_a_dead_choice_even_when_nothing_fits():
+    deps = {"fast": {"ms": 2.0, "replicas": 0}, "slow": {"ms": 10.0}}
+    view = FakeView(deps, two_model_table())
+    tuner = policies.create("throughput-autotuner", {"deadline_ms": 5.0})
+    tuner.setup(view)
+    assert tuner.plan(view) == [] and tuner.route(request(5.0), view).label == "slow"
 
 
 # --- routes over one deployment twice ----------------------------------------------------------

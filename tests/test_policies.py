@@ -176,7 +176,7 @@ def test_parameter_type_rules(hint, good, bad):
 def test_none_is_accepted_where_the_annotation_allows_it():
     assert policies.create("infaas", {"accuracy_floor": None}).accuracy_floor is None
     assert policies.create("planner", {"taus": None, "q": 90}).q == 90  # an int where a float is expected
-    with pytest.raises(InputError, match="^policy.q: must be a number, got None$"):
+    with pytest.raises(InputError, match="^policy.q: must be a number in \\[0, 100\\], got None$"):
         policies.create("planner", {"q": None})
 
 
@@ -185,26 +185,33 @@ TWO_DEPLOYMENTS = ('[[deployments]]\nname = "fast"\nvariant = "fast/int8/cpu"\nm
 
 
 @pytest.mark.parametrize("policy, line", [
-    ('name = "infaas"\naccuracy_floor = "high"', "policy.accuracy_floor: must be a number, got 'high'"),
-    ('name = "infaas"\nq = nan', "policy.q: must be a number, got nan"),
-    ('name = "planner"\nmax_utilization = true', "policy.max_utilization: must be a number, got True"),
-    ('name = "aimd-batching"\nincrease = 1.5', "policy.increase: must be an integer, got 1.5"),
-    ('name = "aimd-batching"\nincrease = true', "policy.increase: must be an integer, got True"),
+    ('name = "infaas"\naccuracy_floor = "high"', "policy.accuracy_floor: must be a number in [0, 1], got 'high'"),
+    ('name = "infaas"\nq = nan', "policy.q: must be a number in [0, 100], got nan"),
+    ('name = "planner"\nmax_utilization = true', "policy.max_utilization: must be a number in (0, 1], got True"),
+    ('name = "aimd-batching"\nincrease = 1.5', "policy.increase: must be an integer >= 0, got 1.5"),
+    ('name = "aimd-batching"\nincrease = true', "policy.increase: must be an integer >= 0, got True"),
     ('name = "degrade"\non_overload = 3', "policy.on_overload: must be a string, got 3"),
     ('name = "static"\ndeployment = 1', "policy.deployment: must be a string, got 1"),
     ('name = "planner"\ncascades = "yes"', "policy.cascades: must be true or false, got 'yes'"),
-    ('name = "planner"\ntaus = 0.5', "policy.taus: must be a list of numbers, got 0.5"),
-    ('name = "planner"\ntaus = [0.5, "x"]', "policy.taus: must be a list of numbers, got [0.5, 'x']"),
+    ('name = "planner"\ntaus = 0.5', "policy.taus: must be a list of numbers in [0, 1], got 0.5"),
+    ('name = "planner"\ntaus = [0.5, "x"]', "policy.taus: must be a list of numbers in [0, 1], got [0.5, 'x']"),
     ('name = "static"\ncascade = "fast"\nthreshold = 0.5', "policy.cascade: must be a list of strings, got 'fast'"),
     ('name = "static"\ncascade = ["fast", "slow"]\nthresholds = 0.5',
-     "policy.thresholds: must be a list of numbers, got 0.5"),
+     "policy.thresholds: must be a list of numbers in [0, 1], got 0.5"),
     ('name = "degrade"\ninner_params = 5', "policy.inner_params: must be a table, got 5"),
     ('name = "degrade"\ninner = 5', "policy.inner: must be a string, got 5"),
     # the wrapped policy's own parameters are named under inner_params
     ('name = "degrade"\ninner = "infaas"\ninner_params = { accuracy_floor = "high" }',
-     "policy.inner_params.accuracy_floor: must be a number, got 'high'"),
+     "policy.inner_params.accuracy_floor: must be a number in [0, 1], got 'high'"),
     ('name = "degrade"\ninner = "infaas"\ninner_params = { accuracy_floor = 2.0 }',
-     "policy.inner_params.accuracy_floor: must be in [0, 1], got 2.0"),
+     "policy.inner_params.accuracy_floor: must be a number in [0, 1], got 2.0"),
+    # declared ranges (policies.params.Range)
+    ('name = "planner"\nq = 150', "policy.q: must be a number in [0, 100], got 150"),
+    ('name = "planner"\ntaus = [0.5, 1.5]', "policy.taus: must be a list of numbers in [0, 1], got [0.5, 1.5]"),
+    ('name = "infaas"\nrefresh_s = 0.0', "policy.refresh_s: must be a number > 0, got 0.0"),
+    ('name = "aimd-batching"\ndecrease = 1.0', "policy.decrease: must be a number in (0, 1), got 1.0"),
+    ('name = "static"\ncascade = ["fast", "slow"]\nthreshold = -0.5',
+     "policy.threshold: must be a number in [0, 1], got -0.5"),
     ('name = "aimd-batching"\ninner = "infaas"\ninner_params = { floor = 0.5 }',
      "policy.inner_params.floor: unknown parameter for policy 'infaas'"),
     ('name = "aimd-batching"\ninner_params = { deployment = "nosuch" }',
@@ -228,3 +235,17 @@ def test_bad_policy_parameters_get_one_line_and_exit_2(tmp_path, tiny_bundle, ca
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert f"{line}" in err and (f": {line}" in err or err.startswith(f"error: {line}")), err
     assert not out.exists() and list(tmp_path.glob(".out*")) == []
+
+
+def test_declared_ranges_and_their_words():
+    from typing import Annotated
+
+    from policies.params import Range, describe, matches
+
+    half_open = Annotated[float, Range(0, 1, low_open=True)]
+    assert describe(half_open) == "a number in (0, 1]" and describe(list[half_open] | None) == "a list of numbers in (0, 1]"
+    assert matches(1, half_open) and matches(0.5, half_open)
+    assert not any(matches(v, half_open) for v in (0, 0.0, 1.01, -1, "0.5", True))
+    at_least = Annotated[int, Range(2)]
+    assert describe(at_least) == "an integer >= 2" and matches(2, at_least) and not matches(1, at_least)
+    assert not matches(2.0, at_least)
