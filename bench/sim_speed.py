@@ -41,7 +41,22 @@ def synthetic_bundle(rng: np.random.Generator) -> TraceBundle:
     return TraceBundle(meta={"name": "synthetic"}, service=service, predictions=pd.DataFrame())
 
 
+def canonical(requests: int) -> tuple[dict, dict, float, float]:
+    """The canonical scenario for about ``requests`` arrivals: (raw scenario, profiles, rate, capacity)."""
+    bundle = synthetic_bundle(np.random.default_rng(0))
+    profile = LatencyProfile.from_bundle(bundle, "cnn/fp32/cpu")
+    capacity = profile.throughput_rps(MAX_BATCH, REPLICAS)
+    rate = LOAD * capacity
+    raw = {"duration_s": requests / rate, "arrivals": {"kind": "poisson", "rate_rps": rate},
+           "requests": {"deadline_ms": 50.0}, "policy": {"name": "static"},
+           "deployments": [{"name": "cnn", "variant": "cnn/fp32/cpu", "replicas": REPLICAS,
+                            "max_batch_size": MAX_BATCH, "batch_wait_timeout_ms": 2.0}]}
+    return raw, {"cnn": profile}, rate, capacity
+
+
 def time_engine(raw: dict, profiles: dict, repeats: int) -> tuple[float, int]:
+    """Best wall time per request of ``Simulation.run``, which includes streaming the requests
+    table to its Parquet spool (before the streaming log, it ended with the table in memory)."""
     best = float("inf")
     for seed in range(repeats):
         scenario = scenario_from_dict(raw)
@@ -77,16 +92,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    bundle = synthetic_bundle(np.random.default_rng(0))
-    profile = LatencyProfile.from_bundle(bundle, "cnn/fp32/cpu")
-    capacity = profile.throughput_rps(MAX_BATCH, REPLICAS)
-    rate = LOAD * capacity
-    duration = args.requests / rate
-    raw = {"duration_s": duration, "arrivals": {"kind": "poisson", "rate_rps": rate},
-           "requests": {"deadline_ms": 50.0}, "policy": {"name": "static"},
-           "deployments": [{"name": "cnn", "variant": "cnn/fp32/cpu", "replicas": REPLICAS,
-                            "max_batch_size": MAX_BATCH, "batch_wait_timeout_ms": 2.0}]}
-    us, n = time_engine(raw, {"cnn": profile}, args.repeats)
+    raw, profiles, rate, capacity = canonical(args.requests)
+    us, n = time_engine(raw, profiles, args.repeats)
     print(f"canonical: Poisson {rate:.0f} rps (80% of {capacity:.0f}), {REPLICAS} replicas, batch <= {MAX_BATCH}, "
           f"{n} requests: {us:.2f} us per simulated request")
 

@@ -98,7 +98,9 @@ class Server(RunState):
                  seed: int, labels: Sequence | None, profiles: dict[str, LatencyProfile],
                  predictions: PredictionTable | None):
         self.scenario, self.policy, self.profiles, self.labels = scenario, policy, profiles, labels
-        RunState.__init__(self, scenario, seed, predictions)
+        # the log holds every request (slot == id: threads write it without a lock) and records
+        # each hop's confidence as the runner gave it
+        RunState.__init__(self, scenario, seed, predictions, whole_log=True, live_confidence=True, labels=labels)
         work = self.work
         self.window_s = (scenario.warmup_s, scenario.duration_s)
         self.t0 = time.perf_counter()
@@ -176,6 +178,7 @@ class Server(RunState):
         for j, i in enumerate(batch):
             k = hop[i]
             hops[k].finish_s[i] = now
+            hops[k].confidence[i] = confidences[j]
             threshold = routes[i].stages[k][1]
             if threshold is not None and confidences[j] < threshold:
                 k += 1
@@ -291,9 +294,7 @@ class Server(RunState):
                 self.drop(i, end_s, "unfinished")
 
     def _results(self) -> tuple[pd.DataFrame, dict]:
-        pred_ids = self.predictions.sample_ids if self.predictions else None
-        frame = self.log.to_frame(list(self.deployment_names), [d.variant for d in self.deployments], None,
-                                  pred_ids, self.scenario.warmup_s)
+        frame = self.log.to_frame()
         pred = np.empty(self.log.n, dtype=object)
         for i, p in enumerate(self.pred):  # element-wise: a prediction may itself be a sequence
             pred[i] = p

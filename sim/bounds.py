@@ -18,6 +18,7 @@ import pandas as pd
 
 from policies.planner import DEFAULT_TAUS
 from traces.prepare import Prepared
+from traces.runoutput import RequestSpool
 from traces.scenario import PolicyConfig
 from traces.summary import summarize
 from traces.workload import make_workload
@@ -45,7 +46,7 @@ def oracle_static(prepared: Prepared, seed: int, taus=DEFAULT_TAUS):
     for params in _options(prepared, taus):
         scenario = dataclasses.replace(prepared.scenario, policy=PolicyConfig("static", 0.0, params), seed=seed)
         config, requests, summary = run_once(dataclasses.replace(prepared, scenario=scenario), seed)
-        label = summary["route"] = requests["route"].iloc[0] if len(requests) else str(params)
+        label = summary["route"] = str(requests.column("route")[0]) if len(requests) else str(params)
         tried.append({"route": label, "ontime_accuracy": summary["ontime_accuracy"], "hit_rate": summary["hit_rate"]})
         key = (_num(summary["ontime_accuracy"]), _num(summary["hit_rate"]))
         if best is None or key > best[0]:
@@ -100,6 +101,8 @@ def isolation_bound(prepared: Prepared, seed: int, taus=DEFAULT_TAUS):
     requests = pd.DataFrame({
         "id": np.arange(n), "arrival_s": work.arrival_s, "deadline_ms": work.deadline_ms,
         "sample_id": table.sample_ids[work.sample_index] if table is not None else None,
+        "label": (table.labels[work.sample_index] if table is not None and getattr(table, "labels", None) is not None
+                  else None),
         "route": np.where(fits, labels[pick], ""), "hop0_start_s": work.arrival_s,
         "finish_s": np.where(fits, work.arrival_s + latency / 1000.0, np.nan),
         "latency_ms": np.where(fits, latency, np.nan), "dropped": ~fits,
@@ -112,4 +115,6 @@ def isolation_bound(prepared: Prepared, seed: int, taus=DEFAULT_TAUS):
                         price_per_replica_hour=scenario.price_per_replica_hour)
     summary.update({"seed": seed, "policy": {"name": "isolation-bound"}})
     config = {**dataclasses.replace(scenario, seed=seed).resolved(), "policy": {"name": "isolation-bound"}}
-    return config, requests, summary
+    spool = RequestSpool()
+    spool.write(requests)
+    return config, spool.close(requests), summary

@@ -2,7 +2,8 @@
 
 One SimPy environment drives everything with events and callbacks: one event per arrival, one
 timeout per batch, at most one batching timer per waiting line, and one periodic process for the
-policy's plan. Request state lives in flat lists (``RequestLog``). Every random stream (arrivals,
+policy's plan. Request state lives in the ring columns of ``traces.records.RequestLog``, retired
+to a Parquet spool and the summary's tally as requests end. Every random stream (arrivals,
 deadlines, samples, each deployment's service times, balancers) is spawned from the scenario seed,
 so the same seed gives the same bytes out.
 """
@@ -12,14 +13,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import pandas as pd
-
 from policies.base import PlanAction, Policy, Reject, Request, Route, check_plan_action, check_route
 from policies.view import LiveView
 from traces.bundle import TraceBundle
 from traces.errors import InputError
 from traces.profiles import LatencyProfile, PredictionTable
+from traces.runoutput import RequestSpool, RequestTable
 from traces.scenario import Scenario
+from traces.summary import Tally
 from traces.workload import RunState
 
 from .deployment import Deployment
@@ -39,10 +40,17 @@ class _Stages:
 
 @dataclass
 class RunResult:
-    requests: pd.DataFrame
+    requests: RequestTable           # the requests table, on disk (``to_pandas()`` to load it)
     deployments: dict[str, dict]
     faults: list[dict]
     policy: dict
+    tally: Tally                     # the summary's accumulators over every request
+    route_hops: dict[str, int]       # route label -> hops, of every route the policy gave
+
+    def summary(self, scenario: Scenario) -> dict:
+        return self.tally.summary(warmup_s=scenario.warmup_s, duration_s=scenario.duration_s,
+                                  deployments=self.deployments, price_per_replica_hour=scenario.price_per_replica_hour,
+                                  route_hops=self.route_hops)
 
 
 class Simulation(RunState):
@@ -83,18 +91,21 @@ class Simulation(RunState):
     # --- arrivals and routing ---------------------------------------------------------------
     def _arrive(self, i: int) -> None:
         self.arrivals_seen = i + 1
+        log = self.log
+        if i >= log.limit:
+            log.make_room(i)  # retires ended requests (or grows the ring) before i takes a slot
         now = self.env.now
         route = self.policy.route(Request(i, self.arrival_times[i], self.deadline_ms[i], self.sample[i]), self.view)
         resolved = self._routes.get(route) or self._resolve(route)
         if resolved.__class__ is Reject:
             self.drop(i, now, resolved.reason)
         else:
-            log = self.log
-            log.route[i] = resolved
+            j = i & log.mask
+            log.route[j] = resolved
             first = resolved.stages[0][0]
             hop0 = log.hops[0]
-            hop0.deployment[i] = first.index
-            hop0.enqueue_s[i] = now
+            hop0.deployment[j] = first.index
+            hop0.enqueue_s[j] = now
             if not first.submit(i, now):
                 self.drop(i, now, "queue_full")
 
@@ -123,37 +134,43 @@ class Simulation(RunState):
         return resolved
 
     # --- the BatchSink the batchers report to -----------------------------------------------
+    # Request i's live state sits at slot i & log.mask of the log's ring columns (traces.records);
+    # the mask only changes when an arrival makes room, never inside these callbacks.
     def drop(self, request: int, now: float, reason: str) -> None:
-        self.log.drop_reason[request] = reason
-        self.log.finish_s[request] = now
+        log = self.log
+        j = request & log.mask
+        log.drop_reason[j] = reason
+        log.finish_s[j] = now
 
     def batch_started(self, deployment: int, batch: list[int], now: float, replica: int) -> None:
         log = self.log
-        hop, hops, size = log.hop, log.hops, len(batch)
+        hop, hops, size, mask = log.hop, log.hops, len(batch), log.mask
         for i in batch:
-            cols = hops[hop[i]]
-            cols.start_s[i] = now
-            cols.batch_size[i] = size
-            cols.replica[i] = replica
+            j = i & mask
+            cols = hops[hop[j]]
+            cols.start_s[j] = now
+            cols.batch_size[j] = size
+            cols.replica[j] = replica
 
     def batch_finished(self, deployment: int, batch: list[int], now: float) -> None:
         log = self.log
-        hop, hops, routes, sample, finish = log.hop, log.hops, log.route, self.sample, log.finish_s
+        hop, hops, routes, sample, finish, mask = log.hop, log.hops, log.route, self.sample, log.finish_s, log.mask
         for i in batch:
-            k = hop[i]
-            hops[k].finish_s[i] = now
-            _, threshold, confidence = routes[i].stages[k]
+            j = i & mask
+            k = hop[j]
+            hops[k].finish_s[j] = now
+            _, threshold, confidence = routes[j].stages[k]
             if confidence is not None and confidence[sample[i]] < threshold:
                 k += 1
-                hop[i] = k
-                nxt = routes[i].stages[k][0]
+                hop[j] = k
+                nxt = routes[j].stages[k][0]
                 cols = hops[k]
-                cols.deployment[i] = nxt.index
-                cols.enqueue_s[i] = now
+                cols.deployment[j] = nxt.index
+                cols.enqueue_s[j] = now
                 if not nxt.submit(i, now):
                     self.drop(i, now, "queue_full")
             else:
-                finish[i] = now
+                finish[j] = now
 
     def batch_failed(self, deployment: int, batch: list[int], now: float) -> None:
         """A replica crashed mid-batch: each request is retried on the deployment, or fails."""
@@ -161,15 +178,16 @@ class Simulation(RunState):
         retry = self._on_failure.get(deployment, "retry") == "retry"
         log = self.log
         for i in batch:
-            log.retries[i] += 1
+            j = i & log.mask
+            log.retries[j] += 1
             if not retry:
                 self.drop(i, now, "replica_failed")
                 continue
-            cols = log.hops[log.hop[i]]
-            cols.start_s[i] = math.nan
-            cols.batch_size[i] = 0
-            cols.replica[i] = -1
-            cols.enqueue_s[i] = now
+            cols = log.hops[log.hop[j]]
+            cols.start_s[j] = math.nan
+            cols.batch_size[j] = 0
+            cols.replica[j] = -1
+            cols.enqueue_s[j] = now
             if not dep.submit(i, now):
                 self.drop(i, now, "queue_full")
 
@@ -224,9 +242,15 @@ class Simulation(RunState):
     def _run_until(self, until_s: float) -> None:
         self.arrivals_seen = self.env.run_merged(self.arrival_times, self.arrivals_seen, self._arrive, until_s)
 
-    def run(self, progress=None) -> RunResult:
-        """Run until every arrival has finished or been dropped; ``progress`` gets sim-time updates."""
-        self.log.ensure_hops(1)
+    def run(self, progress=None, spool_dir: str | None = None) -> RunResult:
+        """Run until every arrival has finished or been dropped; ``progress`` gets sim-time updates.
+
+        Requests stream to a Parquet spool (in ``spool_dir``, default the temporary directory) and
+        the summary's tally as they retire, so memory stays flat in the number of requests."""
+        log = self.log
+        spool, tally = RequestSpool(log.context.arrow_types(), spool_dir), Tally(log.n)
+        log.sinks = [spool.write, tally.add]
+        log.ensure_hops(1)
         self._start_faults()
         if self.scenario.policy.plan_interval_s > 0 and type(self.policy).plan is not Policy.plan:
             self.env.process(self._planner())
@@ -236,12 +260,9 @@ class Simulation(RunState):
                 self._run_until(self.duration_s * k / steps)
                 progress(self.duration_s * k / steps)
         self._run_until(math.inf)
-        end_s = max(self.env.now, self.duration_s)
-        for i in range(self.log.n):
-            if math.isnan(self.log.finish_s[i]):
-                self.drop(i, end_s, "unfinished")
-        frame = self.log.to_frame(list(self.deployment_names), [d.variant for d in self.deployments],
-                                  self.predictions, self.predictions.sample_ids if self.predictions else None,
-                                  self.scenario.warmup_s)
+        log.end_unfinished(max(self.env.now, self.duration_s))
+        log.retire_all()
+        requests = spool.close(log.empty_chunk())
         stats = {d.name: d.stats(self.duration_s) for d in self.deployments}
-        return RunResult(frame, stats, self.fault_log, self.policy.report())
+        route_hops = {r.label: len(r.stages) for r in self._routes.values() if r.__class__ is not Reject}
+        return RunResult(requests, stats, self.fault_log, self.policy.report(), tally, route_hops)

@@ -15,7 +15,7 @@ from traces.prepare import Prepared, check_against_bundle
 from traces.progress import Progress
 from traces.runoutput import write_into
 from traces.scenario import Scenario
-from traces.summary import flatten, summarize
+from traces.summary import flatten
 from traces.tables import atomic_directory
 
 from .engine import Simulation
@@ -61,7 +61,8 @@ def first_route(prepared: Prepared) -> Route | Reject:
 
 
 def run_once(prepared: Prepared, seed: int, progress: Callable[[float], None] | None = None):
-    """One seed: returns (config, requests, summary), the three parts of a run output."""
+    """One seed: returns (config, requests, summary), the three parts of a run output; ``requests``
+    is a ``traces.runoutput.RequestTable`` (on disk: ``to_pandas()`` loads it)."""
     if prepared.scenario.policy.name in BOUNDS:
         from .bounds import isolation_bound, oracle_static
 
@@ -72,8 +73,7 @@ def run_once(prepared: Prepared, seed: int, progress: Callable[[float], None] | 
     sim = Simulation(scenario, policy, bundle=prepared.bundle, profiles=prepared.profiles,
                      predictions=prepared.predictions, seed=seed)
     result = sim.run(progress)
-    summary = summarize(result.requests, warmup_s=scenario.warmup_s, duration_s=scenario.duration_s,
-                        deployments=result.deployments, price_per_replica_hour=scenario.price_per_replica_hour)
+    summary = result.summary(scenario)
     summary["seed"] = seed
     summary["deployments"] = result.deployments
     summary["faults"] = result.faults

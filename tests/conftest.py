@@ -62,4 +62,4 @@ def simulate(raw: dict, seed: int | None = None, base_dir: Path = Path(".")):
 
     scenario = scenario_from_dict(raw, base_dir=base_dir)
     _, requests, summary = run_once(prepare(scenario), scenario.seed if seed is None else seed)
-    return requests, summary
+    return requests.to_pandas(), summary  # run_once streams the table to disk

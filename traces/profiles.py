@@ -216,19 +216,22 @@ class PredictionTable:
     pred: dict[str, np.ndarray]
     confidence: dict[str, np.ndarray]
     correct: dict[str, np.ndarray]
+    labels: np.ndarray | None = None  # each sample's true label (the first variant's rows say it)
 
     @classmethod
     def from_bundle(cls, bundle: TraceBundle, variants: list[str]) -> "PredictionTable":
         variants = [v for v in variants if v in set(bundle.predicted_variants)]
         ids = bundle.common_sample_ids(variants)
-        pred, conf, correct = {}, {}, {}
+        pred, conf, correct, labels = {}, {}, {}, None
         for variant in variants:
             rows = bundle.predictions[bundle.predictions["variant"] == variant].set_index("sample_id")
             rows = rows.loc[list(ids)]
+            if labels is None:
+                labels = rows["label"].to_numpy()
             pred[variant] = rows["pred"].to_numpy()
             conf[variant] = rows["confidence"].to_numpy(dtype=np.float64)
             correct[variant] = rows["correct"].to_numpy(dtype=bool)
-        return cls(ids, pred, conf, correct)
+        return cls(ids, pred, conf, correct, labels)
 
     @property
     def variants(self) -> list[str]:

@@ -1,110 +1,301 @@
-"""Per-request state and results, kept in flat lists indexed by request id (no object per request).
+"""Per-request state of a run, held only while requests are in flight, retired in row groups.
 
-At the end ``to_frame`` turns them into the ``requests`` table of the run output, one row per
-arrival: its route, each hop's deployment, enqueue, start and finish times and batch size, its
-outcome (finish or drop reason), prediction and whether it was correct and on time.
+Why: a replayed day of traffic is millions of requests, and a run's memory must not grow with
+them. What must exist up front (arrival times, deadlines, samples) lives in compact arrays of
+``traces.workload.RunState``; the state a request gathers as it is served (route, hop, each hop's
+deployment, replica, times and batch size, retries, finish, drop reason) lives here, in ring
+columns: request ``i`` sits at slot ``i & mask`` of a capacity that is a power of two and covers
+every request from the oldest not yet retired to the newest arrived. When an arrival finds the
+ring full (``limit``), ``make_room`` retires the longest prefix of requests that have all ended
+(finished or dropped), as one table chunk of consecutive ids handed to every sink (the Parquet
+spool, the summary's accumulators); if too few have ended, the ring doubles. A log made with
+``whole=True`` (the real server, whose threads write without a lock) holds every request
+(slot == id) and is turned into one table by ``to_frame``.
+
+The ``requests`` table, one row per arrival: its id, arrival, deadline, sample id and true label
+(null when unknown), route label and hops reached; per hop k the deployment, replica, enqueue,
+start and finish times, batch size and the hop's confidence on the sample (its variant's, from the
+prediction table; the server's runner's own); then retries, finish, latency, whether and why it
+was dropped, its prediction and whether it was correct (the variant it exited at), on time, and
+measured (arrived at or after the warm-up). A hop a request never reached is null in every
+``hop{k}_`` column; replica and batch size are also null where the hop never started service.
 """
 
 from __future__ import annotations
 
 import math
 from array import array
+from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 NAN = math.nan
+MIN_CAPACITY = 1 << 15   # slots a log starts with (about 0.3 MB a hop)
+_HOP_FIELDS = (("deployment", "q", -1), ("replica", "q", -1), ("enqueue_s", "d", NAN), ("start_s", "d", NAN),
+               ("finish_s", "d", NAN), ("batch_size", "q", 0))
+_LOG_FIELDS = (("hop", "q", 0), ("retries", "q", 0), ("finish_s", "d", NAN))
+
+
+def _column(typecode: str, default, capacity: int) -> array:
+    return array(typecode, [default]) * capacity
 
 
 class HopColumns:
-    __slots__ = ("deployment", "replica", "enqueue_s", "start_s", "finish_s", "batch_size")
+    """Ring columns of one hop; ``confidence`` only where the executor records it live."""
 
-    def __init__(self, n: int):
-        # array.array: item writes as cheap as a list's, and numpy reads it without a copy
-        self.deployment = array("q", [-1]) * n
-        self.replica = array("q", [-1]) * n
-        self.enqueue_s = array("d", [NAN]) * n
-        self.start_s = array("d", [NAN]) * n
-        self.finish_s = array("d", [NAN]) * n
-        self.batch_size = array("q", [0]) * n
+    __slots__ = ("deployment", "replica", "enqueue_s", "start_s", "finish_s", "batch_size", "confidence")
+
+    def __init__(self, capacity: int, live_confidence: bool):
+        for name, code, default in _HOP_FIELDS:
+            setattr(self, name, _column(code, default, capacity))
+        self.confidence = _column("d", NAN, capacity) if live_confidence else None
+
+    def arrays(self):
+        """(name, column, default) of every ring column."""
+        fields = [(name, getattr(self, name), default) for name, _, default in _HOP_FIELDS]
+        if self.confidence is not None:
+            fields.append(("confidence", self.confidence, NAN))
+        return fields
+
+
+class TableContext:
+    """What turning ring rows into table rows needs besides the rows: names, predictions, labels."""
+
+    def __init__(self, deployment_names: list[str], variants: list[str | None], predictions,
+                 warmup_s: float, labels=None, table_outcomes: bool = True):
+        self.names = np.array(list(deployment_names) + [None], dtype=object)  # index -1: no deployment
+        self.variants = list(variants)
+        self.predictions = predictions
+        self.warmup_s = warmup_s
+        table = predictions
+        self.sample_ids = table.sample_ids if table is not None and table.sample_ids.size else None
+        if labels is None and table is not None:
+            labels = getattr(table, "labels", None)
+        self.labels = None if labels is None or self.sample_ids is None else np.asarray(labels, dtype=object)
+        self.table_outcomes = table_outcomes and table is not None
+
+    def arrow_types(self) -> dict[str, pa.DataType]:
+        """Arrow types of the object columns, fixed for every chunk (a chunk of all-null values
+        would otherwise be typed ``null``)."""
+        def of(values) -> pa.DataType:
+            return pa.array(values, from_pandas=True).type if values is not None and len(values) else pa.null()
+
+        types = {"sample_id": of(self.sample_ids), "label": of(self.labels), "route": pa.string(),
+                 "drop_reason": pa.string()}
+        pred = pa.null()
+        if self.table_outcomes:
+            for variant in self.variants:
+                if variant is not None and variant in self.predictions.pred:
+                    pred = of(self.predictions.pred[variant])
+                    break
+        types["pred"] = pred
+        return types
 
 
 class RequestLog:
-    def __init__(self, arrival_s: np.ndarray, deadline_ms: np.ndarray, sample_index: np.ndarray):
-        n = arrival_s.size
-        self.n = n
-        self.arrival_s = arrival_s
-        self.deadline_ms = deadline_ms
-        self.sample_index = sample_index
-        self.route: list = [None] * n
-        self.hop = [0] * n
-        self.retries = array("q", [0]) * n
-        self.finish_s = array("d", [NAN]) * n
-        self.drop_reason: list[str | None] = [None] * n
+    def __init__(self, arrival_s: np.ndarray, deadline_ms: np.ndarray, sample_index: np.ndarray,
+                 context: TableContext, *, whole: bool = False, live_confidence: bool = False):
+        self.n = n = int(arrival_s.size)
+        self.arrival_s, self.deadline_ms, self.sample_index = arrival_s, deadline_ms, sample_index
+        self.context = context
+        self.whole = whole
+        self.live_confidence = live_confidence
+        capacity = MIN_CAPACITY
+        if whole:
+            capacity = 1 << max(0, n - 1).bit_length()
+        self.capacity, self.mask = capacity, capacity - 1
+        for name, code, default in _LOG_FIELDS:
+            setattr(self, name, _column(code, default, capacity))
+        self.route: list = [None] * capacity
+        self.drop_reason: list[str | None] = [None] * capacity
         self.hops: list[HopColumns] = []
+        self.retired = 0                      # requests below this id are in the sinks
+        self.limit = capacity                 # the first id with no slot yet
+        self.sinks: list[Callable[[pd.DataFrame], None]] = []
 
     def ensure_hops(self, count: int) -> None:
         while len(self.hops) < count:
-            self.hops.append(HopColumns(self.n))
+            self.hops.append(HopColumns(self.capacity, self.live_confidence))
 
-    def to_frame(self, deployment_names: list[str], variants: list[str | None], predictions,
-                 sample_ids: np.ndarray | None, warmup_s: float) -> pd.DataFrame:
-        n = self.n
+    # --- ring upkeep ---------------------------------------------------------------------------
+    def _owned(self):
+        """(owner, name, column, default) of every numeric ring column."""
+        fields = [(self, name, getattr(self, name), default) for name, _, default in _LOG_FIELDS]
+        for cols in self.hops:
+            fields.extend((cols, name, column, default) for name, column, default in cols.arrays())
+        return fields
+
+    def _slots(self, lo: int, hi: int) -> np.ndarray:
+        return np.arange(lo, hi, dtype=np.int64) & self.mask
+
+    def ended_prefix(self, upto: int) -> int:
+        """The first id in [retired, upto) that has not ended (``upto`` if all have)."""
+        lo = self.retired
+        if upto <= lo:
+            return lo
+        finish = np.frombuffer(self.finish_s, dtype=np.float64)[self._slots(lo, upto)]
+        open_ = np.flatnonzero(np.isnan(finish))
+        return lo + int(open_[0]) if open_.size else upto
+
+    def make_room(self, i: int) -> None:
+        """Give request ``i`` (the next arrival) a slot: retire what has ended, or grow."""
+        while i >= self.limit:
+            end = self.ended_prefix(i)
+            if end - self.retired >= self.capacity // 4:
+                self.retire(end)
+            else:
+                self._grow(i)
+
+    def _grow(self, upto: int) -> None:
+        """Double the ring, moving requests [retired, upto) to their new slots."""
+        capacity = self.capacity * 2
+        live = np.arange(self.retired, upto, dtype=np.int64)
+        old, new = live & self.mask, live & (capacity - 1)
+        for owner, name, column, default in self._owned():
+            grown = _column(column.typecode, default, capacity)
+            np.frombuffer(grown, dtype=_np_type(column))[new] = np.frombuffer(column, dtype=_np_type(column))[old]
+            setattr(owner, name, grown)
+        for name in ("route", "drop_reason"):
+            column, grown = getattr(self, name), [None] * capacity
+            for o, g in zip(old.tolist(), new.tolist()):
+                grown[g] = column[o]
+            setattr(self, name, grown)
+        self.capacity, self.mask = capacity, capacity - 1
+        self.limit = self.retired + capacity
+
+    def retire(self, upto: int) -> None:
+        """Hand requests [retired, upto) to the sinks and free their slots."""
+        lo = self.retired
+        if upto <= lo:
+            return
+        slots = self._slots(lo, upto)
+        chunk = self._rows(lo, upto, slots)
+        for sink in self.sinks:
+            sink(chunk)
+        for _, _, column, default in self._owned():
+            np.frombuffer(column, dtype=_np_type(column))[slots] = default
+        for column in (self.route, self.drop_reason):
+            for j in slots.tolist():
+                column[j] = None
+        self.retired = upto
+        self.limit = upto + self.capacity
+
+    def end_unfinished(self, end_s: float, reason: str = "unfinished") -> list[int]:
+        """Drop every request not yet ended at ``end_s``; returns their ids."""
+        lo = self.retired
+        slots = self._slots(lo, self.n)
         finish = np.frombuffer(self.finish_s, dtype=np.float64)
-        reasons = np.array([r or "" for r in self.drop_reason], dtype=object)
+        open_ = np.flatnonzero(np.isnan(finish[slots]))
+        for j in slots[open_].tolist():
+            self.drop_reason[j] = reason
+            finish[j] = end_s
+        return (open_ + lo).tolist()
+
+    def retire_all(self) -> None:
+        self.retire(self.n)
+
+    def empty_chunk(self) -> pd.DataFrame:
+        """A table of no rows with every column (for a run without requests)."""
+        return self._rows(self.retired, self.retired, self._slots(0, 0))
+
+    def to_frame(self) -> pd.DataFrame:
+        """Every request as one table (a ``whole`` log, before anything was retired)."""
+        if self.retired:
+            raise RuntimeError("to_frame after requests were retired")
+        return self._rows(0, self.n, self._slots(0, self.n))
+
+    # --- table rows ----------------------------------------------------------------------------
+    def _rows(self, lo: int, hi: int, slots: np.ndarray) -> pd.DataFrame:
+        ctx, n = self.context, hi - lo
+        finish = np.frombuffer(self.finish_s, dtype=np.float64)[slots]
+        slot_list = slots.tolist()
+        reasons = np.array([self.drop_reason[j] or "" for j in slot_list], dtype=object)
         dropped = reasons != ""
-        latency_ms = np.where(dropped, np.nan, (finish - self.arrival_s) * 1000.0)
-        names = np.array(deployment_names + [""], dtype=object)
-        exit_hop = np.asarray(self.hop, dtype=np.int64)
+        arrival, deadline = self.arrival_s[lo:hi], self.deadline_ms[lo:hi]
+        sample = np.asarray(self.sample_index[lo:hi], dtype=np.int64)
+        latency_ms = np.where(dropped, np.nan, (finish - arrival) * 1000.0)
+        routes = [self.route[j] for j in slot_list]
+        exit_hop = np.frombuffer(self.hop, dtype=np.int64)[slots]
+        none = np.full(n, None, dtype=object)
         frame = {
-            "id": np.arange(n, dtype=np.int64),
-            "arrival_s": self.arrival_s,
-            "deadline_ms": self.deadline_ms,
-            "sample_id": (sample_ids[self.sample_index] if sample_ids is not None and sample_ids.size
-                          else np.full(n, None, dtype=object)),
-            "route": np.array([r.label if r is not None else "" for r in self.route], dtype=object),
-            "hops": np.where(np.asarray([r is None for r in self.route]), 0, exit_hop + 1),
+            "id": np.arange(lo, hi, dtype=np.int64),
+            "arrival_s": arrival,
+            "deadline_ms": deadline,
+            "sample_id": ctx.sample_ids[sample] if ctx.sample_ids is not None else none,
+            "label": ctx.labels[sample] if ctx.labels is not None else none,
+            "route": np.array([r.label if r is not None else "" for r in routes], dtype=object),
+            "hops": np.where(np.array([r is None for r in routes], dtype=bool), 0, exit_hop + 1),
         }
+        hop_deps = []
         for k, cols in enumerate(self.hops):
-            frame[f"hop{k}_deployment"] = names[np.frombuffer(cols.deployment, dtype=np.int64)]
-            frame[f"hop{k}_replica"] = np.frombuffer(cols.replica, dtype=np.int64)
-            frame[f"hop{k}_enqueue_s"] = np.frombuffer(cols.enqueue_s, dtype=np.float64)
-            frame[f"hop{k}_start_s"] = np.frombuffer(cols.start_s, dtype=np.float64)
-            frame[f"hop{k}_finish_s"] = np.frombuffer(cols.finish_s, dtype=np.float64)
-            frame[f"hop{k}_batch_size"] = np.frombuffer(cols.batch_size, dtype=np.int64)
-        frame["retries"] = np.frombuffer(self.retries, dtype=np.int64)
+            dep = np.frombuffer(cols.deployment, dtype=np.int64)[slots]
+            hop_deps.append(dep)
+            start = np.frombuffer(cols.start_s, dtype=np.float64)[slots]
+            idle = np.isnan(start)  # never started service here (or never reached the hop)
+            frame[f"hop{k}_deployment"] = ctx.names[dep]
+            frame[f"hop{k}_replica"] = pd.arrays.IntegerArray(np.frombuffer(cols.replica, dtype=np.int64)[slots],
+                                                              idle.copy())
+            frame[f"hop{k}_enqueue_s"] = np.frombuffer(cols.enqueue_s, dtype=np.float64)[slots]
+            frame[f"hop{k}_start_s"] = start
+            frame[f"hop{k}_finish_s"] = np.frombuffer(cols.finish_s, dtype=np.float64)[slots]
+            frame[f"hop{k}_batch_size"] = pd.arrays.IntegerArray(
+                np.frombuffer(cols.batch_size, dtype=np.int64)[slots], idle)
+            frame[f"hop{k}_confidence"] = (np.frombuffer(cols.confidence, dtype=np.float64)[slots]
+                                           if cols.confidence is not None else self._confidence(dep, sample))
+        frame["retries"] = np.frombuffer(self.retries, dtype=np.int64)[slots]
         frame["finish_s"] = np.where(dropped, np.nan, finish)
         frame["latency_ms"] = latency_ms
         frame["dropped"] = dropped
         frame["drop_reason"] = reasons
-        pred, correct = self._outcomes(variants, predictions, exit_hop, dropped)
+        pred, correct = self._outcomes(hop_deps, exit_hop, sample, dropped)
         frame["pred"] = pred
         frame["correct"] = correct
-        frame["hit"] = ~dropped & (latency_ms <= self.deadline_ms)
-        frame["measured"] = self.arrival_s >= warmup_s
+        frame["hit"] = ~dropped & (latency_ms <= deadline)
+        frame["measured"] = arrival >= ctx.warmup_s
         return pd.DataFrame(frame)
 
-    def _outcomes(self, variants, predictions, exit_hop, dropped):
+    def _confidence(self, dep: np.ndarray, sample: np.ndarray) -> np.ndarray:
+        """Each request's confidence at the hop's variant on its sample (NaN: none known)."""
+        ctx = self.context
+        out = np.full(dep.size, np.nan)
+        table = ctx.predictions
+        if table is None or ctx.sample_ids is None:
+            return out
+        for index, variant in enumerate(ctx.variants):
+            if variant is None or variant not in table.confidence:
+                continue
+            rows = np.flatnonzero(dep == index)
+            out[rows] = table.confidence[variant][sample[rows]]
+        return out
+
+    def _outcomes(self, hop_deps, exit_hop, sample, dropped):
         """Prediction and correctness of the variant each completed request exited at."""
-        n = self.n
+        ctx, n = self.context, exit_hop.size
         pred = np.full(n, None, dtype=object)
         correct = np.zeros(n, dtype=bool)
         known = np.zeros(n, dtype=bool)
-        if predictions is None or not self.hops:
+        if not ctx.table_outcomes or not hop_deps:
             return pred, pd.arrays.BooleanArray(correct, ~known)
         exit_dep = np.full(n, -1, dtype=np.int64)
-        for k, cols in enumerate(self.hops):
+        for k, dep in enumerate(hop_deps):
             at_k = exit_hop == k
-            exit_dep[at_k] = np.frombuffer(cols.deployment, dtype=np.int64)[at_k]
-        for dep, variant in enumerate(variants):
-            if variant is None or variant not in predictions.pred:
+            exit_dep[at_k] = dep[at_k]
+        table = ctx.predictions
+        for index, variant in enumerate(ctx.variants):
+            if variant is None or variant not in table.pred:
                 continue
-            rows = np.flatnonzero((exit_dep == dep) & ~dropped)
-            samples = self.sample_index[rows]
-            pred[rows] = predictions.pred[variant][samples]
-            correct[rows] = predictions.correct[variant][samples]
+            rows = np.flatnonzero((exit_dep == index) & ~dropped)
+            samples = sample[rows]
+            pred[rows] = table.pred[variant][samples]
+            correct[rows] = table.correct[variant][samples]
             known[rows] = True
         return pred, pd.arrays.BooleanArray(correct, ~known)
+
+
+def _np_type(column: array):
+    return np.float64 if column.typecode == "d" else np.int64
 
 
 class ReplicaSeconds:

@@ -1,22 +1,142 @@
 """The run output: a directory with ``config.json``, ``requests.parquet`` and ``summary.json``.
 
 Written atomically (a staging directory renamed into place), never over an existing directory
-unless asked; both executors, the simulator and the real server, write this same format.
+unless asked; both executors, the simulator and the real server, write this same format, and
+``config.json`` records the servesim version and git commit it came from (``traces.provenance``).
+
+A simulated run streams its requests as they retire (``traces.records``) into a ``RequestSpool``,
+a Parquet file in row groups in the temporary directory, so no run holds its table whole; the run
+hands back the finished file as a ``RequestTable``, which ``write_into`` links (or copies) into the
+output and which is removed once nothing refers to it. A chunk with more hop columns than the ones
+before it (a longer route first seen late) starts a new part; ``close`` merges the parts a row group
+at a time, earlier rows null in the new columns.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
+import weakref
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .errors import InputError
 from .tables import atomic_directory
 
 FILES = ("config.json", "requests.parquet", "summary.json")
+ROW_GROUP_ROWS = 1 << 17
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+class RequestTable:
+    """A finished ``requests.parquet`` in the temporary directory; removed when garbage-collected."""
+
+    def __init__(self, path: Path, rows: int):
+        self.path = Path(path)
+        self.rows = rows
+        self._cleanup = weakref.finalize(self, _unlink, self.path)
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def to_pandas(self) -> pd.DataFrame:
+        return pd.read_parquet(self.path)
+
+    def column(self, name: str) -> np.ndarray:
+        return pq.read_table(self.path, columns=[name]).column(name).to_numpy(zero_copy_only=False)
+
+    def save_as(self, target: Path) -> None:
+        """Put the file at ``target``: a hard link where the filesystem allows, else a copy."""
+        try:
+            os.link(self.path, target)
+        except OSError:
+            shutil.copyfile(self.path, target)
+
+
+class RequestSpool:
+    """Writes table chunks to Parquet row groups as a run retires them (see the module docstring).
+
+    ``types``: Arrow types of object columns, fixed for every chunk."""
+
+    def __init__(self, types: dict[str, pa.DataType] | None = None, directory: str | Path | None = None):
+        self._types = dict(types or {})
+        self._dir = directory
+        self._parts: list[tuple[Path, pa.Schema, weakref.finalize]] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+        self.rows = 0
+
+    def _new_part(self, schema: pa.Schema) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        fd, name = tempfile.mkstemp(prefix="servesim-requests-", suffix=".parquet", dir=self._dir)
+        os.close(fd)
+        path = Path(name)
+        cleanup = weakref.finalize(self, _unlink, path)  # a run that fails leaves nothing behind
+        self._parts.append((path, schema, cleanup))
+        self._writer = pq.ParquetWriter(path, schema)
+        self._schema = schema
+
+    def _schema_of(self, chunk: pd.DataFrame) -> pa.Schema:
+        schema = pa.Schema.from_pandas(chunk, preserve_index=False)
+        for name, kind in self._types.items():
+            index = schema.get_field_index(name)
+            if index >= 0:
+                schema = schema.set(index, pa.field(name, kind))
+        if self._schema is not None and schema.names == self._schema.names:
+            return self._schema
+        return schema
+
+    def write(self, chunk: pd.DataFrame) -> None:
+        schema = self._schema_of(chunk)
+        if schema is not self._schema:
+            self._new_part(schema)
+        table = pa.Table.from_pandas(chunk, schema=schema, preserve_index=False)
+        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        self.rows += len(chunk)
+
+    def close(self, empty: pd.DataFrame) -> RequestTable:
+        """The finished table; ``empty`` (a chunk of no rows) gives the columns if none came."""
+        if self._writer is None:
+            self.write(empty)
+        self._writer.close()
+        path, schema, _ = self._parts[-1]
+        if len(self._parts) > 1:
+            path = self._merge(schema)
+        table = RequestTable(path, self.rows)
+        for part, _, cleanup in self._parts:
+            if part == path:
+                cleanup.detach()  # the table removes it now
+            else:
+                cleanup()
+        return table
+
+    def _merge(self, schema: pa.Schema) -> Path:
+        fd, name = tempfile.mkstemp(prefix="servesim-requests-", suffix=".parquet", dir=self._dir)
+        os.close(fd)
+        with pq.ParquetWriter(name, schema) as writer:
+            for part, _, _ in self._parts:
+                source = pq.ParquetFile(part)
+                for group in range(source.num_row_groups):
+                    table = source.read_row_group(group)
+                    columns = [table.column(f.name) if f.name in table.column_names
+                               else pa.nulls(len(table), f.type) for f in schema]
+                    writer.write_table(pa.Table.from_arrays(columns, schema=schema))
+        return Path(name)
 
 
 def _clean(value: Any) -> Any:
@@ -36,15 +156,28 @@ def dump_json(value: Any) -> str:
     return json.dumps(_clean(value), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
-def write_into(directory: Path, config: dict, requests: pd.DataFrame, summary: dict) -> None:
-    """Write the three files into an existing (staging) directory."""
+def provenance() -> dict:
+    """``{"version", "git_commit", "dirty"}`` of the code that runs (commit and dirty null outside
+    a git checkout); looked up once per process."""
+    from .provenance import info
+
+    found = info()
+    return {"version": found["version"], "git_commit": found["git_commit"], "dirty": found["git_dirty"]}
+
+
+def write_into(directory: Path, config: dict, requests: pd.DataFrame | RequestTable, summary: dict) -> None:
+    """Write the three files into an existing (staging) directory; ``config`` gains ``servesim``."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(dump_json(config))
-    requests.to_parquet(directory / "requests.parquet", index=False)
+    (directory / "config.json").write_text(dump_json({**config, "servesim": provenance()}))
+    if isinstance(requests, RequestTable):
+        requests.save_as(directory / "requests.parquet")
+    else:
+        requests.to_parquet(directory / "requests.parquet", index=False)
     (directory / "summary.json").write_text(dump_json(summary))
 
 
-def write_run(path: str | Path, config: dict, requests: pd.DataFrame, summary: dict, *, force: bool = False) -> Path:
+def write_run(path: str | Path, config: dict, requests: pd.DataFrame | RequestTable, summary: dict, *,
+              force: bool = False) -> Path:
     with atomic_directory(Path(path), force=force) as staging:
         write_into(staging, config, requests, summary)
     return Path(path)

@@ -1,75 +1,186 @@
-"""The run summary: one dict of headline metrics computed from a ``requests`` table.
+"""The run summary: one dict of headline metrics over a run's ``requests`` table.
 
 Only requests that arrived at or after ``warmup_s`` count ("measured"). Definitions:
 hit_rate = completed within their deadline / measured arrivals; accuracy = correct / completed
 (over requests with a known prediction); ontime_accuracy = correct and on time / measured arrivals;
 wait = time from arrival to the start of the first hop's service; throughput = measured completions
-per second of the measurement window [warmup_s, duration_s).
+per second of the measurement window [warmup_s, duration_s); cost.total = replica-seconds held
+inside the window x the price per replica-hour / 3600, and cost.per_1k_requests = cost.total / measured
+arrivals x 1000 (null without any). ``cascade``, for every route of more than one hop: per hop k but
+the last, ``reached`` = measured requests of that route that reached hop k (were queued there),
+``passed_on`` = those of them hop k forwarded to hop k+1 (its confidence was below the threshold),
+and ``passed_on_share`` = passed_on / reached (null when none reached it).
+
+The table comes in chunks (``Tally.add``), so a run of millions of requests never holds it whole:
+counts are summed as chunks arrive, and the measured latencies and waits are kept as float64
+arrays (8 bytes a request), so the percentiles are exactly ``np.percentile`` of the whole column
+(and the mean that of the whole column, summed in the same order).
+``summarize`` is the same over one in-memory table.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections import Counter
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 PERCENTILES = (50, 90, 95, 99)
+_HOP_DEPLOYMENT = re.compile(r"^hop(\d+)_deployment$")
 
 
-def distribution(values: np.ndarray) -> dict[str, float]:
+def distribution(values: np.ndarray, *, scratch: bool = False) -> dict[str, float]:
+    """Mean, percentiles and max of the finite values; ``scratch``: ``values`` may be reordered
+    (no copy is made of an all-finite array)."""
     values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
+    finite = np.isfinite(values)
+    if not finite.all():
+        values, scratch = values[finite], True
+    del finite
     if values.size == 0:
         return {"mean": math.nan, **{f"p{q}": math.nan for q in PERCENTILES}, "max": math.nan}
-    pct = np.percentile(values, PERCENTILES)
-    return {"mean": float(values.mean()), **{f"p{q}": float(v) for q, v in zip(PERCENTILES, pct)},
-            "max": float(values.max())}
+    mean = float(values.mean())
+    pct = np.percentile(values, PERCENTILES, overwrite_input=scratch)
+    return {"mean": mean, **{f"p{q}": float(v) for q, v in zip(PERCENTILES, pct)}, "max": float(values.max())}
+
+
+class _Values:
+    """A growing float64 column: ``reserve`` up front (untouched pages cost no memory), filled
+    as chunks come, read once at the end."""
+
+    def __init__(self, reserve: int = 0):
+        self._data = np.empty(max(reserve, 1024))
+        self.size = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        end = self.size + values.size
+        if end > self._data.size:
+            grown = np.empty(max(end, 2 * self._data.size))
+            grown[:self.size] = self._data[:self.size]
+            self._data = grown
+        self._data[self.size:end] = values
+        self.size = end
+
+    def take(self) -> np.ndarray:
+        """The values (the column is spent: call once)."""
+        data, self._data = self._data[:self.size], np.empty(0)
+        return data
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den else math.nan
+
+
+class Tally:
+    """Streaming accumulators of the summary: ``add`` each chunk of the table, then ``summary``."""
+
+    def __init__(self, rows: int = 0) -> None:
+        """``rows``: how many requests will come at most (reserved, not touched)."""
+        self.measured = self.completed = self.dropped = self.hits = 0
+        self.known = self.correct = self.ontime_correct = 0
+        self.reasons: Counter = Counter()
+        self.route_reach: Counter = Counter()  # (route label, hops reached) -> measured requests
+        self._latency = _Values(rows)
+        self._wait = _Values(rows)
+
+    def add(self, chunk: pd.DataFrame) -> None:
+        measured = chunk[chunk["measured"].to_numpy(dtype=bool)]
+        dropped = measured["dropped"].to_numpy(dtype=bool)
+        completed = measured[~dropped]
+        self.measured += len(measured)
+        self.completed += len(completed)
+        self.dropped += int(dropped.sum())
+        self.hits += int(measured["hit"].to_numpy(dtype=bool).sum())
+        correct = completed["correct"]
+        known = correct.notna().to_numpy()
+        correct_known = correct[known].to_numpy(dtype=bool)
+        self.known += int(known.sum())
+        self.correct += int(correct_known.sum())
+        self.ontime_correct += int((correct_known & completed["hit"].to_numpy(dtype=bool)[known]).sum())
+        self.reasons.update(measured.loc[dropped, "drop_reason"].value_counts().to_dict())
+        if "hops" in measured:
+            pairs = measured.groupby(["route", "hops"], sort=False).size()
+            self.route_reach.update({(str(r), int(h)): int(c) for (r, h), c in pairs.items()})
+        self._latency.extend(completed["latency_ms"].to_numpy(dtype=np.float64))
+        self._wait.extend((measured["hop0_start_s"] - measured["arrival_s"]).to_numpy() * 1000.0)
+
+    def cascade(self, route_hops: dict[str, int]) -> dict:
+        out = {}
+        for label, count in sorted(route_hops.items()):
+            if count < 2:
+                continue
+            reach = {h: c for (r, h), c in self.route_reach.items() if r == label}
+            hops = {}
+            for k in range(count - 1):
+                reached = sum(c for h, c in reach.items() if h > k)
+                passed = sum(c for h, c in reach.items() if h > k + 1)
+                hops[f"hop{k}"] = {"reached": reached, "passed_on": passed, "passed_on_share": _ratio(passed, reached)}
+            out[label] = hops
+        return out
+
+    def summary(self, *, warmup_s: float, duration_s: float, deployments: dict[str, dict],
+                price_per_replica_hour: float, route_hops: dict[str, int] | None = None) -> dict:
+        total = self.measured
+        window_s = duration_s - warmup_s
+        batches = sum(d["batches"] for d in deployments.values())
+        batched = sum(d["batches"] * d["mean_batch_size"] for d in deployments.values())
+        replica_s = sum(d["replica_seconds"] for d in deployments.values())
+        cost = replica_s / 3600.0 * price_per_replica_hour
+        has_predictions = self.known > 0
+        latency = distribution(self._latency.take(), scratch=True)
+        wait = distribution(self._wait.take(), scratch=True)
+        return {
+            "requests": total,
+            "completed": self.completed,
+            "dropped": self.dropped,
+            "dropped_by_reason": {str(k): int(self.reasons[k]) for k in sorted(self.reasons)},
+            "hit_rate": _ratio(self.hits, total),
+            "accuracy": _ratio(self.correct, self.known) if has_predictions else math.nan,
+            "ontime_accuracy": _ratio(self.ontime_correct, total) if has_predictions else math.nan,
+            "latency_ms": latency,
+            "wait_ms": wait,
+            "throughput_rps": _ratio(self.completed, window_s),
+            "offered_rps": _ratio(total, window_s),
+            "mean_batch_size": _ratio(batched, batches),
+            "utilization": {name: d["utilization"] for name, d in deployments.items()},
+            "cost": {
+                "replica_seconds": replica_s,
+                "price_per_replica_hour": price_per_replica_hour,
+                "total": cost,
+                "per_1k_requests": _ratio(cost * 1000.0, total),
+            },
+            "cascade": self.cascade(route_hops or {}),
+            "window_s": [warmup_s, duration_s],
+        }
+
+
+def route_hops_of(requests: pd.DataFrame) -> dict[str, int]:
+    """Hops of each route as far as its requests went (for a table that does not say)."""
+    out: dict[str, int] = {}
+    routes = requests["route"].astype(str) if "route" in requests else None
+    if routes is None:
+        return out
+    for name in requests.columns:
+        match = _HOP_DEPLOYMENT.match(name)
+        if match:
+            reached = routes[requests[name].notna().to_numpy() & (requests[name] != "").to_numpy(dtype=bool)]
+            for label in reached.unique():
+                out[label] = max(out.get(label, 0), int(match.group(1)) + 1)
+    return out
 
 
 def summarize(requests: pd.DataFrame, *, warmup_s: float, duration_s: float, deployments: dict[str, dict],
-              price_per_replica_hour: float) -> dict:
-    measured = requests[requests["measured"].to_numpy(dtype=bool)]
-    total = len(measured)
-    dropped = measured["dropped"].to_numpy(dtype=bool)
-    completed = measured[~dropped]
-    hits = int(measured["hit"].to_numpy(dtype=bool).sum())
-    correct = completed["correct"]
-    known = correct.notna().to_numpy()
-    correct_known = correct[known].to_numpy(dtype=bool)
-    ontime_correct = int((correct_known & completed["hit"].to_numpy(dtype=bool)[known]).sum())
-    window_s = duration_s - warmup_s
-    batches = sum(d["batches"] for d in deployments.values())
-    batched = sum(d["batches"] * d["mean_batch_size"] for d in deployments.values())
-    replica_s = sum(d["replica_seconds"] for d in deployments.values())
-
-    def ratio(num: float, den: float) -> float:
-        return float(num / den) if den else math.nan
-
-    has_predictions = bool(known.any())
-    reasons = measured.loc[dropped, "drop_reason"].value_counts().sort_index()
-    return {
-        "requests": total,
-        "completed": int(len(completed)),
-        "dropped": int(dropped.sum()),
-        "dropped_by_reason": {str(k): int(v) for k, v in reasons.items()},
-        "hit_rate": ratio(hits, total),
-        "accuracy": ratio(correct_known.sum(), known.sum()) if has_predictions else math.nan,
-        "ontime_accuracy": ratio(ontime_correct, total) if has_predictions else math.nan,
-        "latency_ms": distribution(completed["latency_ms"].to_numpy()),
-        "wait_ms": distribution((measured["hop0_start_s"] - measured["arrival_s"]).to_numpy() * 1000.0),
-        "throughput_rps": ratio(len(completed), window_s),
-        "offered_rps": ratio(total, window_s),
-        "mean_batch_size": ratio(batched, batches),
-        "utilization": {name: d["utilization"] for name, d in deployments.items()},
-        "cost": {
-            "replica_seconds": replica_s,
-            "price_per_replica_hour": price_per_replica_hour,
-            "total": replica_s / 3600.0 * price_per_replica_hour,
-        },
-        "window_s": [warmup_s, duration_s],
-    }
+              price_per_replica_hour: float, route_hops: dict[str, int] | None = None) -> dict:
+    """The summary of a whole table; ``route_hops`` (route label -> hops) defaults to how far its
+    requests went."""
+    tally = Tally(len(requests))
+    tally.add(requests)
+    return tally.summary(warmup_s=warmup_s, duration_s=duration_s, deployments=deployments,
+                         price_per_replica_hour=price_per_replica_hour,
+                         route_hops=route_hops_of(requests) if route_hops is None else route_hops)
 
 
 def flatten(summary: dict, prefix: str = "") -> dict:

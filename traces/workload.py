@@ -8,11 +8,13 @@ from the seed in a fixed order: arrivals, deadlines, samples, faults, then two p
 
 from __future__ import annotations
 
+import dataclasses
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
 
-from .records import RequestLog
+from .records import RequestLog, TableContext
 from .scenario import Scenario
 
 STREAMS_BEFORE_DEPLOYMENTS = 4
@@ -48,23 +50,49 @@ def make_workload(scenario: Scenario, seed: int, n_samples: int) -> Workload:
     return Workload(times, deadline_ms, sample_index, tuple(zip(rest[0::2], rest[1::2])), fault_rng)
 
 
+def _compact(values: np.ndarray, typecode: str) -> array:
+    """An ``array.array`` holding ``values`` (indexing it gives Python numbers, as a list does, at
+    8 bytes or fewer an item instead of a list's 32)."""
+    out = array(typecode)
+    out.frombytes(memoryview(np.ascontiguousarray(values, dtype=_NUMPY[typecode])).cast("B"))
+    return out
+
+
+_NUMPY = {"d": np.float64, "q": np.int64, "B": np.uint8, "H": np.uint16, "I": np.uint32}
+
+
+def _index_code(count: int) -> str:
+    """The smallest array typecode that holds indices below ``count``."""
+    return "B" if count <= 1 << 8 else "H" if count <= 1 << 16 else "I" if count <= 1 << 32 else "q"
+
+
 class RunState:
     """What both executors keep per run and per request, set up from the scenario's workload.
 
     ``predictions`` (None when the table is empty), the workload ``work``, ``arrival_times``,
-    ``arrivals_seen`` (advanced by the executor), the request ``log``, and per request, as Python
-    lists for the hot paths, ``deadline_ms``, ``sample`` (index into the prediction table) and the
-    absolute ``deadlines_s``. The simulator and the real server both subclass it, and the policies'
-    ``policies.view.LiveView`` reads the same names from either.
+    ``arrivals_seen`` (advanced by the executor), the request ``log`` (``traces.records``), and per
+    request, as compact ``array.array``s that index like lists on the hot paths, ``deadline_ms``,
+    ``sample`` (index into the prediction table) and the absolute ``deadlines_s``; ``work`` views
+    the same memory, so each exists once. The simulator and the real server both subclass it, and
+    the policies' ``policies.view.LiveView`` reads the same names from either.
     """
 
-    def __init__(self, scenario: Scenario, seed: int, predictions):
+    def __init__(self, scenario: Scenario, seed: int, predictions, *, whole_log: bool = False,
+                 live_confidence: bool = False, labels=None):
         self.predictions = predictions if predictions is not None and predictions.sample_ids.size else None
-        self.work = make_workload(scenario, seed, self.predictions.sample_ids.size if self.predictions else 0)
-        work = self.work
-        self.arrival_times: list[float] = work.arrival_s.tolist()
+        n_samples = self.predictions.sample_ids.size if self.predictions else 0
+        work = make_workload(scenario, seed, n_samples)
+        self.arrival_times = _compact(work.arrival_s, "d")
+        self.deadline_ms = _compact(work.deadline_ms, "d")
+        self.sample = _compact(work.sample_index, _index_code(n_samples))
+        self.deadlines_s = _compact(work.arrival_s + work.deadline_ms / 1000.0, "d")
+        self.work = work = dataclasses.replace(
+            work, arrival_s=np.frombuffer(self.arrival_times, dtype=np.float64),
+            deadline_ms=np.frombuffer(self.deadline_ms, dtype=np.float64),
+            sample_index=np.frombuffer(self.sample, dtype=_NUMPY[self.sample.typecode]))
         self.arrivals_seen = 0
-        self.log = RequestLog(work.arrival_s, work.deadline_ms, work.sample_index)
-        self.deadline_ms: list[float] = work.deadline_ms.tolist()
-        self.sample: list[int] = work.sample_index.tolist()
-        self.deadlines_s: list[float] = (work.arrival_s + work.deadline_ms / 1000.0).tolist()
+        context = TableContext([d.name for d in scenario.deployments], [d.variant for d in scenario.deployments],
+                               self.predictions, scenario.warmup_s, labels=labels,
+                               table_outcomes=not live_confidence)
+        self.log = RequestLog(work.arrival_s, work.deadline_ms, work.sample_index, context, whole=whole_log,
+                              live_confidence=live_confidence)
