@@ -189,7 +189,7 @@ def _measure_variant(profile: Profile, spec: VariantSpec, keys: list[str], data,
         if key.startswith("predictions"):
             store.write(key, evaluate_runner(inline, spec, data.y_eval, list(data.eval_ids)))
             if bar is not None:
-                bar.update(1)
+                bar.advance(1)
     sizes = [int(key.rsplit("__b", 1)[1]) for key in keys if not key.startswith("predictions")]
     if not sizes:
         return
@@ -203,7 +203,7 @@ def _measure_variant(profile: Profile, spec: VariantSpec, keys: list[str], data,
     for b, frame in frames.items():
         store.write(store.latency_key(spec.id, b), frame)
     if bar is not None:
-        bar.update(len(sizes))
+        bar.advance(len(sizes))
 
 
 def measure(profile: Profile, out: Path, *, latency: bool, accuracy: bool, progress: bool = False,
@@ -221,10 +221,9 @@ def measure(profile: Profile, out: Path, *, latency: bool, accuracy: bool, progr
         keys += [store.accuracy_key(spec.id)] if accuracy else []
         if not store.has(store.failure_key(spec.id)) and not all(store.has(k) for k in keys):
             todo.append((spec, [k for k in keys if not store.has(k)]))
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=sum(len(k) for _, k in todo), desc=profile.name, unit="config")
+    from traces.progress import Progress
+
+    bar = Progress(sum(len(k) for _, k in todo), profile.name, "config", bar=progress)  # off a terminal: a line per ~10 s
     for spec, keys in todo:
         try:
             _measure_variant(profile, spec, keys, data, store, bar)
@@ -232,7 +231,7 @@ def measure(profile: Profile, out: Path, *, latency: bool, accuracy: bool, progr
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             store.write(store.failure_key(spec.id), record={"variant": spec.id, "reason": reason})
             if bar is not None:
-                bar.update(len(keys))
+                bar.advance(len(keys))
     if bar is not None:
         bar.close()
     return store

@@ -225,3 +225,9 @@ def test_progress_lines_off_a_terminal(capsys):
     with Progress(5.0, "short", "run", bar=False) as progress:
         progress.update(5.0)
     assert capsys.readouterr().err == ""
+    now[0] = 0.0
+    with Progress(10, "bundle", "config", bar=False, clock=lambda: now[0]) as progress:  # by increments
+        for _ in range(3):
+            now[0] += 6.0
+            progress.advance(2)
+    assert capsys.readouterr().err.splitlines() == ["progress: bundle: 4 of 10 config"]

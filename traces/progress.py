@@ -30,13 +30,19 @@ class Progress:
         self.every_s = every_s
         self._clock = clock
         self._last = clock()
+        self._done = 0.0
         self._bar = None
         if show_progress() if bar is None else bar:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=desc, unit=unit, leave=False)
 
+    def advance(self, amount: float = 1) -> None:
+        """``update`` by an increment."""
+        self.update(self._done + amount)
+
     def update(self, done: float) -> None:
+        self._done = done
         if self._bar is not None:
             self._bar.update(done - self._bar.n)
             return
