@@ -63,3 +63,23 @@ def simulate(raw: dict, seed: int | None = None, base_dir: Path = Path(".")):
     scenario = scenario_from_dict(raw, base_dir=base_dir)
     _, requests, summary = run_once(prepare(scenario), scenario.seed if seed is None else seed)
     return requests.to_pandas(), summary  # run_once streams the table to disk
+
+
+def replay_arrivals(path: Path, arrival_s, duration_s: float) -> dict:
+    """An ``[arrivals]`` table that replays exactly ``arrival_s`` (seconds in [0, duration_s)).
+
+    Replayed timestamps count from the first one and the window must lie inside the trace, so a
+    sentinel stamp sits one second before the window and one after it; with times that are exact
+    binary fractions (0.25, 0.125, ...) every arrival comes back bit for bit.
+    """
+    stamps = [-1.0, *(float(t) for t in arrival_s), float(duration_s) + 1.0]
+    pd.DataFrame({"t": stamps}).to_csv(path, index=False)
+    return {"kind": "replay", "path": str(path), "start_s": 1.0, "length_s": float(duration_s)}
+
+
+def visited(requests: pd.DataFrame, hop: int) -> pd.Series:
+    """Whether each request reached hop ``hop``: its deployment is neither "" nor null."""
+    column = f"hop{hop}_deployment"
+    if column not in requests:
+        return pd.Series(False, index=requests.index)
+    return requests[column].map(lambda name: isinstance(name, str) and name != "").astype(bool)

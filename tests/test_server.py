@@ -22,6 +22,7 @@ from sim.runner import prepare, run_once  # noqa: E402
 from traces.distributions import Deterministic  # noqa: E402
 from traces.profiles import PredictionTable  # noqa: E402
 from traces.scenario import scenario_from_dict  # noqa: E402
+from traces.served import served_batches  # noqa: E402
 from traces.summary import summarize  # noqa: E402
 
 DET1 = {"kind": "deterministic", "mean_ms": 1.0}
@@ -263,16 +264,36 @@ def test_a_failing_replica_stops_the_run_with_its_error():
     assert time.perf_counter() - start < 2.0
 
 
-def test_latency_percentiles_track_the_simulator():
-    """M/D/1 at rho 0.6 (10 ms service, 60 rps): the real server's own overhead is ~0.1-0.3 ms."""
+def test_served_latencies_are_bounded_below_by_the_simulators_on_the_same_workload():
+    """M/D/1 at rho 0.6 (10 ms service, 60 rps), one replica, FIFO, batches of one, on the workload
+    the simulator draws for the same seed. Timing noise only ever delays the real server: a sleep
+    never ends early and a batch never starts before its request is enqueued or its replica is
+    free. So each served time is at least 10 ms, each start at least the later of the request's
+    enqueue and the previous finish (what the simulator's rule gives on the served times), and by
+    induction over the queue each request's latency at least the simulator's. How close above it
+    the server stays depends on the host's load: bench/fidelity.py measures that, no test does."""
     raw = raw_scenario(60.0, {"kind": "deterministic", "mean_ms": 10.0}, duration_s=10.0, warmup_s=1.0)
     ours, stats = real(raw, seed=7)
     sim, sim_summary = simulated(raw, seed=7)
     summary = summarize(ours, warmup_s=1.0, duration_s=10.0, deployments=stats, price_per_replica_hour=1.0)
     assert summary["completed"] + summary["dropped"] == summary["requests"] == sim_summary["requests"]
+    assert summary["dropped"] == 0 and len(ours) == len(sim) > 400
     accounted(ours)
+    assert ours["arrival_s"].equals(sim["arrival_s"])
+    served = served_batches(ours).sort_values("start_s", kind="stable")
+    assert (served["batch_size"] == 1).all() and len(served) == len(ours)
+    assert (served["service_ms"] >= 10.0 - 1e-6).all()
+    ours = ours.sort_values("hop0_start_s", kind="stable")
+    assert ours["id"].is_monotonic_increasing  # FIFO
+    start, enqueue = ours["hop0_start_s"].to_numpy(), ours["hop0_enqueue_s"].to_numpy()
+    previous_finish = np.concatenate([[0.0], ours["hop0_finish_s"].to_numpy()[:-1]])
+    assert (start >= np.maximum(enqueue, previous_finish) - 1e-9).all()
+    ours = ours.sort_values("id")
+    assert (ours["latency_ms"].to_numpy() >= sim["latency_ms"].to_numpy() - 1e-6).all()
     for q in ("mean", "p50", "p95", "p99"):
-        ours_ms, sim_ms = summary["latency_ms"][q], sim_summary["latency_ms"][q]
-        print(f"{q}: sim {sim_ms:.3f} ms, real {ours_ms:.3f} ms")
-        assert ours_ms == pytest.approx(sim_ms, rel=0.25), q  # a sanity check; bench/fidelity.py measures
-    assert summary["utilization"]["d"] == pytest.approx(sim_summary["utilization"]["d"], abs=0.03)
+        print(f"{q}: sim {sim_summary['latency_ms'][q]:.3f} ms, real {summary['latency_ms'][q]:.3f} ms")
+        assert summary["latency_ms"][q] >= sim_summary["latency_ms"][q] - 1e-6, q
+    # utilisation is the served batches' busy time inside the window, whatever the host's speed
+    busy_s = (np.minimum(served["finish_s"], 10.0) - np.maximum(served["start_s"], 1.0)).clip(lower=0).sum()
+    assert 0.0 < summary["utilization"]["d"] <= 1.0
+    assert summary["utilization"]["d"] == pytest.approx(busy_s / 9.0, abs=1e-9)
