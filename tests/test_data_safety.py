@@ -98,7 +98,7 @@ def dead_pid() -> int:
 # ---------------------------------------------------------------- killing `simulate run`
 
 
-LONG = ("--seeds", "1-40")  # about 0.35 s of wall time a seed: mid-run for seconds after it starts writing
+LONG = ("--seeds", "1-200")  # ~0.35 s of wall time a seed today: always killed long before its end
 
 
 def start_run(scn: Path, out: Path, *extra: str) -> subprocess.Popen:
@@ -270,6 +270,34 @@ def test_leftovers_of_live_processes_and_other_targets_are_kept(tmp_path):
         path.mkdir()
     assert outputs.sweep_leftovers(tmp_path / "out") == []
     assert mine.is_dir() and other.is_dir() and user.is_dir()
+
+
+SIGTERM_MID_SWAP = """
+import os, signal, sys
+from pathlib import Path
+from traces import outputs
+
+real_replace = os.replace
+def replace(src, dst):  # SIGTERM right after the old output was moved aside
+    real_replace(src, dst)
+    if ".old-" in str(dst):
+        os.kill(os.getpid(), signal.SIGTERM)
+outputs.os.replace = replace
+with outputs.atomic_output(Path(sys.argv[1]), force=True) as staging:
+    (staging / "summary.json").write_text("new")
+print("survived SIGTERM")
+"""
+
+
+def test_sigterm_during_the_swap_waits_for_it(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text("old")
+    proc = subprocess.run([sys.executable, "-c", SIGTERM_MID_SWAP, str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == -signal.SIGTERM, proc.stderr
+    assert "survived" not in proc.stdout
+    assert (out / "summary.json").read_text() == "new" and leftovers(out) == []
 
 
 def test_scratch_directory_is_removed_however_the_block_ends(tmp_path):

@@ -47,6 +47,8 @@ _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<what>staging|old|parts)-(?P<pid>\d
 _active: set[Path] = set()          # staging directories and files of this process, removed on SIGTERM
 _lock = threading.Lock()
 _handler_installed = False
+_swapping = 0                       # swaps under way: a SIGTERM waits until they are done
+_deferred = False
 
 
 def is_ours(path: Path) -> bool:
@@ -254,14 +256,30 @@ def _scratch(target: Path, what: str) -> Iterator[Path]:
 
 def _swap_in(staging: Path, target: Path) -> None:
     old = None
-    if target.exists():
-        if not is_ours(target):  # it changed under us since the check
-            raise InputError(str(target), "appeared meanwhile and is not an output of ours; not replaced")
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
-        os.replace(target, old)  # onto the empty placeholder directory
-    os.replace(staging, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    if target.exists() and not is_ours(target):  # it changed under us since the check
+        raise InputError(str(target), "appeared meanwhile and is not an output of ours; not replaced")
+    with _sigterm_deferred():  # never stopped between the two renames, with the old output aside
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
+            os.replace(target, old)  # onto the empty placeholder directory
+        os.replace(staging, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _sigterm_deferred() -> Iterator[None]:
+    global _swapping, _deferred
+    with _lock:
+        _swapping += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _swapping -= 1
+            resend = _deferred and not _swapping
+        if resend:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs again, now that the swap is done
 
 
 def _remove(path: Path) -> None:
@@ -303,7 +321,12 @@ def _unregister(staging: Path) -> None:
 
 
 def _on_sigterm(signum, frame) -> None:  # pragma: no cover - exercised in a subprocess by the tests
-    """Remove this process's staging directories, then die of SIGTERM as if unhandled."""
+    """Remove this process's staging directories, then die of SIGTERM as if unhandled (once any
+    swap under way is done: ``_sigterm_deferred``)."""
+    global _deferred
+    if _swapping:
+        _deferred = True
+        return
     for staging in list(_active):
         _remove(staging)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
