@@ -13,9 +13,29 @@ planner = { "policy" = { name = "planner" } }
 infaas = { "policy" = { name = "infaas", accuracy_floor = 0.9 } }
 ```
 Each run writes ``runs/<run id>/`` (the run output) and one row of ``results.parquet`` (the axis
-values plus every summary metric, flattened). A run whose directory exists is not run again, so an
-interrupted sweep resumes. Local processes by default; ``--executor ray`` runs the same tasks on a
-Ray cluster. Results do not depend on the executor: every run is seeded by its own seed axis value.
+values plus every summary metric, flattened). Local processes by default; ``--executor ray`` runs
+the same tasks on a Ray cluster (a private, loopback-only one unless ``--address`` names one).
+Results do not depend on the executor: every run is seeded by its own seed axis value.
+
+Why run ids are content hashes: a sweep resumed after its base scenario changed used to return the
+old results. A run's id is now a hash of what decides its result: the axis point, the seed, the
+fully resolved scenario after the point is applied, and the *contents* of the files it reads (the
+bundle: ``bundle.json`` and its service and predictions tables; a replayed arrival trace). Where
+those files or the sweep file live is left out (``source`` and paths are dropped from the resolved
+scenario), so a sweep moved or copied elsewhere with the same contents keeps its ids and resumes.
+Changing the base, a bundle, a trace or an axis value changes the id, so a stale run is never reused.
+
+The output: ``sweep.json`` records the sweep's identity (a hash of its ordered run ids) and the
+sweep file. A rerun with the same identity resumes in place: finished runs (their ``summary.json``
+exists; each run directory appears whole or not at all) are kept, the rest run, and one line says
+how many of each. An ``--out`` holding a different sweep (or another output of ours) is refused
+without ``--force``; with it the new sweep is built in a staging directory (``traces.outputs``)
+holding hard links to the old finished runs, and swapped in only when complete. Run directories
+that belong to no run of the sweep are kept and reported, never deleted. ``results.parquet`` is
+built from the ``summary.json`` files in task order, so it is byte-identical whether the sweep ran
+in one go or was resumed, in any order, on any executor.
+
+Where the runs execute (local processes that die with the driver, or Ray): ``sim.workers``.
 """
 
 from __future__ import annotations
@@ -26,17 +46,28 @@ import itertools
 import json
 import os
 import shutil
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
 from traces.checks import reject_unknown, table
 from traces.errors import InputError
+from traces.outputs import MARKER, atomic_output, check_target, sweep_leftovers, write_marker
+from traces.prepare import bundled_bundle_for
 from traces.runoutput import write_run
-from traces.scenario import read_toml, scenario_from_dict, set_path
+from traces.scenario import Scenario, read_toml, scenario_from_dict, set_path
 from traces.summary import flatten
+from traces.tables import find_table
+
+from .workers import Executor
+
+RECORD = "sweep.json"
+RESULTS = "results.parquet"
+ID_HEX = 16                      # run and sweep ids: the first 16 hex digits of a SHA-256
+
 
 @dataclass(frozen=True)
 class Task:
@@ -45,10 +76,78 @@ class Task:
     raw: dict              # the scenario, overrides applied
     base_dir: str
     seed: int
+    sweep: str = ""        # the sweep file, to name it in errors raised while running
 
 
 def _label(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _digest(value) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class ContentHashes:
+    """Content hashes of the files a sweep's runs read, each file read once per sweep."""
+
+    def __init__(self) -> None:
+        self._files: dict[Path, str] = {}
+        self._bundles: dict[Path, str] = {}
+        self._defaults: dict[str, Path | None] = {}
+
+    def file(self, path: Path) -> str:
+        key = Path(path).resolve()
+        if key not in self._files:
+            digest = hashlib.sha256()
+            try:
+                with open(key, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(chunk)
+            except OSError as exc:
+                raise InputError(str(path), f"cannot be read ({exc.strerror})") from None
+            self._files[key] = digest.hexdigest()
+        return self._files[key]
+
+    def bundle(self, path: Path) -> str:
+        """bundle.json and the service and predictions tables, as ``TraceBundle.load`` finds them."""
+        key = Path(path).resolve()
+        if key not in self._bundles:
+            if not (key / "bundle.json").is_file():
+                raise InputError(str(path), "not a trace bundle: missing bundle.json")
+            parts = {"bundle.json": self.file(key / "bundle.json")}
+            service = find_table(key, "service")
+            parts[service.name] = self.file(service)
+            try:
+                predictions = find_table(key, "predictions")
+            except InputError:
+                pass  # a latency-only bundle
+            else:
+                parts[predictions.name] = self.file(predictions)
+            self._bundles[key] = _digest(parts)
+        return self._bundles[key]
+
+    def bundle_used(self, scenario: Scenario) -> Path | None:
+        """The bundle a scenario runs on: its own, else the bundled one ``prepare`` would pick."""
+        measured = [d.variant for d in scenario.deployments if d.variant is not None]
+        if not measured:
+            return None
+        if scenario.bundle is not None:
+            return scenario.bundle
+        if measured[0] not in self._defaults:
+            self._defaults[measured[0]] = bundled_bundle_for(measured[0])
+        return self._defaults[measured[0]]
+
+    def run_id(self, scenario: Scenario, point: dict) -> str:
+        """The id of the run of ``scenario`` at ``point`` (axis labels and the seed)."""
+        config = scenario.resolved()
+        config.pop("source", None)
+        config["seed"] = point["seed"]
+        bundle = self.bundle_used(scenario)
+        config["bundle"] = None if bundle is None else self.bundle(bundle)
+        if config["arrivals"].get("kind") == "replay":
+            config["arrivals"]["path"] = self.file(scenario.arrivals.path)
+        return _digest({"point": point, "scenario": config})[:ID_HEX]
 
 
 def scale_load(arrivals: dict, factor: float) -> dict:
@@ -62,6 +161,37 @@ def scale_load(arrivals: dict, factor: float) -> dict:
     return arrivals
 
 
+def _axes(path: Path, sweep: dict) -> list[tuple[str, list[tuple[str, dict]]]]:
+    """(axis name, [(value label, keys it sets)]) for every axis and group; duplicates refused."""
+    axes: list[tuple[str, list[tuple[str, dict]]]] = []
+    for key, values in table(sweep, "axes", "", required=False).items():
+        if not isinstance(values, list) or not values:
+            raise InputError(f"{path}: axes.{key}", "must be a non-empty list of values")
+        for i, value in enumerate(values):
+            for other in values[:i]:
+                if other == value or _label(other) == _label(value):
+                    raise InputError(f"{path}: axes.{key}", f"lists the value {_label(value)} twice; "
+                                     "each value must be distinct")
+        axes.append((key, [(_label(v), {key: v}) for v in values]))
+    for name, options in table(sweep, "groups", "", required=False).items():
+        if not isinstance(options, dict) or not options:
+            raise InputError(f"{path}: groups.{name}", "must be a table of named values, each a table of keys")
+        seen: dict[str, str] = {}
+        for label, keys in options.items():
+            if not isinstance(keys, dict):
+                raise InputError(f"{path}: groups.{name}.{label}", "must be a table of keys")
+            same = seen.setdefault(_digest(keys), label)
+            if same != label:
+                raise InputError(f"{path}: groups.{name}", f"values {same!r} and {label!r} set the same keys "
+                                 f"{_label(keys)}; each value must be distinct")
+        if name in {axis for axis, _ in axes}:
+            raise InputError(f"{path}: groups.{name}", "is also the name of an axis; names must be distinct")
+        axes.append((name, list(options.items())))
+    if "seed" in {axis for axis, _ in axes}:
+        raise InputError(f"{path}: seed", "is the seed axis; set seeds = [...] instead")
+    return axes
+
+
 def expand(path: str | Path) -> list[Task]:
     """The grid of a sweep file, in a stable order; every scenario is validated here."""
     path = Path(path)
@@ -71,18 +201,13 @@ def expand(path: str | Path) -> list[Task]:
     if "base" not in sweep or not base_path.is_file():
         raise InputError(f"{path}: base", f"must name an existing scenario file, got {sweep.get('base')!r}")
     base = read_toml(base_path)
-    axes: list[tuple[str, list[tuple[str, dict]]]] = []
-    for key, values in table(sweep, "axes", "", required=False).items():
-        if not isinstance(values, list) or not values:
-            raise InputError(f"{path}: axes.{key}", "must be a non-empty list of values")
-        axes.append((key, [(_label(v), {key: v}) for v in values]))
-    for name, options in table(sweep, "groups", "", required=False).items():
-        if not isinstance(options, dict) or not options:
-            raise InputError(f"{path}: groups.{name}", "must be a table of named values, each a table of keys")
-        axes.append((name, [(label, keys) for label, keys in options.items()]))
+    axes = _axes(path, sweep)
     seeds = sweep.get("seeds", [base.get("seed", 1)])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise InputError(f"{path}: seeds", f"must be a list of non-negative integers, got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise InputError(f"{path}: seeds", f"lists a seed twice ({seeds!r}); each seed must be distinct")
+    hashes = ContentHashes()
     tasks = []
     for combo in itertools.product(*[values for _, values in axes]):
         raw = copy.deepcopy(base)
@@ -92,13 +217,18 @@ def expand(path: str | Path) -> list[Task]:
             for key, value in keys.items():
                 _set(raw, key, value, f"{path}: {axis}")
         try:
-            scenario_from_dict(raw, base_dir=base_path.parent)
+            scenario = scenario_from_dict(raw, base_dir=base_path.parent)
+            ids = [hashes.run_id(scenario, {**point, "seed": seed}) for seed in seeds]
         except InputError as exc:
             raise InputError(f"{path}: point {point}: {exc.where}", exc.problem) from None
-        for seed in seeds:
-            ident = hashlib.sha1(json.dumps({**point, "seed": seed}, sort_keys=True).encode()).hexdigest()[:10]
-            tasks.append(Task(ident, {**point, "seed": seed}, raw, str(base_path.parent), seed))
+        for seed, run_id in zip(seeds, ids):
+            tasks.append(Task(run_id, {**point, "seed": seed}, raw, str(base_path.parent), seed, str(path)))
     return tasks
+
+
+def sweep_identity(tasks: list[Task]) -> str:
+    """The identity of a sweep: a hash of its task list (every run id, in order)."""
+    return _digest([t.run_id for t in tasks])[:ID_HEX]
 
 
 def _set(raw: dict, key: str, value, where: str) -> None:
@@ -108,16 +238,18 @@ def _set(raw: dict, key: str, value, where: str) -> None:
         set_path(raw, key, value, where=f"{where}: {key}")
 
 
-def run_task(task: Task, runs_dir: str) -> dict:
-    """Run one grid point (in a worker) and write its run output; returns its results row."""
+def run_task(task: Task, runs_dir: str) -> str:
+    """Run one grid point (in a worker) and write its run output ``runs_dir/<run id>``."""
     from .runner import prepare, run_once
 
-    scenario = scenario_from_dict(task.raw, base_dir=Path(task.base_dir))
-    out = Path(runs_dir) / task.run_id
-    config, requests, summary = run_once(prepare(scenario), task.seed)
-    summary["point"] = task.point
-    write_run(out, config, requests, summary, force=True)
-    return result_row(task, summary)
+    try:
+        scenario = scenario_from_dict(task.raw, base_dir=Path(task.base_dir))
+        config, requests, summary = run_once(prepare(scenario), task.seed)
+        summary["point"] = task.point
+        write_run(Path(runs_dir) / task.run_id, config, requests, summary, force=True)
+    except InputError as exc:
+        raise InputError(f"{task.sweep}: point {task.point}: {exc.where}", exc.problem) from None
+    return task.run_id
 
 
 def result_row(task: Task, summary: dict) -> dict:
@@ -126,77 +258,100 @@ def result_row(task: Task, summary: dict) -> dict:
     return row
 
 
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
 def run_sweep(path: str | Path, out: str | Path, *, executor: str = "local", workers: int | None = None,
-              address: str | None = None, progress: bool = False) -> pd.DataFrame:
+              address: str | None = None, progress: bool = False, force: bool = False,
+              log: Callable[[str], None] = _stderr) -> pd.DataFrame:
+    """Run (or resume) a sweep into ``out``; returns the results table, also in ``out/results.parquet``."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise InputError("--workers", f"must be an integer >= 1, got {workers}")
+    if executor not in ("local", "ray"):
+        raise InputError("--executor", f"must be local or ray, got {executor!r}")
     tasks = expand(path)
-    out = Path(out)
-    runs_dir = out / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    rows: dict[str, dict] = {}
-    todo = []
-    for task in tasks:
-        done = runs_dir / task.run_id / "summary.json"
-        if done.is_file():
-            rows[task.run_id] = result_row(task, json.loads(done.read_text()))
-        else:
-            shutil.rmtree(runs_dir / task.run_id, ignore_errors=True)
-            todo.append(task)
-    bar = None
-    if progress and todo:
-        from tqdm import tqdm
-        bar = tqdm(total=len(todo), desc="sweep", unit="run")
-    if executor == "ray":
-        rows.update(_run_ray(todo, str(runs_dir), address, bar))
-    else:
-        rows.update(_run_local(todo, str(runs_dir), workers or os.cpu_count() or 1, bar))
-    if bar is not None:
-        bar.close()
-    frame = pd.DataFrame([rows[t.run_id] for t in tasks])
+    record = {"identity": sweep_identity(tasks), "runs": len(tasks), "sweep": str(Path(path).resolve())}
+    # a file, the cwd, the home directory, a stranger's directory, or (without --force) another
+    # kind of output of ours: refused
+    out = check_target(out, force=force, resume="sweep")
+    sweep_leftovers(out)
+    previous = _read_record(out)
+    execute = Executor(executor, workers, address, progress)
+    resumed = out.is_dir() and any(p.name != MARKER for p in out.iterdir())
+    if resumed and previous.get("identity") != record["identity"]:
+        if not force:
+            raise InputError(str(out), f"holds {_describe(previous)}, not this sweep {record['sweep']} "
+                             f"(identity {record['identity']}); pass --force to replace it, or choose another --out")
+        log(f"replacing {_describe(previous)} in {out} with sweep {record['sweep']}")
+        with atomic_output(out, force=True, kind="sweep") as staging:
+            _link_runs(out / "runs", staging / "runs")
+            return _build(staging, record, tasks, execute, log, resumed=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resumed:
+        write_marker(out, "sweep")
+    return _build(out, record, tasks, execute, log, resumed=resumed)
+
+
+def _read_record(out: Path) -> dict:
+    try:
+        record = json.loads((out / RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {"sweep": "?"}
+
+
+def _describe(record: dict) -> str:
+    if not record:
+        return "an output that is not a sweep (no readable sweep.json)"
+    if "identity" not in record:
+        return f"sweep {record.get('sweep', '?')} written before runs had content identities"
+    return f"sweep {record.get('sweep', '?')} (identity {record['identity']}, {record.get('runs', '?')} runs)"
+
+
+def _link_runs(old: Path, new: Path) -> None:
+    """Hard-link (or copy) the finished run directories of ``old`` into ``new``."""
+    new.mkdir(parents=True, exist_ok=True)
+    if not old.is_dir():
+        return
+    for run in sorted(old.iterdir()):
+        if not run.name.startswith(".") and (run / "summary.json").is_file():
+            shutil.copytree(run, new / run.name, copy_function=_link_or_copy)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _build(directory: Path, record: dict, tasks: list[Task], execute: Executor,
+           log: Callable[[str], None], *, resumed: bool) -> pd.DataFrame:
+    """Run the unfinished tasks into ``directory/runs`` and write the results table."""
+    _write_atomic(directory / RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    runs_dir = directory / "runs"
+    runs_dir.mkdir(exist_ok=True)
+    todo = [t for t in tasks if not (runs_dir / t.run_id / "summary.json").is_file()]
+    ids = {t.run_id for t in tasks}
+    strays = sorted(p.name for p in runs_dir.iterdir() if not p.name.startswith(".") and p.name not in ids)
+    if resumed:
+        line = f"resumed: {len(tasks) - len(todo)} runs done before, {len(todo)} run now"
+        if strays:
+            shown = ", ".join(strays[:3]) + (", ..." if len(strays) > 3 else "")
+            line += f"; {len(strays)} run directories in runs/ not in this sweep left alone ({shown})"
+        log(line)
+    execute(run_task, todo, str(runs_dir))
+    rows = [result_row(t, json.loads((runs_dir / t.run_id / "summary.json").read_text())) for t in tasks]
+    frame = pd.DataFrame(rows)
     frame.attrs["axes"] = list(tasks[0].point) if tasks else []
-    tmp = out / "results.parquet.tmp"
+    tmp = directory / f".{RESULTS}.tmp"
     frame.to_parquet(tmp, index=False)
-    os.replace(tmp, out / "results.parquet")
-    (out / "sweep.json").write_text(json.dumps({"sweep": str(Path(path).resolve()), "runs": len(tasks)}, indent=2))
+    os.replace(tmp, directory / RESULTS)
     return frame
 
 
-def _run_local(tasks: list[Task], runs_dir: str, workers: int, bar) -> dict[str, dict]:
-    rows = {}
-    if workers <= 1:
-        for task in tasks:
-            rows[task.run_id] = run_task(task, runs_dir)
-            if bar is not None:
-                bar.update(1)
-        return rows
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(run_task, task, runs_dir): task for task in tasks}
-        for future in as_completed(futures):
-            rows[futures[future].run_id] = future.result()
-            if bar is not None:
-                bar.update(1)
-    return rows
-
-
-def _run_ray(tasks: list[Task], runs_dir: str, address: str | None, bar) -> dict[str, dict]:
-    try:
-        import ray
-    except ImportError:
-        raise InputError("--executor ray", "needs the optional extra: pip install 'servesim[dist]'") from None
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})
-    remote = ray.remote(run_task)
-    pending = {remote.remote(task, runs_dir): task for task in tasks}
-    rows = {}
-    try:
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            task = pending.pop(ready[0])
-            rows[task.run_id] = ray.get(ready[0])
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if started:
-            ray.shutdown()
-    return rows
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

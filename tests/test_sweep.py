@@ -1,15 +1,33 @@
-"""Sweeps: grid expansion, parallel and serial runs agree, resumption, bounds, and Ray."""
+"""Sweeps: grid expansion, parallel and serial runs agree, resumption, bounds, and Ray; run ids
+follow content, stale or foreign outputs are refused, resumes are byte-identical, workers die with
+the driver, and errors raised in workers reach the user as one line."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import sim.sweep
 from sim.cli import main
-from sim.sweep import expand, run_sweep
+from sim.sweep import expand, run_sweep, sweep_identity
+from traces.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+# a time limit where pytest-timeout is installed; a marker that does nothing otherwise
+LIMIT_300_S = (pytest.mark.timeout(300) if importlib.util.find_spec("pytest_timeout")
+               else pytest.mark.usefixtures())
 
 BASE = """duration_s = 6.0
 warmup_s = 1.0
@@ -88,14 +106,25 @@ def test_bounds_dominate_static_configurations(sweep_file, tmp_path):
     assert len(tried) > 2 and summary["ontime_accuracy"] == max(t["ontime_accuracy"] for t in tried)
 
 
-def test_ray_and_local_agree(sweep_file, tmp_path):
-    pytest.importorskip("ray", reason="the optional extra 'dist' (ray) is not installed")
+@LIMIT_300_S
+def test_ray_and_local_agree(sweep_file, tmp_path, monkeypatch, capsys):
+    if importlib.util.find_spec("ray") is None:  # not imported here: the sweep imports it for a private instance
+        pytest.skip("the optional extra 'dist' (ray) is not installed")
+    # a cluster address in the environment must not be joined (nothing listens there): the
+    # sweep starts a private, loopback-only instance of its own
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
     path = sweep_file
     path.write_text(SWEEP.format(extra="").replace("seeds = [1, 2]", "seeds = [3]"))
     local = run_sweep(path, tmp_path / "local", workers=1)
-    ray = run_sweep(path, tmp_path / "ray", executor="ray")
+    ray = run_sweep(path, tmp_path / "ray", executor="ray", workers=2)
     metrics = ["hit_rate", "accuracy", "ontime_accuracy", "latency_ms.p99"]
     pd.testing.assert_frame_equal(local[["run_id"] + metrics], ray[["run_id"] + metrics])
+    assert (tmp_path / "local" / "results.parquet").read_bytes() == (tmp_path / "ray" / "results.parquet").read_bytes()
+    # an error raised inside a Ray task: the same clean line as a local worker's
+    path.write_text(SMALL.replace('"requests.deadline_ms" = [8.0, 40.0]', '"deployments.fast.max_batch_size" = [4, 64]'))
+    code = main(["sweep", str(path), "--out", str(tmp_path / "bad"), "--executor", "ray", "--workers", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and _one_error_line(err, "deployments.fast.max_batch_size", "measured at batch sizes 1..4")
 
 
 def test_sweep_cli_and_bad_axis(sweep_file, tmp_path, capsys):
@@ -117,3 +146,215 @@ def test_load_axis_scales_rates(sweep_file):
     rates = {t.point["load"]: t.raw["arrivals"]["rate_rps"] for t in expand(sweep_file)}
     assert rates == {"0.5": 30.0, "2.0": 120.0}
     assert np.isclose(rates["2.0"] / rates["0.5"], 4.0)
+
+
+SMALL = SWEEP.format(extra="").replace("seeds = [1, 2]", "seeds = [1]").split("planner =")[0]  # 2 x 2 runs
+
+
+def _one_error_line(err: str, *parts: str) -> bool:
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    return len(errors) == 1 and "Traceback" not in err and all(p in errors[0] for p in parts)
+
+
+def _copy_study(src: Path, dst: Path, bundle: Path) -> Path:
+    """The sweep and base files of ``src`` plus the bundle, in ``dst``, the base naming it relatively."""
+    dst.mkdir()
+    shutil.copytree(bundle, dst / "tiny")
+    (dst / "base.toml").write_text((src / "base.toml").read_text().replace(str(bundle), "tiny"))
+    (dst / "sweep.toml").write_text((src / "sweep.toml").read_text())
+    return dst / "sweep.toml"
+
+
+def test_run_ids_follow_contents_not_paths(sweep_file, tmp_path, tiny_bundle):
+    first = _copy_study(tmp_path, tmp_path / "a", tiny_bundle)
+    moved = _copy_study(tmp_path, tmp_path / "b", tiny_bundle)
+    ids = [t.run_id for t in expand(first)]
+    assert ids == [t.run_id for t in expand(moved)]          # same contents elsewhere: same runs
+    assert ids == [t.run_id for t in expand(sweep_file)]     # bundle named by an absolute path: same
+    assert all(len(i) == 16 and int(i, 16) >= 0 for i in ids)
+
+    base = moved.parent / "base.toml"
+    base.write_text(base.read_text().replace("duration_s = 6.0", "duration_s = 7.0"))
+    assert not set(ids) & {t.run_id for t in expand(moved)}  # a changed base: every run is new
+    base.write_text((first.parent / "base.toml").read_text())
+    service = moved.parent / "tiny" / "service.csv"
+    service.write_text(service.read_text().replace(",2.0\n", ",2.5\n", 1))
+    assert not set(ids) & {t.run_id for t in expand(moved)}  # a changed bundle table: every run is new
+    shutil.copy(first.parent / "tiny" / "service.csv", service)
+    assert ids == [t.run_id for t in expand(moved)]
+    moved.write_text(moved.read_text().replace("[8.0, 40.0]", "[8.0, 41.0]"))
+    changed = {t.point["requests.deadline_ms"]: t.run_id for t in expand(moved) if t.point["policy"] == "small"
+               and t.seed == 1}
+    before = {t.point["requests.deadline_ms"]: t.run_id for t in expand(first) if t.point["policy"] == "small"
+              and t.seed == 1}
+    assert changed["8.0"] == before["8.0"] and changed["41.0"] != before["40.0"]
+
+
+def test_replayed_trace_contents_are_part_of_the_id(sweep_file, tmp_path):
+    trace = tmp_path / "trace.txt"
+    trace.write_text(" ".join(["60"] * 10) + "\n")
+    base = tmp_path / "base.toml"
+    base.write_text(base.read_text().replace('kind = "poisson"\nrate_rps = 60.0',
+                                             'kind = "replay"\npath = "trace.txt"'))
+    ids = {t.run_id for t in expand(sweep_file)}
+    trace.write_text(" ".join(["61"] * 10) + "\n")
+    assert not ids & {t.run_id for t in expand(sweep_file)}
+
+
+def test_duplicate_axis_values_are_refused(sweep_file):
+    sweep_file.write_text(SMALL.replace("[8.0, 40.0]", "[8.0, 8.0]"))
+    with pytest.raises(InputError, match=r"axes\.requests\.deadline_ms.*value 8\.0 twice"):
+        expand(sweep_file)
+    sweep_file.write_text(SMALL.replace('large = { policy = { name = "static-large" } }',
+                                        'again = { policy = { name = "static-small" } }'))
+    with pytest.raises(InputError, match=r"groups\.policy.*'small' and 'again' set the same keys"):
+        expand(sweep_file)
+    sweep_file.write_text(SMALL.replace("seeds = [1]", "seeds = [1, 1]"))
+    with pytest.raises(InputError, match="seeds.*twice"):
+        expand(sweep_file)
+
+
+def test_stale_and_foreign_outputs_are_refused_and_force_reuses_runs(sweep_file, tmp_path, capsys):
+    sweep_file.write_text(SMALL)
+    out = tmp_path / "out"
+    lines: list[str] = []
+    first = run_sweep(sweep_file, out, workers=1, log=lines.append)
+    assert lines == [] and json.loads((out / "sweep.json").read_text())["identity"] == sweep_identity(expand(sweep_file))
+    again = run_sweep(sweep_file, out, workers=1, log=lines.append)
+    assert lines == ["resumed: 4 runs done before, 0 run now"]
+    pd.testing.assert_frame_equal(first, again)
+
+    kept = {rid: (out / "runs" / rid / "summary.json").stat().st_ino for rid in first["run_id"]}
+    sweep_file.write_text(SMALL.replace("[8.0, 40.0]", "[8.0, 41.0]"))   # the sweep changed under --out
+    code = main(["sweep", str(sweep_file), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and _one_error_line(err, str(out), "pass --force", f"sweep {sweep_file.resolve()}",
+                                         "identity " + json.loads((out / "sweep.json").read_text())["identity"])
+    assert (out / "results.parquet").read_bytes() == (out / "results.parquet").read_bytes()
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "results.parquet"), first)  # untouched
+
+    lines.clear()
+    new = run_sweep(sweep_file, out, workers=1, force=True, log=lines.append)
+    assert lines[0].startswith("replacing sweep ")
+    assert lines[1].startswith("resumed: 2 runs done before, 2 run now; 2 run directories in runs/ not in this sweep "
+                               "left alone")
+    assert sorted(new["requests.deadline_ms"].unique()) == ["41.0", "8.0"]
+    reused = new.loc[new["requests.deadline_ms"] == "8.0", "run_id"]
+    assert all((out / "runs" / rid / "summary.json").stat().st_ino == kept[rid] for rid in reused)  # linked
+    assert all((out / "runs" / rid / "summary.json").is_file() for rid in kept)   # old runs left alone
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]       # no staging left
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my own notes")
+    for force in (False, True):
+        with pytest.raises(InputError, match="not an output of ours"):
+            run_sweep(sweep_file, mine, workers=1, force=force)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+def test_resumed_sweep_writes_identical_results(sweep_file, tmp_path, monkeypatch):
+    one_go = tmp_path / "one-go"
+    run_sweep(sweep_file, one_go, workers=1)
+    real = sim.sweep.run_task
+    calls = []
+
+    def interrupted(task, runs_dir):  # Ctrl-C after five runs
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        calls.append(task.run_id)
+        return real(task, runs_dir)
+
+    resumed = tmp_path / "resumed"
+    monkeypatch.setattr(sim.sweep, "run_task", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep_file, resumed, workers=1)
+    monkeypatch.setattr(sim.sweep, "run_task", real)
+    assert not (resumed / "results.parquet").exists() and len(list((resumed / "runs").iterdir())) == 5
+    lines: list[str] = []
+    run_sweep(sweep_file, resumed, workers=2, log=lines.append)   # the rest, finishing in any order
+    assert lines == ["resumed: 5 runs done before, 19 run now"]
+    assert (resumed / "results.parquet").read_bytes() == (one_go / "results.parquet").read_bytes()
+    assert (resumed / "sweep.json").read_bytes() == (one_go / "sweep.json").read_bytes()
+
+
+def test_errors_in_workers_are_one_line_and_workers_must_be_positive(sweep_file, tmp_path, capsys):
+    assert pickle.loads(pickle.dumps(InputError("where", "what"))).args == InputError("where", "what").args
+    # the bundle measured batches up to 4: only preparing the run, in the worker, finds out
+    sweep_file.write_text(SMALL.replace('"requests.deadline_ms" = [8.0, 40.0]',
+                                        '"deployments.fast.max_batch_size" = [4, 64]'))
+    assert len(expand(sweep_file)) == 4
+    for workers in ("1", "2"):
+        code = main(["sweep", str(sweep_file), "--out", str(tmp_path / f"out{workers}"), "--workers", workers])
+        err = capsys.readouterr().err
+        assert code == 2 and _one_error_line(err, str(sweep_file), "deployments.fast.max_batch_size",
+                                             "measured at batch sizes 1..4; got 64")
+        assert not (tmp_path / f"out{workers}" / "results.parquet").exists()
+    for workers in ("0", "-3"):
+        assert main(["sweep", str(sweep_file), "--out", str(tmp_path / "w"), "--workers", workers]) == 2
+        assert capsys.readouterr().err == f"error: --workers: must be an integer >= 1, got {workers}\n"
+    assert not (tmp_path / "w").exists()
+
+
+DRIVER = """import sys
+from sim.sweep import run_sweep
+run_sweep(sys.argv[1], sys.argv[2], workers=2)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            if f"\nPPid:\t{pid}\n" in status:
+                found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = [line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("State:")]
+    except OSError:
+        return False
+    return bool(state) and "Z" not in state[0].split()[1]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="finds the workers through /proc")
+def test_workers_die_with_the_driver(sweep_file, tmp_path):
+    base = tmp_path / "base.toml"
+    base.write_text(base.read_text().replace("duration_s = 6.0", "duration_s = 100000.0"))  # runs for ages
+    sweep_file.write_text(SMALL)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    log = tmp_path / "driver.log"
+    with open(log, "wb") as sink:
+        driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(sweep_file), str(tmp_path / "out")], env=env,
+                                  stdout=sink, stderr=sink)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while len(workers) < 2 and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.2)
+            workers = [p for p in _children(driver.pid) if _running(p)]
+        assert len(workers) >= 2, f"the sweep did not start its two workers: {log.read_text()[-2000:]}"
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(10)
+        deadline = time.monotonic() + 10
+        while any(_running(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in workers if _running(p)], "workers outlived their driver"
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        for pid in workers:
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_study_sweep_expands(shared_data):
+    tasks = expand(REPO / "examples" / "study" / "study.toml")
+    assert len(tasks) == 540 and len({t.run_id for t in tasks}) == 540

@@ -2,6 +2,8 @@
 
 The message names where the problem is (a file, a key, a row) and what was expected;
 the CLIs print it as ``error: <message>`` and exit with status 2, with no traceback.
+It pickles (``__reduce__``), so an error raised in a sweep worker process or a Ray task reaches
+the driver as the same exception and the user as the same line.
 """
 
 from __future__ import annotations
@@ -14,3 +16,6 @@ class InputError(ValueError):
         self.where = where
         self.problem = problem
         super().__init__(f"{where}: {problem}" if where else problem)
+
+    def __reduce__(self):
+        return type(self), (self.where, self.problem)
