@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(lambda: bench(args), interrupted="interrupted (nothing was written at --out)")
+    return run_command(lambda: bench(args), interrupted="interrupted (no half-written output is left at --out)")
 
 
 def bench(args) -> int:
