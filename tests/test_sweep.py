@@ -355,6 +355,39 @@ def test_workers_die_with_the_driver(sweep_file, tmp_path):
                 os.kill(pid, signal.SIGKILL)
 
 
+WATCHED = """import os, sys, time
+sys.platform = "darwin"  # no prctl: the watchdog thread
+from sim.workers import die_with_parent
+die_with_parent(os.getppid())
+print("watching", flush=True)
+time.sleep(60)
+"""
+MIDDLE = """import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE)
+child.stdout.readline()
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="finds the worker through /proc")
+def test_watchdog_ends_a_worker_whose_parent_died():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    middle = subprocess.Popen([sys.executable, "-c", MIDDLE, WATCHED], env=env, stdout=subprocess.PIPE)
+    child = int(middle.stdout.readline())
+    try:
+        assert _running(child)
+        middle.kill()
+        middle.wait(10)
+        deadline = time.monotonic() + 10
+        while _running(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _running(child), "the watched process outlived its parent"
+    finally:
+        if _running(child):
+            os.kill(child, signal.SIGKILL)
+
+
 def test_study_sweep_expands(shared_data):
     tasks = expand(REPO / "examples" / "study" / "study.toml")
     assert len(tasks) == 540 and len({t.run_id for t in tasks}) == 540
