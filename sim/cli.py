@@ -130,12 +130,10 @@ def cmd_list(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from traces.progress import show_progress
-
     from .sweep import run_sweep
 
     frame = run_sweep(args.sweep, args.out, executor=args.executor, workers=args.workers, address=args.address,
-                      progress=show_progress())
+                      force=args.force, progress=True)
     print(f"{len(frame)} runs; results in {Path(args.out) / 'results.parquet'}")
     axes = [a for a in frame.attrs.get("axes", []) if a != "seed"]
     shown = [c for c in ("hit_rate", "accuracy", "ontime_accuracy", "latency_ms.p99") if c in frame.columns]
@@ -174,6 +172,7 @@ warns (on stderr, exit status still 0) where the offered load exceeds what a dep
     "sweep": """examples:
   simulate sweep examples/study/study.toml --out runs/study
   simulate sweep examples/study/study.toml --out runs/study --workers 2     # again: resumes
+  simulate sweep examples/study/study.toml --out runs/study --force         # after an edit: reuses matching runs
   simulate sweep examples/study/study.toml --out runs/study --executor ray --address auto""",
     "list": """examples:
   simulate list
@@ -204,11 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_validate)
     sweep = _sub(sub, "sweep", "expand a sweep file into a grid of runs (parallel, resumable)")
     sweep.add_argument("sweep", help="the sweep file (TOML): a base scenario, seeds and axes")
-    sweep.add_argument("--out", required=True, help="directory for runs/ and results.parquet (resumed if it exists)")
+    sweep.add_argument("--out", required=True,
+                       help="directory for runs/ and results.parquet (resumed if it holds this same sweep)")
+    sweep.add_argument("--force", action="store_true",
+                       help="replace an --out holding a different sweep (its finished runs that match are reused)")
     sweep.add_argument("--executor", choices=("local", "ray"), default="local",
                        help="local worker processes (default) or a Ray cluster (needs the 'dist' extra)")
-    sweep.add_argument("--workers", type=int, help="local worker processes (default: all cores)")
-    sweep.add_argument("--address", help="with --executor ray: the address of an existing Ray cluster")
+    sweep.add_argument("--workers", type=int,
+                       help="local worker processes, or the CPUs of a private Ray instance (default: all cores)")
+    sweep.add_argument("--address", help="with --executor ray: the address of an existing Ray cluster "
+                       "(default: a private local instance of its own)")
     sweep.set_defaults(func=cmd_sweep)
     listing = _sub(sub, "list", "list bundles, their variants, and the policies")
     listing.add_argument("bundles", nargs="*", help="directories to search (default: the bundled traces)")
