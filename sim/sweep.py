@@ -281,8 +281,11 @@ def run_sweep(path: str | Path, out: str | Path, *, executor: str = "local", wor
     resumed = out.is_dir() and any(p.name != MARKER for p in out.iterdir())
     if resumed and previous.get("identity") != record["identity"]:
         if not force:
-            raise InputError(str(out), f"holds {_describe(previous)}, not this sweep {record['sweep']} "
-                             f"(identity {record['identity']}); pass --force to replace it, or choose another --out")
+            now = (f"its runs changed since (the base, a bundle, a trace or the axes; now identity {record['identity']})"
+                   if previous.get("sweep") == record["sweep"] else
+                   f"not this sweep {record['sweep']} (identity {record['identity']})")
+            raise InputError(str(out), f"holds {_describe(previous)}, {now}; pass --force to replace it "
+                             "(finished runs that still match are kept), or choose another --out")
         log(f"replacing {_describe(previous)} in {out} with sweep {record['sweep']}")
         with atomic_output(out, force=True, kind="sweep") as staging:
             _link_runs(out / "runs", staging / "runs")

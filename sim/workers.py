@@ -11,7 +11,6 @@ be blocked by another Ray instance on the machine.
 from __future__ import annotations
 
 import ctypes
-import itertools
 import os
 import shutil
 import signal
@@ -39,8 +38,7 @@ class Executor:
         if not tasks:
             return
         shown = Progress(len(tasks), "sweep", "runs") if self.progress else None
-        done = itertools.count(1)
-        advance = (lambda: None) if shown is None else (lambda: shown.update(next(done)))
+        advance = (lambda: None) if shown is None else shown.advance
         try:
             if self.kind == "ray":
                 _run_ray(run, tasks, runs_dir, self.address, self.workers, advance)
