@@ -47,6 +47,8 @@ _LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<what>staging|old|parts)-(?P<pid>\d
 _active: set[Path] = set()          # staging directories and files of this process, removed on SIGTERM
 _lock = threading.Lock()
 _handler_installed = False
+# a forked worker (a sweep's) must not remove its parent's staging directories when it is terminated
+os.register_at_fork(after_in_child=_active.clear)
 _swapping = 0                       # swaps under way: a SIGTERM waits until they are done
 _deferred = False
 
