@@ -50,7 +50,7 @@ class RunResult:
     def summary(self, scenario: Scenario) -> dict:
         return self.tally.summary(warmup_s=scenario.warmup_s, duration_s=scenario.duration_s,
                                   deployments=self.deployments, price_per_replica_hour=scenario.price_per_replica_hour,
-                                  route_hops=self.route_hops)
+                                  route_hops=self.route_hops, values_from=self.requests)
 
 
 class Simulation(RunState):
@@ -91,11 +91,10 @@ class Simulation(RunState):
     # --- arrivals and routing ---------------------------------------------------------------
     def _arrive(self, i: int) -> None:
         self.arrivals_seen = i + 1
-        log = self.log
-        if i >= log.limit:
-            log.make_room(i)  # retires ended requests (or grows the ring) before i takes a slot
+        log = self.log  # i < log.limit: _run_until makes room before the arrival that needs it
         now = self.env.now
-        route = self.policy.route(Request(i, self.arrival_times[i], self.deadline_ms[i], self.sample[i]), self.view)
+        route = self.policy.route(Request(i, self.arrival_times[i], self.deadline_classes_ms[self.deadline_class[i]],
+                                          self.sample[i]), self.view)
         resolved = self._routes.get(route) or self._resolve(route)
         if resolved.__class__ is Reject:
             self.drop(i, now, resolved.reason)
@@ -240,7 +239,22 @@ class Simulation(RunState):
 
     # --- running -------------------------------------------------------------------------------
     def _run_until(self, until_s: float) -> None:
-        self.arrivals_seen = self.env.run_merged(self.arrival_times, self.arrivals_seen, self._arrive, until_s)
+        """Events and arrivals up to ``until_s``, in segments that end where the log's ring is full:
+        arrivals below its limit, and events up to the first arrival beyond it (at the same instant
+        the event goes first, as everywhere), then room is made for that arrival."""
+        log, times, n = self.log, self.arrival_times, self.log.n
+        while True:
+            seen = self.arrivals_seen
+            if seen >= log.limit:
+                log.make_room(seen)
+            stop = log.limit
+            if stop >= n:
+                self.arrivals_seen = self.env.run_merged(times, seen, self._arrive, until_s)
+                return
+            bound = min(until_s, times[stop])
+            self.arrivals_seen = self.env.run_merged(memoryview(times)[:stop], seen, self._arrive, bound)
+            if until_s < times[stop]:
+                return
 
     def run(self, progress=None, spool_dir: str | None = None) -> RunResult:
         """Run until every arrival has finished or been dropped; ``progress`` gets sim-time updates.
@@ -248,7 +262,7 @@ class Simulation(RunState):
         Requests stream to a Parquet spool (in ``spool_dir``, default the temporary directory) and
         the summary's tally as they retire, so memory stays flat in the number of requests."""
         log = self.log
-        spool, tally = RequestSpool(log.context.arrow_types(), spool_dir), Tally(log.n)
+        spool, tally = RequestSpool(log.context.arrow_types(), spool_dir), Tally(keep_values=False)
         log.sinks = [spool.write, tally.add]
         log.ensure_hops(1)
         self._start_faults()

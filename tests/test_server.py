@@ -48,7 +48,7 @@ def real(raw, seed=1, policy=None, runners=None, labels=None, predictions=None, 
 def simulated(raw, seed=1, base_dir=Path(".")):
     scenario = scenario_from_dict(raw, base_dir=base_dir)
     _, requests, summary = run_once(prepare(scenario), seed)
-    return requests, summary
+    return requests.to_pandas(), summary
 
 
 def accounted(requests: pd.DataFrame) -> None:

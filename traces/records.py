@@ -95,10 +95,10 @@ class TableContext:
 
 
 class RequestLog:
-    def __init__(self, arrival_s: np.ndarray, deadline_ms: np.ndarray, sample_index: np.ndarray,
-                 context: TableContext, *, whole: bool = False, live_confidence: bool = False):
-        self.n = n = int(arrival_s.size)
-        self.arrival_s, self.deadline_ms, self.sample_index = arrival_s, deadline_ms, sample_index
+    def __init__(self, work, context: TableContext, *, whole: bool = False, live_confidence: bool = False):
+        """``work``: the run's ``traces.workload.Workload`` (arrivals, deadline classes, samples)."""
+        self.n = n = work.size
+        self.work = work
         self.context = context
         self.whole = whole
         self.live_confidence = live_confidence
@@ -113,7 +113,7 @@ class RequestLog:
         self.hops: list[HopColumns] = []
         self.retired = 0                      # requests below this id are in the sinks
         self.limit = capacity                 # the first id with no slot yet
-        self.sinks: list[Callable[[pd.DataFrame], None]] = []
+        self.sinks: list[Callable[[dict], None]] = []  # each gets every chunk (column name -> array)
 
     def ensure_hops(self, count: int) -> None:
         while len(self.hops) < count:
@@ -127,16 +127,30 @@ class RequestLog:
             fields.extend((cols, name, column, default) for name, column, default in cols.arrays())
         return fields
 
-    def _slots(self, lo: int, hi: int) -> np.ndarray:
-        return np.arange(lo, hi, dtype=np.int64) & self.mask
+    def _spans(self, lo: int, hi: int) -> list[tuple[int, int]]:
+        """The slots of requests [lo, hi) as at most two ranges (the ring may wrap)."""
+        if hi <= lo:
+            return []
+        a, b = lo & self.mask, ((hi - 1) & self.mask) + 1
+        return [(a, b)] if a < b else [(a, self.capacity), (0, b)]
+
+    def _take(self, column, spans) -> np.ndarray:
+        """A copy of a numeric ring column over ``spans``."""
+        values = np.frombuffer(column, dtype=_np_type(column))
+        return np.concatenate([values[a:b] for a, b in spans]) if spans else values[:0].copy()
+
+    def _take_list(self, column: list, spans) -> list:
+        out: list = []
+        for a, b in spans:
+            out.extend(column[a:b])
+        return out
 
     def ended_prefix(self, upto: int) -> int:
         """The first id in [retired, upto) that has not ended (``upto`` if all have)."""
         lo = self.retired
         if upto <= lo:
             return lo
-        finish = np.frombuffer(self.finish_s, dtype=np.float64)[self._slots(lo, upto)]
-        open_ = np.flatnonzero(np.isnan(finish))
+        open_ = np.flatnonzero(np.isnan(self._take(self.finish_s, self._spans(lo, upto))))
         return lo + int(open_[0]) if open_.size else upto
 
     def make_room(self, i: int) -> None:
@@ -170,54 +184,63 @@ class RequestLog:
         lo = self.retired
         if upto <= lo:
             return
-        slots = self._slots(lo, upto)
-        chunk = self._rows(lo, upto, slots)
+        spans = self._spans(lo, upto)
+        chunk = self._rows(lo, upto, spans)
         for sink in self.sinks:
             sink(chunk)
         for _, _, column, default in self._owned():
-            np.frombuffer(column, dtype=_np_type(column))[slots] = default
+            values = np.frombuffer(column, dtype=_np_type(column))
+            for a, b in spans:
+                values[a:b] = default
         for column in (self.route, self.drop_reason):
-            for j in slots.tolist():
-                column[j] = None
+            for a, b in spans:
+                column[a:b] = [None] * (b - a)
         self.retired = upto
         self.limit = upto + self.capacity
 
     def end_unfinished(self, end_s: float, reason: str = "unfinished") -> list[int]:
         """Drop every request not yet ended at ``end_s``; returns their ids."""
         lo = self.retired
-        slots = self._slots(lo, self.n)
-        finish = np.frombuffer(self.finish_s, dtype=np.float64)
-        open_ = np.flatnonzero(np.isnan(finish[slots]))
-        for j in slots[open_].tolist():
+        open_ = np.flatnonzero(np.isnan(self._take(self.finish_s, self._spans(lo, self.n)))) + lo
+        ids = open_.tolist()
+        for i in ids:
+            j = i & self.mask
             self.drop_reason[j] = reason
-            finish[j] = end_s
-        return (open_ + lo).tolist()
+            self.finish_s[j] = end_s
+        return ids
 
     def retire_all(self) -> None:
         self.retire(self.n)
 
-    def empty_chunk(self) -> pd.DataFrame:
-        """A table of no rows with every column (for a run without requests)."""
-        return self._rows(self.retired, self.retired, self._slots(0, 0))
+    def empty_chunk(self) -> dict:
+        """A chunk of no rows with every column (for a run without requests)."""
+        return self._rows(self.retired, self.retired, [])
 
     def to_frame(self) -> pd.DataFrame:
         """Every request as one table (a ``whole`` log, before anything was retired)."""
         if self.retired:
             raise RuntimeError("to_frame after requests were retired")
-        return self._rows(0, self.n, self._slots(0, self.n))
+        return pd.DataFrame(self._rows(0, self.n, self._spans(0, self.n)))
 
     # --- table rows ----------------------------------------------------------------------------
-    def _rows(self, lo: int, hi: int, slots: np.ndarray) -> pd.DataFrame:
-        ctx, n = self.context, hi - lo
-        finish = np.frombuffer(self.finish_s, dtype=np.float64)[slots]
-        slot_list = slots.tolist()
-        reasons = np.array([self.drop_reason[j] or "" for j in slot_list], dtype=object)
-        dropped = reasons != ""
-        arrival, deadline = self.arrival_s[lo:hi], self.deadline_ms[lo:hi]
-        sample = np.asarray(self.sample_index[lo:hi], dtype=np.int64)
+    def _rows(self, lo: int, hi: int, spans) -> dict:
+        """Table rows [lo, hi) as a chunk: column name -> array (a DataFrame costs more to build
+        than the sinks spend on it)."""
+        ctx, n, take = self.context, hi - lo, self._take
+        finish = take(self.finish_s, spans)
+        reasons = np.array(self._take_list(self.drop_reason, spans) or [], dtype=object)
+        dropped = reasons != None  # noqa: E711 (elementwise)
+        reasons[~dropped] = ""
+        work = self.work
+        arrival = work.arrival_s[lo:hi]
+        deadline = work.deadline_classes_ms[work.deadline_class[lo:hi]]
+        sample = work.sample_index[lo:hi].astype(np.int64)
         latency_ms = np.where(dropped, np.nan, (finish - arrival) * 1000.0)
-        routes = [self.route[j] for j in slot_list]
-        exit_hop = np.frombuffer(self.hop, dtype=np.int64)[slots]
+        routes = np.empty(n, dtype=object)
+        routes[:] = self._take_list(self.route, spans)
+        codes, uniques = pd.factorize(routes)  # few distinct routes; None -> -1
+        route_labels = np.array([r.label for r in uniques] + [""], dtype=object)
+        exit_hop = take(self.hop, spans)
         none = np.full(n, None, dtype=object)
         frame = {
             "id": np.arange(lo, hi, dtype=np.int64),
@@ -225,26 +248,26 @@ class RequestLog:
             "deadline_ms": deadline,
             "sample_id": ctx.sample_ids[sample] if ctx.sample_ids is not None else none,
             "label": ctx.labels[sample] if ctx.labels is not None else none,
-            "route": np.array([r.label if r is not None else "" for r in routes], dtype=object),
-            "hops": np.where(np.array([r is None for r in routes], dtype=bool), 0, exit_hop + 1),
+            "route": route_labels[codes],
+            "hops": np.where(codes < 0, 0, exit_hop + 1),
         }
         hop_deps = []
         for k, cols in enumerate(self.hops):
-            dep = np.frombuffer(cols.deployment, dtype=np.int64)[slots]
+            dep = take(cols.deployment, spans)
             hop_deps.append(dep)
-            start = np.frombuffer(cols.start_s, dtype=np.float64)[slots]
+            start = take(cols.start_s, spans)
             idle = np.isnan(start)  # never started service here (or never reached the hop)
             frame[f"hop{k}_deployment"] = ctx.names[dep]
-            frame[f"hop{k}_replica"] = pd.arrays.IntegerArray(np.frombuffer(cols.replica, dtype=np.int64)[slots],
+            frame[f"hop{k}_replica"] = pd.arrays.IntegerArray(take(cols.replica, spans),
                                                               idle.copy())
-            frame[f"hop{k}_enqueue_s"] = np.frombuffer(cols.enqueue_s, dtype=np.float64)[slots]
+            frame[f"hop{k}_enqueue_s"] = take(cols.enqueue_s, spans)
             frame[f"hop{k}_start_s"] = start
-            frame[f"hop{k}_finish_s"] = np.frombuffer(cols.finish_s, dtype=np.float64)[slots]
+            frame[f"hop{k}_finish_s"] = take(cols.finish_s, spans)
             frame[f"hop{k}_batch_size"] = pd.arrays.IntegerArray(
-                np.frombuffer(cols.batch_size, dtype=np.int64)[slots], idle)
-            frame[f"hop{k}_confidence"] = (np.frombuffer(cols.confidence, dtype=np.float64)[slots]
+                take(cols.batch_size, spans), idle)
+            frame[f"hop{k}_confidence"] = (take(cols.confidence, spans)
                                            if cols.confidence is not None else self._confidence(dep, sample))
-        frame["retries"] = np.frombuffer(self.retries, dtype=np.int64)[slots]
+        frame["retries"] = take(self.retries, spans)
         frame["finish_s"] = np.where(dropped, np.nan, finish)
         frame["latency_ms"] = latency_ms
         frame["dropped"] = dropped
@@ -254,7 +277,7 @@ class RequestLog:
         frame["correct"] = correct
         frame["hit"] = ~dropped & (latency_ms <= deadline)
         frame["measured"] = arrival >= ctx.warmup_s
-        return pd.DataFrame(frame)
+        return frame
 
     def _confidence(self, dep: np.ndarray, sample: np.ndarray) -> np.ndarray:
         """Each request's confidence at the hop's variant on its sample (NaN: none known)."""

@@ -42,6 +42,13 @@ def _unlink(path: Path) -> None:
         pass
 
 
+def _writer(path, schema: pa.Schema) -> pq.ParquetWriter:
+    """Dictionary encoding for the string columns only: the float columns' values are nearly all
+    distinct, and trying a dictionary on them costs more than the rest of the writing."""
+    strings = [f.name for f in schema if pa.types.is_string(f.type)]
+    return pq.ParquetWriter(path, schema, use_dictionary=strings)
+
+
 class RequestTable:
     """A finished ``requests.parquet`` in the temporary directory; removed when garbage-collected."""
 
@@ -55,6 +62,12 @@ class RequestTable:
 
     def to_pandas(self) -> pd.DataFrame:
         return pd.read_parquet(self.path)
+
+    def row_groups(self, columns):
+        """Each row group's ``columns`` as a DataFrame, in order."""
+        source = pq.ParquetFile(self.path)
+        for group in range(source.num_row_groups):
+            yield source.read_row_group(group, columns=list(columns)).to_pandas()
 
     def column(self, name: str) -> np.ndarray:
         return pq.read_table(self.path, columns=[name]).column(name).to_numpy(zero_copy_only=False)
@@ -88,28 +101,35 @@ class RequestSpool:
         path = Path(name)
         cleanup = weakref.finalize(self, _unlink, path)  # a run that fails leaves nothing behind
         self._parts.append((path, schema, cleanup))
-        self._writer = pq.ParquetWriter(path, schema)
+        self._writer = _writer(path, schema)
         self._schema = schema
 
-    def _schema_of(self, chunk: pd.DataFrame) -> pa.Schema:
-        schema = pa.Schema.from_pandas(chunk, preserve_index=False)
+    def _schema_of(self, chunk) -> pa.Schema:
+        if self._schema is not None and self._schema.names == list(chunk):
+            return self._schema  # the columns of every chunk keep their types
+        schema = pa.Schema.from_pandas(pd.DataFrame(chunk), preserve_index=False)
         for name, kind in self._types.items():
             index = schema.get_field_index(name)
             if index >= 0:
                 schema = schema.set(index, pa.field(name, kind))
-        if self._schema is not None and schema.names == self._schema.names:
-            return self._schema
         return schema
 
-    def write(self, chunk: pd.DataFrame) -> None:
+    def write(self, chunk) -> None:
+        """Append a chunk: a DataFrame, or a dict of column name -> array (numpy or pandas)."""
         schema = self._schema_of(chunk)
         if schema is not self._schema:
             self._new_part(schema)
-        table = pa.Table.from_pandas(chunk, schema=schema, preserve_index=False)
+        if isinstance(chunk, pd.DataFrame):
+            table = pa.Table.from_pandas(chunk, schema=schema, preserve_index=False)
+        else:
+            n = len(next(iter(chunk.values())))
+            table = pa.Table.from_arrays([pa.nulls(n) if f.type == pa.null() else
+                                          pa.array(chunk[f.name], type=f.type, from_pandas=True) for f in schema],
+                                         schema=schema)
         self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
-        self.rows += len(chunk)
+        self.rows += table.num_rows
 
-    def close(self, empty: pd.DataFrame) -> RequestTable:
+    def close(self, empty) -> RequestTable:
         """The finished table; ``empty`` (a chunk of no rows) gives the columns if none came."""
         if self._writer is None:
             self.write(empty)
@@ -128,7 +148,7 @@ class RequestSpool:
     def _merge(self, schema: pa.Schema) -> Path:
         fd, name = tempfile.mkstemp(prefix="servesim-requests-", suffix=".parquet", dir=self._dir)
         os.close(fd)
-        with pq.ParquetWriter(name, schema) as writer:
+        with _writer(name, schema) as writer:
             for part, _, _ in self._parts:
                 source = pq.ParquetFile(part)
                 for group in range(source.num_row_groups):

@@ -74,38 +74,79 @@ def _ratio(num: float, den: float) -> float:
     return float(num / den) if den else math.nan
 
 
-class Tally:
-    """Streaming accumulators of the summary: ``add`` each chunk of the table, then ``summary``."""
+def _latency_ms(chunk) -> np.ndarray:
+    """Latencies of the chunk's measured completions."""
+    keep = np.asarray(chunk["measured"], dtype=bool) & ~np.asarray(chunk["dropped"], dtype=bool)
+    return np.asarray(chunk["latency_ms"], dtype=np.float64)[keep]
 
-    def __init__(self, rows: int = 0) -> None:
+
+def _wait_ms(chunk) -> np.ndarray:
+    """Waits before the first hop's service of the chunk's measured requests (NaN: never served)."""
+    keep = np.asarray(chunk["measured"], dtype=bool)
+    start = np.asarray(chunk["hop0_start_s"], dtype=np.float64)[keep]
+    return (start - np.asarray(chunk["arrival_s"], dtype=np.float64)[keep]) * 1000.0
+
+
+# the distributions of the summary: name, the columns they need, how a chunk gives its values
+_VALUES = (("latency_ms", ("measured", "dropped", "latency_ms"), _latency_ms),
+           ("wait_ms", ("measured", "arrival_s", "hop0_start_s"), _wait_ms))
+
+
+class Tally:
+    """Streaming accumulators of the summary: ``add`` each chunk of the table, then ``summary``.
+
+    With ``keep_values`` the measured latencies and waits are kept as chunks come; without, the
+    summary reads them back from the written table, one distribution and one row group at a
+    time (``summary(values_from=...)``), so a run holds neither while it runs."""
+
+    def __init__(self, rows: int = 0, *, keep_values: bool = True) -> None:
         """``rows``: how many requests will come at most (reserved, not touched)."""
         self.measured = self.completed = self.dropped = self.hits = 0
         self.known = self.correct = self.ontime_correct = 0
         self.reasons: Counter = Counter()
         self.route_reach: Counter = Counter()  # (route label, hops reached) -> measured requests
-        self._latency = _Values(rows)
-        self._wait = _Values(rows)
+        self._values = {name: _Values(rows) for name, _, _ in _VALUES} if keep_values else None
 
-    def add(self, chunk: pd.DataFrame) -> None:
-        measured = chunk[chunk["measured"].to_numpy(dtype=bool)]
-        dropped = measured["dropped"].to_numpy(dtype=bool)
-        completed = measured[~dropped]
-        self.measured += len(measured)
-        self.completed += len(completed)
+    def add(self, chunk) -> None:
+        """Count a chunk: a DataFrame, or a dict of column name -> array."""
+        measured = np.asarray(chunk["measured"], dtype=bool)
+        dropped_all = np.asarray(chunk["dropped"], dtype=bool)
+        dropped = measured & dropped_all
+        completed = measured & ~dropped_all
+        self.measured += int(measured.sum())
+        self.completed += int(completed.sum())
         self.dropped += int(dropped.sum())
-        self.hits += int(measured["hit"].to_numpy(dtype=bool).sum())
-        correct = completed["correct"]
-        known = correct.notna().to_numpy()
-        correct_known = correct[known].to_numpy(dtype=bool)
+        hit = np.asarray(chunk["hit"], dtype=bool)
+        self.hits += int((measured & hit).sum())
+        correct = chunk["correct"]
+        known = completed & ~np.asarray(pd.isna(correct), dtype=bool)
+        right = known & correct.to_numpy(dtype=bool, na_value=False)
         self.known += int(known.sum())
-        self.correct += int(correct_known.sum())
-        self.ontime_correct += int((correct_known & completed["hit"].to_numpy(dtype=bool)[known]).sum())
-        self.reasons.update(measured.loc[dropped, "drop_reason"].value_counts().to_dict())
-        if "hops" in measured:
-            pairs = measured.groupby(["route", "hops"], sort=False).size()
-            self.route_reach.update({(str(r), int(h)): int(c) for (r, h), c in pairs.items()})
-        self._latency.extend(completed["latency_ms"].to_numpy(dtype=np.float64))
-        self._wait.extend((measured["hop0_start_s"] - measured["arrival_s"]).to_numpy() * 1000.0)
+        self.correct += int(right.sum())
+        self.ontime_correct += int((right & hit).sum())
+        if dropped.any():
+            self.reasons.update(Counter(np.asarray(chunk["drop_reason"], dtype=object)[dropped].tolist()))
+        if "hops" in chunk and measured.any():
+            codes, labels = pd.factorize(np.asarray(chunk["route"], dtype=object)[measured])
+            hops = np.asarray(chunk["hops"], dtype=np.int64)[measured]
+            width = int(hops.max()) + 1
+            keys, counts = np.unique(codes * width + hops, return_counts=True)
+            self.route_reach.update({(str(labels[k // width]), int(k % width)): int(c) for k, c in zip(keys, counts)})
+        if self._values is not None:
+            for name, _, values_of in _VALUES:
+                self._values[name].extend(values_of(chunk))
+
+    def _distributions(self, values_from) -> dict[str, dict]:
+        out = {}
+        for name, columns, values_of in _VALUES:
+            if values_from is None:
+                values = self._values[name]
+            else:
+                values = _Values(len(values_from))
+                for chunk in values_from.row_groups(columns):
+                    values.extend(values_of(chunk))
+            out[name] = distribution(values.take(), scratch=True)
+        return out
 
     def cascade(self, route_hops: dict[str, int]) -> dict:
         out = {}
@@ -122,7 +163,10 @@ class Tally:
         return out
 
     def summary(self, *, warmup_s: float, duration_s: float, deployments: dict[str, dict],
-                price_per_replica_hour: float, route_hops: dict[str, int] | None = None) -> dict:
+                price_per_replica_hour: float, route_hops: dict[str, int] | None = None,
+                values_from=None) -> dict:
+        """``values_from``: the written table (a ``traces.runoutput.RequestTable``) to read the
+        latencies and waits from, for a tally that did not keep them."""
         total = self.measured
         window_s = duration_s - warmup_s
         batches = sum(d["batches"] for d in deployments.values())
@@ -130,8 +174,7 @@ class Tally:
         replica_s = sum(d["replica_seconds"] for d in deployments.values())
         cost = replica_s / 3600.0 * price_per_replica_hour
         has_predictions = self.known > 0
-        latency = distribution(self._latency.take(), scratch=True)
-        wait = distribution(self._wait.take(), scratch=True)
+        values = self._distributions(values_from)
         return {
             "requests": total,
             "completed": self.completed,
@@ -140,8 +183,8 @@ class Tally:
             "hit_rate": _ratio(self.hits, total),
             "accuracy": _ratio(self.correct, self.known) if has_predictions else math.nan,
             "ontime_accuracy": _ratio(self.ontime_correct, total) if has_predictions else math.nan,
-            "latency_ms": latency,
-            "wait_ms": wait,
+            "latency_ms": values["latency_ms"],
+            "wait_ms": values["wait_ms"],
             "throughput_rps": _ratio(self.completed, window_s),
             "offered_rps": _ratio(total, window_s),
             "mean_batch_size": _ratio(batched, batches),

@@ -23,7 +23,8 @@ STREAMS_BEFORE_DEPLOYMENTS = 4
 @dataclass(frozen=True)
 class Workload:
     arrival_s: np.ndarray       # sorted, in [0, duration_s)
-    deadline_ms: np.ndarray
+    deadline_class: np.ndarray  # each request's index into deadline_classes_ms (small unsigned ints)
+    deadline_classes_ms: np.ndarray
     sample_index: np.ndarray    # index into the prediction table's samples (0 when there are none)
     deployment_rngs: tuple[tuple[np.random.Generator, np.random.Generator], ...]  # (service, balancer)
     fault_rng: np.random.Generator
@@ -31,6 +32,11 @@ class Workload:
     @property
     def size(self) -> int:
         return int(self.arrival_s.size)
+
+    @property
+    def deadline_ms(self) -> np.ndarray:
+        """Each request's deadline (a new array)."""
+        return self.deadline_classes_ms[self.deadline_class]
 
 
 def make_workload(scenario: Scenario, seed: int, n_samples: int) -> Workload:
@@ -41,13 +47,17 @@ def make_workload(scenario: Scenario, seed: int, n_samples: int) -> Workload:
     times = np.asarray(scenario.arrivals.times_s(scenario.duration_s, arrivals_rng), dtype=np.float64)
     n = times.size
     req = scenario.requests
-    if len(req.deadline_ms) == 1:
-        deadline_ms = np.full(n, req.deadline_ms[0])
+    classes = np.asarray(req.deadline_ms, dtype=np.float64)
+    code = _NUMPY[_index_code(len(classes))]
+    if len(classes) == 1:
+        deadline_class = np.zeros(n, dtype=code)
     else:
-        deadline_ms = np.asarray(req.deadline_ms)[deadline_rng.choice(len(req.deadline_ms), size=n, p=req.weights)]
-    sample_index = sample_rng.integers(0, n_samples, size=n) if n_samples else np.zeros(n, dtype=np.int64)
+        deadline_class = deadline_rng.choice(len(classes), size=n, p=req.weights).astype(code)
+    code = _NUMPY[_index_code(n_samples)]
+    sample_index = (sample_rng.integers(0, n_samples, size=n).astype(code) if n_samples
+                    else np.zeros(n, dtype=code))
     rest = streams[STREAMS_BEFORE_DEPLOYMENTS:]
-    return Workload(times, deadline_ms, sample_index, tuple(zip(rest[0::2], rest[1::2])), fault_rng)
+    return Workload(times, deadline_class, classes, sample_index, tuple(zip(rest[0::2], rest[1::2])), fault_rng)
 
 
 def _compact(values: np.ndarray, typecode: str) -> array:
@@ -66,12 +76,29 @@ def _index_code(count: int) -> str:
     return "B" if count <= 1 << 8 else "H" if count <= 1 << 16 else "I" if count <= 1 << 32 else "q"
 
 
+class _ByClass:
+    """Per-request values stored as a class index each: ``values[codes[i]]`` (cold paths only;
+    the simulator's arrival reads the two arrays itself)."""
+
+    __slots__ = ("codes", "values")
+
+    def __init__(self, codes: array, values: list[float]):
+        self.codes, self.values = codes, values
+
+    def __getitem__(self, i: int) -> float:
+        return self.values[self.codes[i]]
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+
 class RunState:
     """What both executors keep per run and per request, set up from the scenario's workload.
 
     ``predictions`` (None when the table is empty), the workload ``work``, ``arrival_times``,
     ``arrivals_seen`` (advanced by the executor), the request ``log`` (``traces.records``), and per
-    request, as compact ``array.array``s that index like lists on the hot paths, ``deadline_ms``,
+    request, as compact ``array.array``s that index like lists on the hot paths,
+    ``deadline_class`` (into ``deadline_classes_ms``; ``deadline_ms[i]`` reads through it),
     ``sample`` (index into the prediction table) and the absolute ``deadlines_s``; ``work`` views
     the same memory, so each exists once. The simulator and the real server both subclass it, and
     the policies' ``policies.view.LiveView`` reads the same names from either.
@@ -83,16 +110,17 @@ class RunState:
         n_samples = self.predictions.sample_ids.size if self.predictions else 0
         work = make_workload(scenario, seed, n_samples)
         self.arrival_times = _compact(work.arrival_s, "d")
-        self.deadline_ms = _compact(work.deadline_ms, "d")
+        self.deadline_class = _compact(work.deadline_class, _index_code(len(work.deadline_classes_ms)))
+        self.deadline_classes_ms: list[float] = work.deadline_classes_ms.tolist()
+        self.deadline_ms = _ByClass(self.deadline_class, self.deadline_classes_ms)
         self.sample = _compact(work.sample_index, _index_code(n_samples))
         self.deadlines_s = _compact(work.arrival_s + work.deadline_ms / 1000.0, "d")
         self.work = work = dataclasses.replace(
             work, arrival_s=np.frombuffer(self.arrival_times, dtype=np.float64),
-            deadline_ms=np.frombuffer(self.deadline_ms, dtype=np.float64),
+            deadline_class=np.frombuffer(self.deadline_class, dtype=_NUMPY[self.deadline_class.typecode]),
             sample_index=np.frombuffer(self.sample, dtype=_NUMPY[self.sample.typecode]))
         self.arrivals_seen = 0
         context = TableContext([d.name for d in scenario.deployments], [d.variant for d in scenario.deployments],
                                self.predictions, scenario.warmup_s, labels=labels,
                                table_outcomes=not live_confidence)
-        self.log = RequestLog(work.arrival_s, work.deadline_ms, work.sample_index, context, whole=whole_log,
-                              live_confidence=live_confidence)
+        self.log = RequestLog(work, context, whole=whole_log, live_confidence=live_confidence)
