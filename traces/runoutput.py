@@ -20,6 +20,7 @@ import os
 import shutil
 import tempfile
 import weakref
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,20 @@ class RequestSpool:
         self._writer: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None
         self.rows = 0
+        # Parquet encoding releases the GIL: row groups are written on a thread of their own while
+        # the run goes on, one at a time and in order (so the bytes are the same as written inline)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="servesim-spool")
+        self._pending: Future | None = None
+        weakref.finalize(self, self._pool.shutdown, wait=False)
+
+    def _wait(self) -> None:
+        """Until the row group being written is on disk (its error, if any, raised here)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def _new_part(self, schema: pa.Schema) -> None:
+        self._wait()
         if self._writer is not None:
             self._writer.close()
         fd, name = tempfile.mkstemp(prefix="servesim-requests-", suffix=".parquet", dir=self._dir)
@@ -126,14 +139,17 @@ class RequestSpool:
             table = pa.Table.from_arrays([pa.nulls(n) if f.type == pa.null() else
                                           pa.array(chunk[f.name], type=f.type, from_pandas=True) for f in schema],
                                          schema=schema)
-        self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        self._wait()
+        self._pending = self._pool.submit(self._writer.write_table, table, row_group_size=ROW_GROUP_ROWS)
         self.rows += table.num_rows
 
     def close(self, empty) -> RequestTable:
         """The finished table; ``empty`` (a chunk of no rows) gives the columns if none came."""
         if self._writer is None:
             self.write(empty)
+        self._wait()
         self._writer.close()
+        self._pool.shutdown()
         path, schema, _ = self._parts[-1]
         if len(self._parts) > 1:
             path = self._merge(schema)
