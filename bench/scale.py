@@ -2,7 +2,8 @@
 
 Each size runs in a fresh subprocess (so each peak is its own): the simulation, its summary and
 the run output written to a temporary directory, as ``simulate run`` does. Printed per size: peak
-RSS (``ru_maxrss`` of the child) and wall microseconds per request. Targets (issue 9): 10M
+RSS (``ru_maxrss`` of the child), that peak over the first size's, and wall microseconds per
+request (workload, simulation, summary and writing). Targets (issue 9): 10M
 requests under 1.5 GB peak RSS, and the 2M-request peak within 1.3x of the 200k one.
 
     python bench/scale.py [--requests 200000,2000000,10000000]
@@ -56,15 +57,15 @@ def main() -> None:
         return
     sizes = [int(float(s)) for s in args.requests.split(",") if s.strip()]
     results = []
-    print(f"{'requests':>10s} {'peak RSS MB':>12s} {'us/request':>11s}")
+    print(f"{'requests':>10s} {'peak RSS MB':>12s} {'x first':>8s} {'us/request':>11s}")
     for n in sizes:
         done = subprocess.run([sys.executable, __file__, "--child", str(n)], capture_output=True, text=True,
                               check=True)
         row = json.loads(done.stdout.strip().splitlines()[-1])
         results.append(row)
-        print(f"{row['requests']:>10d} {row['peak_mb']:>12.0f} {row['us_per_request']:>11.2f}", flush=True)
-    if len(results) > 1:
-        print(f"peak ratio largest/smallest: {results[-1]['peak_mb'] / results[0]['peak_mb']:.2f}")
+        ratio = row["peak_mb"] / results[0]["peak_mb"]
+        print(f"{row['requests']:>10d} {row['peak_mb']:>12.0f} {ratio:>8.2f} {row['us_per_request']:>11.2f}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -101,8 +101,7 @@ def isolation_bound(prepared: Prepared, seed: int, taus=DEFAULT_TAUS):
     requests = pd.DataFrame({
         "id": np.arange(n), "arrival_s": work.arrival_s, "deadline_ms": work.deadline_ms,
         "sample_id": table.sample_ids[work.sample_index] if table is not None else None,
-        "label": (table.labels[work.sample_index] if table is not None and getattr(table, "labels", None) is not None
-                  else None),
+        "label": table.labels[work.sample_index] if table is not None and table.labels is not None else None,
         "route": np.where(fits, labels[pick], ""), "hop0_start_s": work.arrival_s,
         "finish_s": np.where(fits, work.arrival_s + latency / 1000.0, np.nan),
         "latency_ms": np.where(fits, latency, np.nan), "dropped": ~fits,

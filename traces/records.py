@@ -65,6 +65,9 @@ class TableContext:
 
     def __init__(self, deployment_names: list[str], variants: list[str | None], predictions,
                  warmup_s: float, labels=None, table_outcomes: bool = True):
+        """``labels``: true labels in the table's sample order (default: the table's own);
+        ``table_outcomes``: predictions and correctness come from the table (False where the
+        executor records what its runners answered, as the real server does)."""
         self.names = np.array(list(deployment_names) + [None], dtype=object)  # index -1: no deployment
         self.variants = list(variants)
         self.predictions = predictions
@@ -72,7 +75,7 @@ class TableContext:
         table = predictions
         self.sample_ids = table.sample_ids if table is not None and table.sample_ids.size else None
         if labels is None and table is not None:
-            labels = getattr(table, "labels", None)
+            labels = table.labels
         self.labels = None if labels is None or self.sample_ids is None else np.asarray(labels, dtype=object)
         self.table_outcomes = table_outcomes and table is not None
 
@@ -95,6 +98,8 @@ class TableContext:
 
 
 class RequestLog:
+    """Live per-request state in ring columns, retired in order to ``sinks`` (module docstring)."""
+
     def __init__(self, work, context: TableContext, *, whole: bool = False, live_confidence: bool = False):
         """``work``: the run's ``traces.workload.Workload`` (arrivals, deadline classes, samples)."""
         self.n = n = work.size
