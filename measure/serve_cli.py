@@ -13,12 +13,13 @@ import pandas as pd
 import policies
 from traces.errors import InputError
 from traces.outputs import atomic_output, check_target
-from traces.prepare import Prepared, check_against_bundle
+from sim.runner import prepare  # the simulator's checks: validate ok means serve starts
+from traces.prepare import Prepared
 from traces.progress import show_progress
 from traces.provenance import REPO_ROOT  # not measure.harness's: that one imports torch
 from traces.runoutput import write_into
 from traces.scenario import load_scenario, parse_seeds
-from traces.summary import flatten, summarize, summary_table
+from traces.summary import flatten, legend, summarize, summary_table
 
 
 def zoo_location(prepared: Prepared, override: str | None) -> tuple[Path, str]:
@@ -89,9 +90,8 @@ def serve_command(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.scenario).stem}-real"
     check_target(out, force=args.force)  # at once; atomic_output checks again before writing
     scenario = load_scenario(args.scenario, args.set)
-    prepared = check_against_bundle(scenario)
-    policies.create(scenario.policy.name, scenario.policy.params)
-    seeds = parse_seeds(args.seeds) if args.seeds else [scenario.seed]
+    seeds = parse_seeds(args.seeds, scenario.limits) if args.seeds else [scenario.seed]
+    prepared = prepare(scenario)
     summaries = []
     with atomic_output(out, force=args.force, kind="run") as staging:  # before any model is loaded
         for seed in seeds:
@@ -110,5 +110,6 @@ def serve_command(args) -> int:
             summaries.append(summary)
         pd.DataFrame([flatten(s) for s in summaries]).to_csv(staging / "runs.csv", index=False)
     print(summary_table(summaries))
+    print(legend(len(summaries)))
     print(f"wrote {out}/ (real executor)")
     return 0
