@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench mutation clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -21,5 +21,11 @@ bench: $(PY)
 	$(PIP) -e '.[dev]'
 	$(PY) bench/sim_speed.py
 
+# long (tens of minutes on 2 cores), so not part of `make test`: the mutation score of the core, per module
+mutation: $(PY)
+	$(PIP) -e '.[dev]'
+	$(PY) bench/mutation.py
+
+# caches and build leftovers only; runs/ holds your outputs and is yours to remove
 clean:
-	rm -rf runs .pytest_cache *.egg-info
+	rm -rf .pytest_cache *.egg-info mutants

@@ -1,0 +1,119 @@
+"""Mutation testing of the core: how many planted bugs the test suite catches, per module.
+
+A mutant is a copy of the code with one small change (``<`` for ``<=``, ``+ 1`` for ``+ 0``, a
+dropped ``not``). A mutant is *killed* when some test fails on it (or hangs past mutmut's time limit: "timeout"),
+*survives* when every test still passes. A module's score is (killed + timeout) / all its mutants:
+mutants that no selected test even executes ("no tests") count against it like survivors, and are
+shown apart because they are gaps in coverage rather than in the assertions. The modules and the test selection live in ``pyproject.toml`` under ``[tool.mutmut]``:
+the ones that define what we publish (the summary and its metrics, the request log and the
+measurement window, queues and expiry, batch formation, cascade exits, service-time interpolation,
+arrival generators, replica accounting and cost, the planner's estimates).
+
+    python bench/mutation.py            # run mutmut (long: tens of minutes), then print the scores
+    python bench/mutation.py --report   # print the scores of the last run again
+    python bench/mutation.py --json scores.json   # also write them as JSON
+
+Survivors are listed by name; ``mutmut show NAME`` prints one as a diff. Each one is either killed by
+a new test or listed in ``docs/mutation.md`` as equivalent (no test could tell it apart), with the reason.
+``make mutation`` runs this script. mutmut works in ``mutants/`` (a copy of the tree it writes itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COUNTED = ("killed", "survived", "timeout", "no tests")
+
+
+def mutmut() -> list[str]:
+    exe = Path(sys.executable).with_name("mutmut")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "mutmut"]
+
+
+def results() -> dict[str, str]:
+    """mutant name -> status, from mutmut's own record of the last run."""
+    out = subprocess.run(mutmut() + ["results", "--all", "true"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    status = {}
+    for line in out.splitlines():
+        name, sep, state = line.strip().rpartition(": ")
+        if sep and "__mutmut_" in name:
+            status[name] = state.strip()
+    return status
+
+
+def module_of(mutant: str) -> str:
+    return mutant.rsplit(".", 1)[0]
+
+
+def scores(status: dict[str, str]) -> dict[str, dict]:
+    by_module: dict[str, Counter] = defaultdict(Counter)
+    survivors: dict[str, list[str]] = defaultdict(list)
+    for name, state in status.items():
+        by_module[module_of(name)][state] += 1
+        if state == "survived":
+            survivors[module_of(name)].append(name)
+    table = {}
+    for module in sorted(by_module):
+        counts = by_module[module]
+        counted = sum(counts[s] for s in COUNTED)
+        table[module] = {"mutants": sum(counts.values()), "killed": counts["killed"], "survived": counts["survived"],
+                         "timeout": counts["timeout"], "no_tests": counts["no tests"],
+                         "other": sum(counts.values()) - counted,
+                         "score": (counts["killed"] + counts["timeout"]) / counted if counted else None,
+                         "survivors": sorted(survivors[module])}
+    return table
+
+
+def render(table: dict[str, dict]) -> str:
+    lines = [f"{'module':28s} {'mutants':>7s} {'killed':>6s} {'survived':>8s} {'timeout':>7s} {'no tests':>8s} {'score':>6s}"]
+    total = Counter()
+    for module, row in table.items():
+        score = "-" if row["score"] is None else f"{row['score']:.1%}"
+        lines.append(f"{module:28s} {row['mutants']:7d} {row['killed']:6d} {row['survived']:8d} {row['timeout']:7d} "
+                     f"{row['no_tests']:8d} {score:>6s}")
+        total.update({k: row[k] for k in ("mutants", "killed", "survived", "timeout", "no_tests")})
+    counted = total["killed"] + total["survived"] + total["timeout"] + total["no_tests"]
+    caught = total["killed"] + total["timeout"]
+    lines.append(f"{'all':28s} {total['mutants']:7d} {total['killed']:6d} {total['survived']:8d} {total['timeout']:7d} "
+                 f"{total['no_tests']:8d} {(caught / counted if counted else 0):6.1%}")
+    lines.append("score = (killed + timeout) / (killed + timeout + survived + no tests); "
+                 "'no tests': mutants no selected test executes")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--report", action="store_true", help="print the scores of the last run without running")
+    parser.add_argument("--max-children", type=int, default=2, help="mutants tested in parallel (default 2)")
+    parser.add_argument("--json", help="also write the scores (and survivors) to this JSON file")
+    parser.add_argument("--survivors", action="store_true", help="list every surviving mutant by module")
+    args = parser.parse_args(argv)
+    if shutil.which(mutmut()[0]) is None and not Path(mutmut()[0]).exists():
+        print("error: mutmut is not installed: pip install -e '.[dev]'", file=sys.stderr)
+        return 2
+    if not args.report:
+        run = subprocess.run(mutmut() + ["run", "--max-children", str(args.max_children)], cwd=ROOT)
+        if run.returncode != 0:
+            print(f"error: mutmut run exited with {run.returncode}", file=sys.stderr)
+            return run.returncode
+    table = scores(results())
+    print(render(table))
+    if args.survivors:
+        for module, row in table.items():
+            for name in row["survivors"]:
+                print(f"survived: {name}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
