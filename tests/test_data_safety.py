@@ -102,7 +102,11 @@ LONG = ("--seeds", "1-200")  # ~0.35 s of wall time a seed today: always killed 
 
 
 def start_run(scn: Path, out: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "CI": "1"}
+    """The run in a subprocess whose temporary files (the request spool) go to ``out``'s
+    grandparent's ``tmp/``, where the tests can see them."""
+    temp = out.parent.parent / "tmp"
+    temp.mkdir(exist_ok=True)
+    env = {**os.environ, "CI": "1", "TMPDIR": str(temp)}
     return subprocess.Popen([sys.executable, "-m", "sim", "run", str(scn), "--out", str(out), *extra],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -127,6 +131,7 @@ def test_sigterm_leaves_nothing(tmp_path, tiny_bundle):
     code, left = kill_mid_run(start_run(long_scenario(tmp_path, tiny_bundle), out, *LONG), out, signal.SIGTERM)
     assert code == -signal.SIGTERM
     assert left == [] and not out.exists()
+    assert list((tmp_path / "tmp").iterdir()) == []  # the request spool went with it
 
 
 def test_sigkill_leftover_is_swept_by_the_next_run(tmp_path, tiny_bundle):
@@ -136,12 +141,15 @@ def test_sigkill_leftover_is_swept_by_the_next_run(tmp_path, tiny_bundle):
     assert code == -signal.SIGKILL
     assert not out.exists(), "a killed run must leave no visible output"
     assert [p.name.startswith(f".out.staging-{proc.pid}-") for p in left] == [True]
+    spool = [p.name for p in (tmp_path / "tmp").iterdir()]
+    assert spool and all(name.startswith(f"servesim-requests-{proc.pid}-") for name in spool)
     short = scenario(tmp_path / "short.toml", tiny_bundle)
     done = start_run(short, out)
     _, err = done.communicate(timeout=120)
     assert done.returncode == 0, err
     assert f"note: removed {left[0]}" in err, err
     assert leftovers(out) == []
+    assert list((tmp_path / "tmp").iterdir()) == []  # the killed run's spool too
     assert (out / "seed-1" / "summary.json").is_file() and (out / outputs.MARKER).is_file()
 
 

@@ -256,6 +256,32 @@ def _scratch(target: Path, what: str) -> Iterator[Path]:
             shutil.rmtree(directory, ignore_errors=True)
 
 
+_TEMP_FILE = re.compile(r"^servesim-(?P<what>[a-z]+)-(?P<pid>\d+)-[^/]*$")
+
+
+def temp_file(what: str, suffix: str, directory: str | Path | None = None) -> Path:
+    """A new empty file in the temporary directory, ``servesim-<what>-<pid>-<random><suffix>``,
+    removed on SIGTERM until ``release_temp_file``; the same files of killed processes are removed
+    here, so a SIGKILL leaves them behind only until the next run."""
+    directory = Path(directory or tempfile.gettempdir())
+    for entry in directory.glob(f"servesim-{what}-*{suffix}"):
+        match = _TEMP_FILE.match(entry.name)
+        if match and not _alive(int(match["pid"])):
+            _remove(entry)
+    fd, name = tempfile.mkstemp(prefix=f"servesim-{what}-{os.getpid()}-", suffix=suffix, dir=directory)
+    os.close(fd)
+    path = Path(name)
+    _register(path)
+    return path
+
+
+def release_temp_file(path: Path, *, remove: bool = True) -> None:
+    """Forget a ``temp_file`` (and remove it, unless it now belongs to someone else)."""
+    _unregister(Path(path))
+    if remove:
+        _remove(Path(path))
+
+
 def _swap_in(staging: Path, target: Path) -> None:
     old = None
     if target.exists() and not is_ours(target):  # it changed under us since the check

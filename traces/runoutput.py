@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import InputError
+from .outputs import release_temp_file, temp_file
 from .tables import atomic_directory
 
 FILES = ("config.json", "requests.parquet", "summary.json")
@@ -37,10 +38,7 @@ ROW_GROUP_ROWS = 1 << 17
 
 
 def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+    release_temp_file(path)
 
 
 def _writer(path, schema: pa.Schema) -> pq.ParquetWriter:
@@ -109,9 +107,7 @@ class RequestSpool:
         self._wait()
         if self._writer is not None:
             self._writer.close()
-        fd, name = tempfile.mkstemp(prefix="servesim-requests-", suffix=".parquet", dir=self._dir)
-        os.close(fd)
-        path = Path(name)
+        path = temp_file("requests", ".parquet", self._dir)
         cleanup = weakref.finalize(self, _unlink, path)  # a run that fails leaves nothing behind
         self._parts.append((path, schema, cleanup))
         self._writer = _writer(path, schema)
@@ -162,8 +158,7 @@ class RequestSpool:
         return table
 
     def _merge(self, schema: pa.Schema) -> Path:
-        fd, name = tempfile.mkstemp(prefix="servesim-requests-", suffix=".parquet", dir=self._dir)
-        os.close(fd)
+        name = temp_file("requests", ".parquet", self._dir)
         with _writer(name, schema) as writer:
             for part, _, _ in self._parts:
                 source = pq.ParquetFile(part)
@@ -172,7 +167,7 @@ class RequestSpool:
                     columns = [table.column(f.name) if f.name in table.column_names
                                else pa.nulls(len(table), f.type) for f in schema]
                     writer.write_table(pa.Table.from_arrays(columns, schema=schema))
-        return Path(name)
+        return name
 
 
 def _clean(value: Any) -> Any:
