@@ -28,6 +28,20 @@ def test_request_count_over_the_limit_is_refused_with_count_limit_and_override(c
     assert "ok" in capsys.readouterr().out
 
 
+def test_sizes_no_override_can_cover_are_refused_without_an_override(capsys, tmp_path, tiny_bundle):
+    """rate x duration that overflows (inf) or that no machine could draw gets one line that offers no
+    override (formatting inf as the override was an OverflowError traceback), and the limits
+    themselves stop at the ceiling (a raised limit then made numpy's Poisson draw raise)."""
+    scn = make_scenario(tmp_path, tiny_bundle, arrivals='kind = "poisson"\nrate_rps = 150.0')
+    for value in ("duration_s=1e308", "arrivals.rate_rps=1e300"):
+        line = expect_error(capsys, ["validate", str(scn), "--set", value], f"--set {value.split('=')[0]}",
+                            "no run can be that big", "1e+15")
+        assert "Traceback" not in line and "--set limits" not in line
+    expect_error(capsys, ["run", str(scn), "--set", "arrivals.rate_rps=1e300", "--set", "limits.max_requests=1e301",
+                          "--out", str(tmp_path / "o")], "limits.max_requests", "<= 1e+15")
+    assert not (tmp_path / "o").exists()
+
+
 def test_limit_override_in_the_scenario_file(tmp_path, tiny_bundle):
     scn = make_scenario(tmp_path, tiny_bundle, top="duration_s = 1000.0\nlimits = { max_requests = 2_000_000_000 }",
                         arrivals='kind = "poisson"\nrate_rps = 1e6')

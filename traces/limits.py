@@ -38,6 +38,9 @@ class SizeError(InputError):
         self.keys = keys or (where,)
 
 
+CEILING = 1e15  # no override goes beyond this: the arrival draw itself fails near 1e19, memory long before
+
+
 @dataclass(frozen=True)
 class Limits:
     max_requests: float = 50_000_000
@@ -57,12 +60,15 @@ def limits_from_config(cfg: dict) -> Limits:
     names = [f.name for f in fields(Limits)]
     reject_unknown(cfg, names, "limits")
     default = Limits()
-    values = {k: number(cfg, k, "limits", default=getattr(default, k), low=0 if k == "mttf_service_ratio" else 1)
+    values = {k: number(cfg, k, "limits", default=getattr(default, k), low=0 if k == "mttf_service_ratio" else 1,
+                        high=None if k == "mttf_service_ratio" else CEILING)
               for k in names}
     return Limits(**values)
 
 
 def _override(key: str, needed: float) -> str:
+    if not needed <= CEILING:  # inf (rate x duration overflowed) included: no override makes that a run
+        return f"no run can be that big (limits.{key} goes up to {CEILING:.0e}); use smaller values"
     value = f"{math.ceil(needed):d}"
     return (f"if the run is meant to be this big, raise limits.{key} (in the scenario: [limits] {key} = "
             f"{value}, or --set limits.{key}={value})")
