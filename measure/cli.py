@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from traces.cli import run_command
+from traces.cli import CommandLine, run_command
 
 from .profile import Profile, load_profile
 
@@ -114,32 +114,23 @@ or --set limits.max_requests=N).""",
 }
 
 
-def _sub(sub, name: str, help: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", epilog=EXAMPLES[name],
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from traces.cli import version_text
-
-    parser = argparse.ArgumentParser(prog="measure", description="Measure model variants and serve them for real.",
-                                     epilog=EXAMPLES["measure"], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=version_text("measure"))
-    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    train = _sub(sub, "train", "train the profile's models into its zoo (skips trained ones)")
+    cli = CommandLine("measure", "Measure model variants and serve them for real.", EXAMPLES)
+    parser, _sub = cli.parser, cli.command
+    train = _sub("train", "train the profile's models into its zoo (skips trained ones)")
     train.add_argument("profile", help="the measurement profile (TOML)")
     train.set_defaults(func=lambda a, argv: cmd_train(a))
     for name, lat, acc, text in (("latency", True, False, "time every variant x batch size"),
                                  ("accuracy", False, True, "per-sample predictions of every variant"),
                                  ("all", True, True, "train if needed, then latency and accuracy")):
-        p = _sub(sub, name, text + " into a bundle (resumable)")
+        p = _sub(name, text + " into a bundle (resumable)")
         p.add_argument("profile", help="the measurement profile (TOML)")
         p.add_argument("--out", required=True, help="bundle directory (created, or resumed if it exists)")
         p.add_argument("--force", action="store_true", help="start the bundle afresh instead of resuming")
         if name == "all":
             p.set_defaults(train=True)
         p.set_defaults(func=lambda a, argv, lat=lat, acc=acc: _measure(a, latency=lat, accuracy=acc, argv=argv))
-    serve = _sub(sub, "serve", "run a scenario on real model replicas; writes the simulator's run output")
+    serve = _sub("serve", "run a scenario on real model replicas; writes the simulator's run output")
     serve.add_argument("scenario", help="the scenario file (TOML), as `simulate run` takes it")
     serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a scenario key (repeatable), e.g. arrivals.rate_rps=300")

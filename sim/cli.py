@@ -14,7 +14,7 @@ from pathlib import Path
 import policies
 from policies.base import Route
 from traces.bundle import TraceBundle
-from traces.cli import run_command, version_text
+from traces.cli import CommandLine, run_command
 from traces.prepare import Prepared
 from traces.scenario import load_scenario, parse_seeds
 from traces.summary import legend, summary_table
@@ -180,28 +180,21 @@ warns (on stderr, exit status still 0) where the offered load exceeds what a dep
 }
 
 
-def _sub(sub, name: str, help: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".", epilog=EXAMPLES[name],
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="simulate", description="Simulate ML serving on measured traces.",
-                                     epilog=EXAMPLES["simulate"], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=version_text("simulate"))
-    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    run = _sub(sub, "run", "run a scenario and write its run output")
+    cli = CommandLine("simulate", "Simulate ML serving on measured traces.", EXAMPLES)
+    parser, _sub = cli.parser, cli.command
+    run = _sub("run", "run a scenario and write its run output")
     run.add_argument("scenario", help="the scenario file (TOML)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     run.add_argument("--seeds", help="seeds to run: 3, 1-5 or 1,4,9 (default: the scenario's seed)")
     run.add_argument("--out", help="output directory (default: runs/<scenario name>)")
     run.add_argument("--force", action="store_true", help="replace an existing run output there")
     run.set_defaults(func=cmd_run)
-    validate = _sub(sub, "validate", "check a scenario and its bundle, print what would run")
+    validate = _sub("validate", "check a scenario and its bundle, print what would run")
     validate.add_argument("scenario", help="the scenario file (TOML)")
     validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     validate.set_defaults(func=cmd_validate)
-    sweep = _sub(sub, "sweep", "expand a sweep file into a grid of runs (parallel, resumable)")
+    sweep = _sub("sweep", "expand a sweep file into a grid of runs (parallel, resumable)")
     sweep.add_argument("sweep", help="the sweep file (TOML): a base scenario, seeds and axes")
     sweep.add_argument("--out", required=True,
                        help="directory for runs/ and results.parquet (resumed if it holds this same sweep)")
@@ -214,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--address", help="with --executor ray: the address of an existing Ray cluster "
                        "(default: a private local instance of its own)")
     sweep.set_defaults(func=cmd_sweep)
-    listing = _sub(sub, "list", "list bundles, their variants, and the policies")
+    listing = _sub("list", "list bundles, their variants, and the policies")
     listing.add_argument("bundles", nargs="*", help="directories to search (default: the bundled traces)")
     listing.set_defaults(func=cmd_list)
     return parser

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from importlib import metadata
@@ -21,6 +22,22 @@ def version_text(prog: str) -> str:
     except metadata.PackageNotFoundError:  # run from a source tree that was never installed
         version = "unknown (not installed)"
     return f"{prog} (servesim {version})"
+
+
+class CommandLine:
+    """A front end's parser with ``--version``, examples under every ``--help``, and subcommands."""
+
+    def __init__(self, prog: str, description: str, examples: dict[str, str]):
+        self.examples = examples
+        self.parser = argparse.ArgumentParser(prog=prog, description=description, epilog=examples[prog],
+                                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        self.parser.add_argument("--version", action="version", version=version_text(prog))
+        self.sub = self.parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    def command(self, name: str, help: str) -> argparse.ArgumentParser:
+        """A subcommand whose ``--help`` ends with ``examples[name]``."""
+        return self.sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                                   epilog=self.examples[name], formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def run_command(call: Callable[[], int], *, interrupted: str = "interrupted") -> int:
