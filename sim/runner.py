@@ -87,10 +87,13 @@ def run_once(prepared: Prepared, seed: int, progress: Callable[[float], None] | 
 def run_seeds(prepared: Prepared, seeds: list[int], out: Path, *, force: bool = False) -> list[dict]:
     """Run every seed into ``out/seed-<n>/``; ``out`` appears only once all seeds succeeded."""
     summaries = []
-    with atomic_directory(out, force=force) as staging:
-        for seed in seeds:
-            with Progress(prepared.scenario.duration_s, f"seed {seed}", "sim s") as progress:
-                config, requests, summary = run_once(prepared, seed, progress.update)
+    duration_s = prepared.scenario.duration_s
+    # one Progress over all seeds: many short seeds are long work too (one per seed never reported)
+    desc = f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds"
+    with atomic_directory(out, force=force) as staging, Progress(duration_s * len(seeds), desc, "sim s") as progress:
+        for index, seed in enumerate(seeds):
+            config, requests, summary = run_once(prepared, seed,
+                                                 lambda done, before=index * duration_s: progress.update(before + done))
             write_into(staging / f"seed-{seed}", config, requests, summary)
             summaries.append(summary)
         pd.DataFrame([flatten(s) for s in summaries]).to_csv(staging / "runs.csv", index=False)

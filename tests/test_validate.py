@@ -231,3 +231,27 @@ def test_progress_lines_off_a_terminal(capsys):
             now[0] += 6.0
             progress.advance(2)
     assert capsys.readouterr().err.splitlines() == ["progress: bundle: 4 of 10 config"]
+
+
+def test_progress_of_a_run_spans_its_seeds(capsys, monkeypatch, tmp_path, tiny_bundle):
+    """Many short seeds are long work too: the ~10 s clock runs across seeds (a Progress per seed
+    restarted it, so 200 seeds of 0.1 s each printed nothing), and the line counts all seeds."""
+    import functools
+
+    import sim.runner
+    from traces.progress import Progress
+
+    now = [0.0]
+
+    def clock():  # each call 0.1 s later: a seed's 50 updates take 5 s, under the 10 s line interval
+        now[0] += 0.1
+        return now[0]
+
+    monkeypatch.setattr(sim.runner, "Progress", functools.partial(Progress, bar=False, clock=clock))
+    scn = make_scenario(tmp_path, tiny_bundle)
+    assert main(["run", str(scn), "--out", str(tmp_path / "o"), "--seeds", "1-4"]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("progress:")]
+    assert len(lines) >= 1, lines
+    assert all(line.startswith("progress: 4 seeds: ") for line in lines), lines
+    duration_s = float(next(line for line in scn.read_text().splitlines() if line.startswith("duration_s")).split("=")[1])
+    assert lines[-1].endswith(f"of {4 * duration_s:g} sim s"), lines
