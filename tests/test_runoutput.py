@@ -180,6 +180,15 @@ def test_spool_is_removed_once_unused_and_the_output_keeps_its_copy(tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(written), expected)
 
 
+def test_requests_parquet_has_the_mode_of_the_other_output_files(tmp_path):
+    """A hard link to the spool kept mkstemp's private 0600 (the output on the temporary filesystem),
+    while config.json and summary.json were ordinary files."""
+    result, summary, _ = run_sim(BURSTY)
+    write_into(tmp_path / "run", {"seed": 3}, result.requests, summary)
+    modes = {name: (tmp_path / "run" / name).stat().st_mode & 0o777 for name in ("requests.parquet", "summary.json")}
+    assert modes["requests.parquet"] == modes["summary.json"], modes
+
+
 def test_a_failed_run_leaves_no_spool(tmp_path):
     spool = RequestSpool(directory=tmp_path)
     spool.write(pd.DataFrame({"a": [1, 2]}))

@@ -34,6 +34,8 @@ from .outputs import release_temp_file, temp_file
 from .tables import atomic_directory
 
 FILES = ("config.json", "requests.parquet", "summary.json")
+_UMASK = os.umask(0o022)  # read once, at import (setting it back at once); os.umask is the only way to read it
+os.umask(_UMASK)
 ROW_GROUP_ROWS = 1 << 17
 
 
@@ -77,6 +79,7 @@ class RequestTable:
             os.link(self.path, target)
         except OSError:
             shutil.copyfile(self.path, target)
+        os.chmod(target, 0o666 & ~_UMASK)  # an ordinary output file, not the private mode of a temp file
 
 
 class RequestSpool:
