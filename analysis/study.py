@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from traces.cli import run_command
+from traces.cli import run_command, version_text
 from traces.errors import InputError
 from traces.outputs import atomic_file, check_file_target
 
@@ -124,6 +124,7 @@ def report(frame: pd.DataFrame, versus: list[tuple[str, str]], policy_axis: str 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.study", description=__doc__.splitlines()[0])
     parser.add_argument("results", help="a sweep's results.parquet")
+    parser.add_argument("--version", action="version", version=version_text("python -m analysis.study"))
     parser.add_argument("--policy-axis", default="policy")
     parser.add_argument("--versus", action="append", default=[], metavar="A:B",
                         help="add a paired comparison of policy A against policy B (repeatable)")

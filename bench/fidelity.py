@@ -297,7 +297,7 @@ def bench(args) -> int:
                 replay(out, name, args.seed)
         print(table(out, TraceBundle.load(Path(args.bundle) if args.bundle else out / "bundle"), names, args.seed))
         return 0
-    check_target(args.out, force=args.force)  # before anything is measured
+    check_target(args.out, force=args.force, kind="fidelity")  # before anything is measured
     if args.bundle:
         TraceBundle.load(Path(args.bundle))  # a bad --bundle fails now, not after the first runs
     with atomic_output(args.out, force=args.force, kind="fidelity") as staging:

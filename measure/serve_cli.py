@@ -87,8 +87,8 @@ def serve_command(args) -> int:
     from .replicas import front_end_cpus, pinned
     from .server import serve
 
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.scenario).stem}-real"
-    check_target(out, force=args.force)  # at once; atomic_output checks again before writing
+    out = Path("runs") / f"{Path(args.scenario).stem}-real" if args.out is None else Path(args.out)
+    check_target(out, force=args.force, kind="run")  # at once; atomic_output checks again before writing
     scenario = load_scenario(args.scenario, args.set)
     seeds = parse_seeds(args.seeds, scenario.limits) if args.seeds else [scenario.seed]
     prepared = prepare(scenario)

@@ -28,7 +28,7 @@ KNOWN_ROUTES = ("static", "static-small", "static-large")  # policies whose rout
 def cmd_run(args) -> int:
     scenario = load_scenario(args.scenario, args.set)
     seeds = parse_seeds(args.seeds, scenario.limits) if args.seeds else [scenario.seed]
-    out = Path(args.out) if args.out else Path("runs") / Path(args.scenario).stem
+    out = Path("runs") / Path(args.scenario).stem if args.out is None else Path(args.out)
     prepared = prepare(scenario)
     summaries = run_seeds(prepared, seeds, out, force=args.force)
     print(summary_table(summaries))

@@ -11,6 +11,7 @@ import pandas as pd
 import policies
 from policies.base import Reject, Request, Route
 from traces.errors import InputError
+from traces.outputs import scratch_directory
 from traces.prepare import Prepared, check_against_bundle
 from traces.progress import Progress
 from traces.runoutput import write_into
@@ -60,9 +61,11 @@ def first_route(prepared: Prepared) -> Route | Reject:
     return route
 
 
-def run_once(prepared: Prepared, seed: int, progress: Callable[[float], None] | None = None):
+def run_once(prepared: Prepared, seed: int, progress: Callable[[float], None] | None = None,
+             spool_dir: Path | None = None):
     """One seed: returns (config, requests, summary), the three parts of a run output; ``requests``
-    is a ``traces.runoutput.RequestTable`` (on disk: ``to_pandas()`` loads it)."""
+    is a ``traces.runoutput.RequestTable`` (on disk, in ``spool_dir`` or the temporary directory:
+    ``to_pandas()`` loads it)."""
     if prepared.scenario.policy.name in BOUNDS:
         from .bounds import isolation_bound, oracle_static
 
@@ -72,7 +75,7 @@ def run_once(prepared: Prepared, seed: int, progress: Callable[[float], None] | 
     policy = policies.create(scenario.policy.name, scenario.policy.params)
     sim = Simulation(scenario, policy, bundle=prepared.bundle, profiles=prepared.profiles,
                      predictions=prepared.predictions, seed=seed)
-    result = sim.run(progress)
+    result = sim.run(progress, spool_dir)
     summary = result.summary(scenario)
     summary["seed"] = seed
     summary["deployments"] = result.deployments
@@ -90,11 +93,16 @@ def run_seeds(prepared: Prepared, seeds: list[int], out: Path, *, force: bool = 
     duration_s = prepared.scenario.duration_s
     # one Progress over all seeds: many short seeds are long work too (one per seed never reported)
     desc = f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds"
-    with atomic_directory(out, force=force) as staging, Progress(duration_s * len(seeds), desc, "sim s") as progress:
+    # the request spool beside the output: on its filesystem (requests.parquet is a link, not a
+    # copy of a big file through a small /tmp), and gone with the staging directory if killed
+    with atomic_directory(out, force=force) as staging, scratch_directory(out, "spool") as spool, \
+            Progress(duration_s * len(seeds), desc, "sim s") as progress:
         for index, seed in enumerate(seeds):
             config, requests, summary = run_once(prepared, seed,
-                                                 lambda done, before=index * duration_s: progress.update(before + done))
+                                                 lambda done, before=index * duration_s: progress.update(before + done),
+                                                 spool_dir=spool)
             write_into(staging / f"seed-{seed}", config, requests, summary)
+            del requests
             summaries.append(summary)
         pd.DataFrame([flatten(s) for s in summaries]).to_csv(staging / "runs.csv", index=False)
     return summaries

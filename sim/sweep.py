@@ -203,7 +203,7 @@ def expand(path: str | Path) -> list[Task]:
     base = read_toml(base_path)
     axes = _axes(path, sweep)
     seeds = sweep.get("seeds", [base.get("seed", 1)])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and s >= 0 for s in seeds):
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
         raise InputError(f"{path}: seeds", f"must be a list of non-negative integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise InputError(f"{path}: seeds", f"lists a seed twice ({seeds!r}); each seed must be distinct")

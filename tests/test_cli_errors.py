@@ -319,7 +319,7 @@ def existing_output(tmp_path: Path) -> Path:
     """An earlier run output (it holds a summary.json, so it is ours to replace with --force)."""
     out = tmp_path / "runs" / "out"
     out.mkdir(parents=True)
-    (out / "summary.json").write_text("{}")
+    (out / "summary.json").write_text('{"requests": 3, "hit_rate": 1.0}')
     (out / "marker.txt").write_text("keep me")
     return out
 

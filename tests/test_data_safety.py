@@ -140,16 +140,18 @@ def test_sigkill_leftover_is_swept_by_the_next_run(tmp_path, tiny_bundle):
     code, left = kill_mid_run(proc, out, signal.SIGKILL)
     assert code == -signal.SIGKILL
     assert not out.exists(), "a killed run must leave no visible output"
-    assert [p.name.startswith(f".out.staging-{proc.pid}-") for p in left] == [True]
-    spool = [p.name for p in (tmp_path / "tmp").iterdir()]
-    assert spool and all(name.startswith(f"servesim-requests-{proc.pid}-") for name in spool)
+    # the staging directory and the request spool beside it, both hidden and named by the pid
+    assert sorted(p.name.split("-")[0] for p in left) == [".out.spool", ".out.staging"]
+    assert all(p.name.startswith((f".out.spool-{proc.pid}-", f".out.staging-{proc.pid}-")) for p in left)
+    assert any(p.name.startswith("servesim-requests-") for d in left for p in d.iterdir())
     short = scenario(tmp_path / "short.toml", tiny_bundle)
     done = start_run(short, out)
     _, err = done.communicate(timeout=120)
     assert done.returncode == 0, err
-    assert f"note: removed {left[0]}" in err, err
+    for leftover in left:
+        assert f"note: removed {leftover}" in err, err
     assert leftovers(out) == []
-    assert list((tmp_path / "tmp").iterdir()) == []  # the killed run's spool too
+    assert list((tmp_path / "tmp").iterdir()) == []  # nothing went through the temporary directory
     assert (out / "seed-1" / "summary.json").is_file() and (out / outputs.MARKER).is_file()
 
 
@@ -162,7 +164,7 @@ def test_killed_force_run_keeps_the_previous_output_byte_identical(tmp_path, tin
     code, left = kill_mid_run(start_run(long_scenario(tmp_path, tiny_bundle), out, *LONG, "--force"), out, sig)
     assert code == -sig
     assert tree(out) == before
-    assert len(left) == (1 if sig == signal.SIGKILL else 0), left
+    assert len(left) == (2 if sig == signal.SIGKILL else 0), left  # SIGKILL: staging and spool
 
 
 # ---------------------------------------------------------------- where `simulate run --out` may not go
@@ -247,10 +249,38 @@ def test_resume_accepts_only_an_output_of_the_same_kind(tmp_path, tiny_bundle):
     assert outputs.check_target(tiny_bundle, force=False, resume="bundle") == tiny_bundle
     run = tmp_path / "run"
     run.mkdir()
-    (run / "summary.json").write_text("{}")
-    with pytest.raises(InputError, match="not a bundle"):
-        outputs.check_target(run, force=False, resume="bundle")
-    assert outputs.check_target(run, force=True, resume="bundle") == run
+    (run / "summary.json").write_text('{"requests": 10, "hit_rate": 1.0}')
+    assert outputs.output_kind(run) == "run"
+    for force in (False, True):  # a bundle never replaces a run output, nor a run a bundle
+        with pytest.raises(InputError, match="a run output of ours, which a bundle output never replaces"):
+            outputs.check_target(run, force=force, resume="bundle")
+        with pytest.raises(InputError, match="a bundle output of ours, which a run output never replaces"):
+            outputs.check_target(tiny_bundle, force=force, kind="run")
+
+
+def test_a_summary_json_of_the_users_own_is_not_ours(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.json").write_text("{}")
+    (mine / "data.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not an output of ours"):
+        outputs.check_target(mine, force=True, kind="run")
+
+
+def test_force_refuses_an_output_holding_a_file_we_did_not_write(capsys, tmp_path, tiny_bundle):
+    """The marker lists every file of the output: a user's file inside it stops a --force."""
+    out = tmp_path / "runs" / "out"
+    short = scenario(tmp_path / "short.toml", tiny_bundle)
+    assert simulate_main(["run", str(short), "--out", str(out)]) == 0
+    listed = json.loads((out / outputs.MARKER).read_text())["entries"]
+    assert "seed-1/summary.json" in listed and "runs.csv" in listed
+    (out / "seed-1" / "my-notes.txt").write_text("keep me")
+    capsys.readouterr()
+    code = simulate_main(["run", str(short), "--out", str(out), "--force"])
+    one_error_line(capsys, code, "seed-1/my-notes.txt", "no command of ours wrote")
+    assert (out / "seed-1" / "my-notes.txt").read_text() == "keep me"
+    (out / "seed-1" / "my-notes.txt").unlink()
+    assert simulate_main(["run", str(short), "--out", str(out), "--force"]) == 0
 
 
 def test_bundles_are_marked_as_bundles(tiny_bundle):
@@ -300,7 +330,7 @@ print("survived SIGTERM")
 def test_sigterm_during_the_swap_waits_for_it(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "summary.json").write_text("old")
+    (out / "summary.json").write_text('{"requests": 0, "hit_rate": 0, "old": true}')
     proc = subprocess.run([sys.executable, "-c", SIGTERM_MID_SWAP, str(out)], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == -signal.SIGTERM, proc.stderr
@@ -362,10 +392,11 @@ def test_measure_refuses_a_directory_of_the_users(capsys, tmp_path, force):
 def test_measure_resumes_only_a_bundle(capsys, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "summary.json").write_text("{}")
-    code = measure_main(["accuracy", str(bad_zoo_profile(tmp_path)), "--out", str(run)])
-    one_error_line(capsys, code, "not a bundle", "--force")
-    assert tree(run) == {"summary.json": b"{}"} and leftovers(run) == []
+    (run / "summary.json").write_text('{"requests": 3, "hit_rate": 1.0}')
+    for force in ([], ["--force"]):
+        code = measure_main(["accuracy", str(bad_zoo_profile(tmp_path)), "--out", str(run), *force])
+        one_error_line(capsys, code, "a run output of ours, which a bundle output never replaces")
+        assert tree(run) == {"summary.json": b'{"requests": 3, "hit_rate": 1.0}'} and leftovers(run) == []
 
 
 def test_measure_sweeps_the_pieces_of_a_killed_force_run(capsys, tmp_path, tiny_bundle):
@@ -487,3 +518,20 @@ def test_measure_force_starts_afresh_and_swaps_the_bundle_in_whole(capsys, tmp_p
     assert bundle.meta["failed"] == [] and len(bundle.meta["commands"]) == 1
     assert json.loads((out / outputs.MARKER).read_text())["kind"] == "bundle"
     assert leftovers(out) == []  # neither the fresh pieces nor the stale ones are left
+
+
+def test_outputs_nested_in_an_output_keep_their_own_lists(tmp_path, tiny_bundle):
+    """A fidelity bench's output holds run outputs, and ``--replay-only`` adds more later: each
+    nested output answers for its own files, so only a file nobody wrote is foreign."""
+    short = scenario(tmp_path / "short.toml", tiny_bundle)
+    out = tmp_path / "fid"
+    with outputs.atomic_output(out, kind="fidelity") as staging:
+        (staging / "fidelity.md").write_text("table\n")
+        assert simulate_main(["run", str(short), "--out", str(staging / "a-sim")]) == 0
+    assert json.loads((out / outputs.MARKER).read_text())["entries"] == ["fidelity.md"]
+    assert simulate_main(["run", str(short), "--out", str(out / "b-sim")]) == 0  # added afterwards
+    assert outputs.foreign_entry(out) is None
+    (out / "b-sim" / "seed-1" / "mine.txt").write_text("keep me")
+    assert outputs.foreign_entry(out) == "b-sim/seed-1/mine.txt"
+    with pytest.raises(InputError, match="b-sim/seed-1/mine.txt"):
+        outputs.check_target(out, force=True, kind="fidelity")

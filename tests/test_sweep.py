@@ -213,6 +213,9 @@ def test_duplicate_axis_values_are_refused(sweep_file):
     sweep_file.write_text(SMALL.replace("seeds = [1]", "seeds = [1, 1]"))
     with pytest.raises(InputError, match="seeds.*twice"):
         expand(sweep_file)
+    sweep_file.write_text(SMALL.replace("seeds = [1]", "seeds = [true]"))  # a bool is no seed
+    with pytest.raises(InputError, match="seeds: must be a list of non-negative integers"):
+        expand(sweep_file)
 
 
 def test_stale_and_foreign_outputs_are_refused_and_force_reuses_runs(sweep_file, tmp_path, capsys):

@@ -201,6 +201,18 @@ def test_a_closed_pipe_ends_the_command_quietly(tmp_path, tiny_bundle, args):
     assert code == 141
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux) to stand for a full disk")
+@pytest.mark.parametrize("args", [["list"], ["validate", "{scn}"]])
+def test_a_full_disk_is_one_line_not_a_traceback(tmp_path, tiny_bundle, args):
+    scn = make_scenario(tmp_path, tiny_bundle)
+    argv = [a.replace("{scn}", str(scn)) for a in args]
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "sim", *argv], cwd=REPO, stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == ["error: standard output: No space left on device"], proc.stderr
+
+
 def test_measure_without_the_extra_says_what_to_install(tmp_path):
     code = ("import sys; sys.modules.update(dict.fromkeys(['torch', 'torchvision', 'transformers'])); "
             "from measure.cli import main; sys.exit(main(sys.argv[1:]))")

@@ -1,10 +1,12 @@
 """What every command-line front end does with errors: one line and exit status 2 for bad input
-(``InputError``), 130 on Ctrl-C, never a traceback for either; and a reader that stops early
+(``InputError``) and for what the machine refuses (a full disk, a read-only or forbidden place),
+130 on Ctrl-C, never a traceback for any of them; and a reader that stops early
 (``simulate list | head -1``) ends the command quietly instead of with a ``BrokenPipeError``."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from importlib import metadata
@@ -13,6 +15,8 @@ from typing import Callable
 from .errors import InputError
 
 BROKEN_PIPE = 141  # what a shell reports for a command killed by SIGPIPE (128 + 13)
+# what the machine, not the code, says no to: a full disk or quota, a read-only or forbidden place
+_ENVIRONMENT = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def version_text(prog: str) -> str:
@@ -51,8 +55,19 @@ def run_command(call: Callable[[], int], *, interrupted: str = "interrupted") ->
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # the reader has gone: what is left to print goes nowhere, also at interpreter exit
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return BROKEN_PIPE
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            _discard_stdout()  # the reader has gone
+            return BROKEN_PIPE
+        if exc.errno not in _ENVIRONMENT:
+            raise
+        if exc.filename is None:  # printing failed (stdout on a full disk): the rest goes nowhere
+            _discard_stdout()
+        print(f"error: {exc.filename or 'standard output'}: {exc.strerror}", file=sys.stderr)
+        return 2
+
+
+def _discard_stdout() -> None:
+    """What is left to print goes nowhere, also at interpreter exit (no second error there)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())

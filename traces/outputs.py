@@ -7,8 +7,11 @@ rule, implemented here once:
 1. Before any work, the target is checked (``check_target``): a file, the current directory or
    one of its parents, the filesystem root or the home directory is refused; so is an existing
    directory that is not an output of ours (it holds none of our marker, ``bundle.json``,
-   ``summary.json`` or ``sweep.json``), and an output of ours is replaced only with ``--force``
-   (or, for a command that resumes, taken up again when it is of the command's own kind).
+   ``summary.json`` or ``sweep.json`` with our keys). An output of ours is replaced only with
+   ``--force`` and only by an output of the same kind (a run never replaces a trace bundle), or,
+   for a command that resumes, taken up again when it is of the command's own kind; and only when
+   it holds nothing we did not write: the marker lists every file the output had when it was
+   swapped in, so a file a user added inside it is found and the output refused.
 2. The new output is built in a hidden staging directory beside the target
    (``.<name>.staging-<pid>-<random>``), which carries the marker file.
 3. Only when it is complete is it swapped in: the old output is renamed aside, the staging
@@ -41,8 +44,8 @@ from .errors import InputError
 
 MARKER = ".servesim-output.json"   # written into every output directory we create
 OURS = ("bundle.json", "summary.json", "sweep.json")  # what outputs written before the marker hold
-SCRATCH = ("staging", "old", "parts")  # the hidden directories (or files) we keep beside a target
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<what>staging|old|parts)-(?P<pid>\d+)-[^/]*$")
+SCRATCH = ("staging", "old", "parts", "spool")  # the hidden directories (or files) we keep beside a target
+_LEFTOVER = re.compile(rf"^\.(?P<name>.+)\.(?P<what>{'|'.join(SCRATCH)})-(?P<pid>\d+)-[^/]*$")
 
 _active: set[Path] = set()          # staging directories and files of this process, removed on SIGTERM
 _lock = threading.Lock()
@@ -58,11 +61,30 @@ def is_ours(path: Path) -> bool:
     path = Path(path)
     if not path.is_dir():
         return False
-    if (path / MARKER).is_file() or any((path / name).is_file() for name in OURS):
-        return True
-    if (path / "runs.csv").is_file() and any(path.glob("seed-*/summary.json")):
-        return True  # a multi-seed run output written before the marker existed
-    return not any(path.iterdir())
+    return output_kind(path) is not None or not any(path.iterdir())
+
+
+def read_marker(path: Path) -> dict | None:
+    """The marker of the output at ``path`` (kind, provenance, entries), None if it has none."""
+    try:
+        marker = json.loads((Path(path) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and isinstance(marker.get("kind"), str) else None
+
+
+def _json_with(path: Path, keys: tuple[str, ...]) -> bool:
+    """``path`` is a JSON object with every one of ``keys`` (how our files were told apart before
+    the marker: a user's ``summary.json`` of their own is not ours)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(value, dict) and all(k in value for k in keys)
+
+
+_LEGACY = (("bundle.json", "bundle", ("name", "command")), ("sweep.json", "sweep", ("sweep", "runs")),
+           ("summary.json", "run", ("requests", "hit_rate")))
 
 
 def output_kind(path: Path) -> str | None:
@@ -71,28 +93,97 @@ def output_kind(path: Path) -> str | None:
     path = Path(path)
     if not path.is_dir():
         return None
-    if (path / "bundle.json").is_file():  # whatever wrote it (TraceBundle.save is used by several kinds)
-        return "bundle"
-    try:
-        kind = json.loads((path / MARKER).read_text()).get("kind")
-    except (OSError, ValueError, AttributeError):
-        kind = None
-    if isinstance(kind, str):
-        return kind
-    for name, legacy in (("sweep.json", "sweep"), ("summary.json", "run"),
-                         ("runs.csv", "run")):
-        if (path / name).is_file():
-            return legacy
+    marker = read_marker(path)
+    if marker is not None:
+        return marker["kind"]
+    for name, kind, keys in _LEGACY:
+        if _json_with(path / name, keys):
+            return kind
+    if (path / "runs.csv").is_file() and any(_json_with(p, _LEGACY[2][2]) for p in path.glob("seed-*/summary.json")):
+        return "run"  # a multi-seed run output written before the marker existed
     return None
 
 
-def check_target(target: str | Path, *, force: bool, option: str = "--out", resume: str | None = None) -> Path:
+def inventory(directory: Path) -> list[str]:
+    """Every file below ``directory`` (relative, POSIX) that its marker lists: all but the marker,
+    our leftovers of killed runs, and subdirectories that are outputs of their own (with lists of
+    their own, e.g. the runs a fidelity bench writes into its output)."""
+    directory = Path(directory)
+    files: list[str] = []
+
+    def walk(folder: Path, prefix: str) -> None:
+        for entry in sorted(folder.iterdir()):
+            if entry.name == MARKER or _LEFTOVER.match(entry.name):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                if not (entry / MARKER).is_file():
+                    walk(entry, f"{prefix}{entry.name}/")
+            else:
+                files.append(prefix + entry.name)
+
+    walk(directory, "")
+    return files
+
+
+def _marked_subdirectories(directory: Path):
+    """The outputs of ours nested in ``directory`` (not below another nested one)."""
+    for entry in sorted(Path(directory).iterdir()):
+        if entry.is_dir() and not entry.is_symlink() and not _LEFTOVER.match(entry.name):
+            if (entry / MARKER).is_file():
+                yield entry
+            else:
+                yield from _marked_subdirectories(entry)
+
+
+def foreign_entry(path: Path) -> str | None:
+    """The first file inside the output at ``path`` that no command of ours wrote, if any.
+
+    A marker that lists its output's files says exactly which; a sweep, which grows run by run,
+    may hold only its own files and run directories that are outputs of ours themselves;
+    an output from before the marker has no list and is taken as a whole."""
+    path = Path(path)
+    marker = read_marker(path)
+    if marker is None:
+        return None
+    if marker["kind"] == "sweep":
+        for entry in sorted(path.iterdir()):
+            if entry.name in (MARKER, "sweep.json", "results.parquet") or _LEFTOVER.match(entry.name):
+                continue
+            if entry.name != "runs" or not entry.is_dir():
+                return entry.name
+            for run in sorted(entry.iterdir()):
+                if _LEFTOVER.match(run.name):
+                    continue
+                if not run.is_dir() or read_marker(run) is None:
+                    return f"runs/{run.name}"
+                inner = foreign_entry(run)
+                if inner is not None:
+                    return f"runs/{run.name}/{inner}"
+        return None
+    listed = marker.get("entries")
+    if not isinstance(listed, list):
+        return None
+    listed = set(listed)
+    stray = next((rel for rel in inventory(path) if rel not in listed), None)
+    if stray is not None:
+        return stray
+    for nested in _marked_subdirectories(path):
+        inner = foreign_entry(nested)
+        if inner is not None:
+            return f"{nested.relative_to(path).as_posix()}/{inner}"
+    return None
+
+
+def check_target(target: str | Path, *, force: bool, option: str = "--out", resume: str | None = None,
+                 kind: str | None = None) -> Path:
     """The output path, checked against the rules above; raises ``InputError`` naming it.
 
-    ``resume``: the command takes up an existing output of this kind (e.g. ``"bundle"``), so one is
-    accepted without ``force``; an output of ours of another kind still needs ``force``.
+    ``kind``: what the command writes (run, bundle, sweep, fidelity); an existing output of ours
+    is replaced only by one of the same kind. ``resume``: the command takes up an existing output
+    of this kind (e.g. ``"bundle"``), so one is accepted without ``force``.
     """
     target = Path(target)
+    kind = kind or resume
     where = str(target)
     resolved = target.resolve()
     cwd = Path.cwd().resolve()
@@ -104,17 +195,20 @@ def check_target(target: str | Path, *, force: bool, option: str = "--out", resu
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         raise InputError(where, f"{option} is an existing file, not an output directory; choose another path")
     _check_parent(target)
-    if target.exists():
-        if not is_ours(target):
+    if target.exists() and any(target.iterdir()):
+        found = output_kind(target)
+        if found is None:
             raise InputError(where, f"{option} exists and is not an output of ours (no {MARKER}, "
                              f"{', '.join(OURS)}); refusing to replace it; choose another path")
-        if not force and any(target.iterdir()):
-            if resume is None:
-                raise InputError(where, "already exists; pass --force to replace it")
-            kind = output_kind(target)
-            if kind != resume:
-                raise InputError(where, f"is an output of ours ({kind or 'unknown kind'}) but not a {resume} "
-                                 "to resume; pass --force to replace it, or choose another path")
+        if kind is not None and found != kind:
+            raise InputError(where, f"holds a {found} output of ours, which a {kind} output never replaces, "
+                             "even with --force; choose another path")
+        if not force and resume is None:
+            raise InputError(where, "already exists; pass --force to replace it")
+        foreign = foreign_entry(target)
+        if foreign is not None:
+            raise InputError(where, f"holds {foreign}, which no command of ours wrote; refusing to replace it "
+                             "(move it out, or choose another path)")
     return target
 
 
@@ -163,7 +257,7 @@ def sweep_leftovers(target: Path) -> list[str]:
 def atomic_output(target: str | Path, *, force: bool = False, kind: str = "run",
                   option: str = "--out") -> Iterator[Path]:
     """Yield a staging directory that becomes ``target`` only if the block completes."""
-    target = check_target(target, force=force, option=option)
+    target = check_target(target, force=force, option=option, kind=kind)
     sweep_leftovers(target)
     _make_parent(target)
     with _scratch(target, "staging") as staging:
@@ -226,11 +320,15 @@ def atomic_file(target: str | Path, *, force: bool, marker_line: str, option: st
             tmp.unlink()
 
 
-def write_marker(directory: Path, kind: str) -> None:
-    """Mark ``directory`` as an output of ours (``kind``: run, bundle, sweep, fidelity, report)."""
+def write_marker(directory: Path, kind: str, entries: list[str] | None = None) -> None:
+    """Mark ``directory`` as an output of ours (``kind``: run, bundle, sweep, fidelity, report),
+    listing the files it holds (``entries``) once it is complete."""
     from . import provenance
 
-    (Path(directory) / MARKER).write_text(json.dumps({"kind": kind, **provenance.info()}, sort_keys=True) + "\n")
+    marker = {"kind": kind, **provenance.info()}
+    if entries is not None:
+        marker["entries"] = entries
+    (Path(directory) / MARKER).write_text(json.dumps(marker, sort_keys=True) + "\n")
 
 
 def _first_line_is(path: Path, line: str) -> bool:
@@ -286,6 +384,9 @@ def _swap_in(staging: Path, target: Path) -> None:
     old = None
     if target.exists() and not is_ours(target):  # it changed under us since the check
         raise InputError(str(target), "appeared meanwhile and is not an output of ours; not replaced")
+    kind = read_marker(staging)["kind"]
+    if kind != "sweep":  # a sweep grows run by run after the swap: its runs carry their own lists
+        write_marker(staging, kind, inventory(staging))
     with _sigterm_deferred():  # never stopped between the two renames, with the old output aside
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
