@@ -18,7 +18,7 @@ import pytest
 
 import policies
 import traces.records as records
-from conftest import FAST_CONF, SLOW_MS, simulate
+from conftest import FAST_CONF, simulate
 from policies.base import Policy, Route
 from sim.cli import main
 from sim.engine import Simulation

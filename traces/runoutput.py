@@ -18,7 +18,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
