@@ -4,7 +4,10 @@ Canonical scenario: Poisson arrivals at 80% of capacity, 4 replicas, dynamic bat
 a 2 ms wait, service times drawn by the measured-variant sampler from a latency table shaped like
 a small CNN on CPU (lognormal, 1.5 ms + 0.35 ms per extra item, cv 0.08). The table is synthetic on
 purpose: this benchmark times the engine, not a model. Then M/M/4 at rho = 0.8 (mean service 2 ms)
-in our engine and in ciw, same arrivals count, one core each.
+in our engine and in ciw, same arrivals count, one core each. The canonical scenario is also
+timed end to end as ``simulate run`` pays it (workload, simulation, summary, run output written),
+the figure to compare across versions: since the request log streams, ``Simulation.run`` itself
+includes writing the requests to Parquet, which used to come after it.
 
     python bench/sim_speed.py [--requests 400000] [--repeats 3]
 """
@@ -68,6 +71,30 @@ def time_engine(raw: dict, profiles: dict, repeats: int) -> tuple[float, int]:
     return best * 1e6, len(result.requests)
 
 
+def time_end_to_end(raw: dict, profiles: dict, repeats: int) -> float:
+    """Best wall time per request of what ``simulate run`` pays for one seed: the workload, the
+    simulation, the summary and the run output written (``sim.runner.run_once`` + ``write_into``)."""
+    import shutil
+    import tempfile
+
+    from sim.runner import run_once
+    from traces.prepare import Prepared
+    from traces.runoutput import write_into
+
+    best = float("inf")
+    prepared = Prepared(scenario_from_dict(raw), None, profiles, None)
+    for seed in range(repeats):
+        out = Path(tempfile.mkdtemp(prefix="sim-speed-"))
+        try:
+            start = time.perf_counter()
+            config, requests, summary = run_once(prepared, seed)
+            write_into(out / "seed", config, requests, summary)
+            best = min(best, (time.perf_counter() - start) / len(requests))
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+    return best * 1e6
+
+
 def time_ciw(rate_rps: float, mean_s: float, customers: int, repeats: int) -> float:
     import ciw
 
@@ -96,6 +123,8 @@ def main() -> None:
     us, n = time_engine(raw, profiles, args.repeats)
     print(f"canonical: Poisson {rate:.0f} rps (80% of {capacity:.0f}), {REPLICAS} replicas, batch <= {MAX_BATCH}, "
           f"{n} requests: {us:.2f} us per simulated request")
+    print(f"canonical, end to end as `simulate run` (workload, simulation, summary, run output written): "
+          f"{time_end_to_end(raw, profiles, args.repeats):.2f} us per request")
 
     mean_ms = 2.0
     mm4_rate = LOAD * REPLICAS * 1000.0 / mean_ms
