@@ -152,3 +152,43 @@ def test_a_timeline_on_another_clock_is_refused(tmp_path, tiny_bundle):
            "deployments": [{"name": "m", "variant": "fast/int8/cpu", "max_batch_size": 4, "service_order": "timeline"}]}
     with pytest.raises(InputError, match="service_order.*outside"):
         check_against_bundle(scenario_from_dict(raw))
+
+
+# --- the timeline sampler on its own: the run nearest in time, ties to the earlier one ----------
+
+def _timeline_sampler(fallback=None):
+    """Size-1 runs started at 0, 1 and 3 s took 10, 20 and 30 ms."""
+    from sim.service import TimelineSampler
+
+    timeline = {1: (np.array([0.0, 1.0, 3.0]), np.array([10.0, 20.0, 30.0]))}
+    return TimelineSampler(timeline, fallback)
+
+
+@pytest.mark.parametrize(("now_s", "want_ms"), [
+    (-0.5, 10.0), (0.0, 10.0), (0.4, 10.0), (0.5, 10.0), (0.6, 20.0), (1.0, 20.0), (2.0, 20.0),
+    (2.5, 30.0), (3.0, 30.0), (5.0, 30.0)])
+def test_a_timeline_batch_takes_the_run_started_nearest_it(now_s, want_ms):
+    # before the first run: the first; after the last: the last; halfway (0.5, 2.0): the earlier
+    assert _timeline_sampler().draw_s(1, now_s) * 1000.0 == pytest.approx(want_ms, rel=1e-12)
+
+
+def test_a_timeline_batch_without_a_time_is_at_the_runs_start():
+    assert _timeline_sampler().draw_s(1) * 1000.0 == pytest.approx(10.0, rel=1e-12)
+
+
+def test_sizes_the_timeline_lacks_are_drawn_by_the_fallback_with_their_time_and_idleness():
+    """The fallback (slow spells, an idle class) gets each call's size, time and idle time: its
+    draws are those of a twin sampler asked the same."""
+    from sim.service import MeasuredSampler
+    from traces.profiles import LatencyProfile, SlowSpells
+
+    def sampler():
+        idle = LatencyProfile({1: np.linspace(5.0, 6.0, 1001), 2: np.linspace(7.0, 9.0, 1001)}, measured=True)
+        profile = LatencyProfile({1: np.linspace(1.0, 2.0, 1001), 2: np.linspace(2.0, 4.0, 1001)}, measured=True,
+                                 spells=SlowSpells(0.6, 0.2), after_idle=((0.01, idle),))
+        return MeasuredSampler(profile, 2, np.random.default_rng(5))
+
+    replay, twin = _timeline_sampler(sampler()), sampler()
+    assert replay.draw_s(2) == twin.draw_s(2, 0.0, 0.0)  # no time, no idleness
+    for now_s, idle_s in ((0.05, 0.0), (0.30, 0.005), (0.31, 0.02), (0.90, 0.0), (0.91, 0.001)):
+        assert replay.draw_s(2, now_s, idle_s) == twin.draw_s(2, now_s, idle_s)
