@@ -77,3 +77,24 @@ def test_a_size_an_idle_class_lacks_is_served_back_to_back():
     sampler = MeasuredSampler(profile, 4, np.random.default_rng(0))
     assert sampler.draw_s(1, 0.0, 1.0) * 1000 == pytest.approx(IDLE_MS)
     assert sampler.draw_s(3, 0.0, 1.0) * 1000 == pytest.approx(3 * HOT_MS)  # interpolated from sizes 1 and 4
+
+
+def test_between_two_longer_idle_classes_the_weight_counts_from_the_lower_one():
+    """Three classes (back to back, 10 ms, 50 ms idle): 20 ms idle is a quarter of the way from the
+    10 ms class to the 50 ms one."""
+    from traces.profiles import idle_bracket
+
+    gaps_s = (0.0, 0.01, 0.05)
+    assert idle_bracket(gaps_s, 0.0) == (0, 0.0)
+    assert idle_bracket(gaps_s, 0.005) == (0, pytest.approx(0.5, rel=1e-12))
+    assert idle_bracket(gaps_s, 0.01) == (1, 0.0)
+    assert idle_bracket(gaps_s, 0.02) == (1, pytest.approx(0.25, rel=1e-12))
+    assert idle_bracket(gaps_s, 0.05) == (2, 0.0) and idle_bracket(gaps_s, 1.0) == (2, 0.0)
+    mid_ms, long_ms = 3.0, 7.0
+    profile = LatencyProfile({1: np.full(10, HOT_MS)}, measured=True,
+                             after_idle=((0.01, LatencyProfile({1: np.full(10, mid_ms)}, measured=True)),
+                                         (0.05, LatencyProfile({1: np.full(10, long_ms)}, measured=True))))
+    want_ms = mid_ms + 0.25 * (long_ms - mid_ms)
+    assert profile.mean_ms_after_idle(1, 0.02) == pytest.approx(want_ms, rel=1e-12)
+    sampler = MeasuredSampler(profile, 1, np.random.default_rng(0))
+    assert sampler.draw_s(1, 0.0, 0.02) * 1000 == pytest.approx(want_ms, rel=1e-12)
