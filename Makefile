@@ -21,7 +21,7 @@ bench: $(PY)
 	$(PIP) -e '.[dev]'
 	$(PY) bench/sim_speed.py
 
-# long (tens of minutes on 2 cores), so not part of `make test`: the mutation score of the core, per module
+# long (hours on 2 cores; it resumes where it stopped), so not part of `make test`: the mutation score of the core, per module
 mutation: $(PY)
 	$(PIP) -e '.[dev]'
 	$(PY) bench/mutation.py

@@ -9,7 +9,7 @@ the ones that define what we publish (the summary and its metrics, the request l
 measurement window, queues and expiry, batch formation, cascade exits, service-time interpolation,
 arrival generators, replica accounting and cost, the planner's estimates).
 
-    python bench/mutation.py            # run mutmut (long: tens of minutes), then print the scores
+    python bench/mutation.py            # run mutmut (long: hours on 2 cores; resumes), then print the scores
     python bench/mutation.py --report   # print the scores of the last run again
     python bench/mutation.py --json scores.json   # also write them as JSON
 
