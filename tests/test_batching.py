@@ -142,3 +142,83 @@ def test_least_loaded_beats_round_robin_on_wait():
         _, summary = simulate(raw, seed=11)
         waits[balancer] = summary["wait_ms"]["mean"]
     assert waits["least_loaded"] < 0.7 * waits["round_robin"]
+
+
+# ---------------------------------------------------------------- crash and recover, one batcher at a time
+
+
+class _Sink:
+    """Records what the batcher tells the engine."""
+
+    def __init__(self):
+        self.started, self.failed, self.dropped = [], [], []
+
+    def drop(self, request, now, reason):
+        self.dropped.append((request, now, reason))
+
+    def batch_started(self, deployment, batch, now, replica):
+        self.started.append((list(batch), now, replica))
+
+    def batch_finished(self, deployment, batch, now):
+        pass
+
+    def batch_failed(self, deployment, batch, now):
+        self.failed.append((list(batch), now))
+
+
+class _FixedService:
+    def draw_s(self, size, now, idle_s):
+        return 1.0
+
+
+def _batcher(replicas=2):
+    import simpy
+
+    from sim.batcher import Batcher
+    from traces.queues import FifoQueue
+
+    env, sink = simpy.Environment(), _Sink()
+    b = Batcher(env, sink, 0, FifoQueue(), _FixedService(), [1e9] * 100, max_batch_size=4, batch_wait_timeout_s=0.0,
+                drop_expired=False, max_queue_size=0, window_s=(0.0, 1e9))
+    reps = [b.add_replica(i) for i in range(replicas)]
+    return b, reps, sink
+
+
+def test_overlapping_crashes_count_once_and_only_the_last_recovery_restores():
+    b, (r0, r1), _ = _batcher()
+    assert b.crash(r0, 0.0) is True
+    assert b.crash(r0, 0.5) is False  # a second outage of a replica already down
+    assert (r0.down, b.down, b.alive, b.free) == (2, 1, 1, [r1])
+    assert b.crash(r1, 0.6) is True
+    assert (b.down, b.alive, b.free) == (2, 0, [])
+    assert b.recover(r0, 1.0) is False  # one of its two outages ends: still down
+    assert (r0.down, b.down, b.free) == (1, 2, [])
+    assert b.recover(r0, 2.0) is True
+    assert (r0.down, b.down, b.alive, b.free, r0.free_s) == (0, 1, 1, [r0], 2.0)
+    assert b.recover(r0, 3.0) is False  # not down: nothing to end
+    assert b.down == 1
+
+
+def test_crash_of_a_replica_that_left_is_ignored():
+    b, (r0, r1), _ = _batcher()
+    other, (stranger,), _ = _batcher(replicas=1)
+    assert b.crash(stranger, 0.0) is False
+    assert (stranger.down, b.down, b.alive) == (0, 0, 2)
+
+
+def test_crash_in_service_hands_the_batch_back():
+    b, (r0,), sink = _batcher(replicas=1)
+    for request in range(3):
+        b.submit(request, 0.0)
+    assert sink.started == [([0], 0.0, 0)]  # no wait: the first request leaves alone
+    b.env.run(until=0.25)
+    assert b.crash(r0, 0.25) is True
+    assert sink.failed == [([0], 0.25)] and r0.batch is None and r0.busy_s == 0.25
+
+
+def test_a_retiring_replica_that_recovers_leaves():
+    b, (r0, r1), _ = _batcher()
+    b.crash(r1, 0.0)
+    r1.retiring = True
+    assert b.recover(r1, 1.0) is True
+    assert b.replicas == [r0] and b.retired == [r1] and b.free == [r0] and b.down == 0
