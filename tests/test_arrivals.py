@@ -341,3 +341,29 @@ def test_segments_count_what_drawing_builds():
     assert Poisson(5.0).segments(1e9) == 1
     assert Piecewise([1.0, 2.0], 0.5).segments(10.0) == 20
     assert Bursty([1.0, 2.0], [1.0, 3.0]).segments(100.0) == 2 * (100.0 / 2.0 + 8)
+
+
+# ---------------------------------------------------------------- exact messages of the generators
+
+
+def _error(fn, *args, **kwargs) -> tuple[str, str]:
+    with pytest.raises(InputError) as info:
+        fn(*args, **kwargs)
+    return info.value.where, info.value.problem
+
+
+def test_bursty_and_piecewise_messages_name_the_default_where():
+    assert _error(Bursty, [0, 0], [1, 1]) == ("arrivals.rates_rps", "at least one rate must be > 0, got [0, 0]")
+    assert _error(Bursty, [1, 2], [1, 1, 1]) == ("arrivals.mean_dwell_s", "must be a list of 2 numbers, got 3: [1, 1, 1]")
+    assert _error(Bursty, 5, [1, 1]) == ("arrivals.rates_rps", "must be a non-empty list of numbers, got 5")
+    assert _error(Piecewise, [0, 0], 1) == ("arrivals.rates_rps", "at least one rate must be > 0, got all 0")
+    assert _error(Piecewise, [1], 0) == ("arrivals.interval_s", "must be a number > 0, got 0")
+    assert _error(Piecewise, [1], 1, repeat="yes") == ("arrivals.repeat", "must be true or false, got 'yes'")
+
+
+def test_piecewise_shorter_than_one_interval():
+    p = Piecewise([1.0, 3.0], 10.0)
+    assert p.segments(5.0) == 1.0
+    assert p.mean_rate_rps(5.0) == 1.0  # only the first interval's rate applies, over [0, 5)
+    starts, ends, rates = p._intervals(5.0)
+    assert (starts.tolist(), ends.tolist(), rates.tolist()) == ([0.0], [5.0], [1.0])

@@ -222,3 +222,25 @@ def test_a_retiring_replica_that_recovers_leaves():
     r1.retiring = True
     assert b.recover(r1, 1.0) is True
     assert b.replicas == [r0] and b.retired == [r1] and b.free == [r0] and b.down == 0
+
+
+# ---------------------------------------------------------------- the EDF queue on its own
+
+
+def test_edf_queue_order_ties_oldest_and_drain():
+    from traces.queues import EdfQueue
+
+    q = EdfQueue([5.0, 3.0, 3.0, 9.0, 1.0])
+    for request, enqueue_s in ((0, 0.0), (1, 0.1), (2, 0.2), (3, 0.3)):
+        q.push(request, enqueue_s)
+    assert q.take() == 1  # earliest deadline; 1 and 2 tie on it, 1 came first
+    assert q.oldest_s() == 0.0
+    assert q.take() == 2
+    assert q.take() == 0
+    assert q.oldest_s() == 0.3  # 0, 1 and 2 were taken, so 3 is the oldest left
+    q.push(4, 0.4)
+    q.push(1, 0.5)
+    assert q.drain() == [4, 1, 3]  # in service order
+    assert len(q) == 0
+    q.push(2, 0.6)
+    assert q.oldest_s() == 0.6 and q.take() == 2
