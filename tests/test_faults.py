@@ -110,3 +110,95 @@ def test_random_outages_inside_a_scheduled_one_do_not_end_it():
     for fault in summary["faults"]:
         assert not ((starts >= fault["crash_s"]) & (starts < fault["recover_s"])).any()
     assert summary["completed"] == summary["requests"]
+
+
+# ---------------------------------------------------------------- one deployment, by hand
+
+
+class _Sink:
+    def __init__(self):
+        self.dropped, self.failed = [], []
+
+    def drop(self, request, now, reason):
+        self.dropped.append((request, now, reason))
+
+    def batch_started(self, deployment, batch, now, replica):
+        pass
+
+    def batch_finished(self, deployment, batch, now):
+        pass
+
+    def batch_failed(self, deployment, batch, now):
+        self.failed.append((list(batch), now))
+
+
+class _OneSecond:
+    def ensure_batch(self, max_batch_size):
+        pass
+
+    def draw_s(self, size, now, idle_s):
+        return 1.0
+
+
+def _deployment(replicas=2, balancer="round_robin", max_queue_size=2):
+    import numpy as np
+    import simpy
+
+    from sim.deployment import Deployment
+    from traces.scenario import DeploymentConfig
+
+    cfg = DeploymentConfig(name="m", replicas=replicas, max_batch_size=1, batch_wait_timeout_ms=0.0,
+                           max_queue_size=max_queue_size, drop_expired=False, balancer=balancer)
+    sink = _Sink()
+    dep = Deployment(simpy.Environment(), sink, 0, cfg, _OneSecond(), [1e9] * 100, (0.0, 1e9),
+                     np.random.default_rng(0))
+    return dep, sink
+
+
+def _queues(dep):
+    return [[r for _, r in b.queue] for b in dep.batchers]  # a fifo line holds (enqueue_s, request)
+
+
+def test_a_crash_moves_its_line_to_the_live_replica_and_drops_what_does_not_fit():
+    dep, sink = _deployment()
+    for request in range(6):
+        assert dep.submit(request, 0.0)
+    # each replica serves one (1 s each) and holds two waiting
+    assert dep.load() == (4, 2, 2)
+    (waiting_0, waiting_1) = _queues(dep)
+    assert sorted(waiting_0 + waiting_1) == [2, 3, 4, 5] and len(waiting_0) == len(waiting_1) == 2
+    dead = dep.batchers[1].replicas[0]
+    dep.crash(dead.index, 0.5)
+    assert len(sink.failed) == 1 and sink.failed[0][1] == 0.5
+    # the dead line moves to the live one, which is full: each is dropped at the crash, as queue_full
+    assert sink.dropped == [(r, 0.5, "queue_full") for r in waiting_1]
+    assert _queues(dep) == [waiting_0, []]
+    assert dep.load() == (2, 1, 1) and dep.replicas == 1
+
+
+def test_set_batching_changes_every_line():
+    dep, _ = _deployment()
+    dep.set_batching(None, 250.0, 0.0)
+    assert dep.batch_wait_timeout_ms == 250.0
+    assert [(b.max_batch_size, b.timeout_s) for b in dep.batchers] == [(1, 0.25), (1, 0.25)]
+    dep.set_batching(3, None, 0.0)
+    assert [(b.max_batch_size, b.timeout_s) for b in dep.batchers] == [(3, 0.25), (3, 0.25)]
+
+
+def test_removing_a_per_replica_line_resubmits_its_requests_and_retires_its_replica():
+    dep, sink = _deployment(max_queue_size=3)
+    for request in range(6):
+        dep.submit(request, 0.0)
+    dep.set_replicas(3, 0.0)
+    assert len(dep.batchers) == 3 and dep.load() == (4, 2, 3)
+    third = dep.batchers[2]
+    idle = third.replicas[0]
+    last = dep.batchers[1]
+    busy, moved = last.replicas[0], _queues(dep)[1]
+    dep.set_replicas(1, 2.0 / 3)  # the idle third line and the busy second go
+    assert len(dep.batchers) == 1 and dep._gone == [third, last]
+    assert third.retired == [idle] and third.replicas == [] and idle.retiring
+    assert busy.retiring and last.replicas == [busy] and len(last.queue) == 0
+    # the live line held 2 and takes 1 more of the 2 moved; the other is dropped when the plan acts
+    assert _queues(dep)[0][-1] == moved[0]
+    assert sink.dropped == [(moved[1], 2.0 / 3, "queue_full")]
