@@ -202,3 +202,29 @@ def test_removing_a_per_replica_line_resubmits_its_requests_and_retires_its_repl
     # the live line held 2 and takes 1 more of the 2 moved; the other is dropped when the plan acts
     assert _queues(dep)[0][-1] == moved[0]
     assert sink.dropped == [(moved[1], 2.0 / 3, "queue_full")]
+
+
+def test_a_failed_batch_fails_every_request_in_it():
+    # 1500 rps against 1333 rps of capacity: full batches of 4, one in service at the crash
+    faults = [{"deployment": "m", "at_s": 2.0, "down_s": 0.5, "on_failure": "fail"}]
+    requests, _ = simulate(scenario(faults, rate=1500.0), seed=1)
+    starts = requests["hop0_start_s"]
+    in_service = requests[starts == starts[starts < 2.0].max()]
+    assert len(in_service) == 4 and (in_service["hop0_finish_s"].isna()).all()
+    failed = requests[requests["retries"] > 0]
+    assert failed["id"].tolist() == in_service["id"].tolist()
+    assert (failed["drop_reason"] == "replica_failed").all() and (failed["retries"] == 1).all()
+    assert (failed["hop0_batch_size"] == 4).all() and (failed["hop0_replica"] == 0).all()  # where it was lost
+
+
+def test_a_retried_request_that_finds_the_line_full_is_dropped_unserved():
+    faults = [{"deployment": "m", "at_s": 2.0, "down_s": 0.5}]
+    raw = scenario(faults, rate=1500.0)
+    raw["deployments"][0]["max_queue_size"] = 4
+    requests, _ = simulate(raw, seed=1)
+    retried = requests[requests["retries"] > 0]
+    assert len(retried) >= 1
+    assert (retried["drop_reason"] == "queue_full").all() and retried["dropped"].all()
+    # its hop is reset: back in the line at the crash, never started, on no replica, in no batch
+    assert (retried["hop0_enqueue_s"] == 2.0).all() and retried["hop0_start_s"].isna().all()
+    assert retried["hop0_replica"].isna().all() and retried["hop0_batch_size"].isna().all()
