@@ -244,3 +244,56 @@ def test_edf_queue_order_ties_oldest_and_drain():
     assert len(q) == 0
     q.push(2, 0.6)
     assert q.oldest_s() == 0.6 and q.take() == 2
+
+
+# ---------------------------------------------------------------- a plan's batching change, applied by the engine
+
+
+def _simulation(raw):
+    import policies
+    from sim.engine import Simulation
+    from sim.runner import prepare
+    from traces.scenario import scenario_from_dict
+
+    prepared = prepare(scenario_from_dict(raw))
+    s = prepared.scenario
+    return Simulation(s, policies.create(s.policy.name, s.policy.params), bundle=prepared.bundle,
+                      profiles=prepared.profiles, predictions=prepared.predictions, seed=1)
+
+
+def test_a_plan_that_changes_only_the_wait_timeout_reaches_every_line():
+    from policies.base import PlanAction
+
+    sim = _simulation(scenario(10.0, TINY, max_batch_size=4, batch_wait_timeout_ms=5.0, replicas=2,
+                               balancer="round_robin"))
+    dep = sim.deployments[0]
+    sim.apply(PlanAction("d", batch_wait_timeout_ms=40.0))
+    assert dep.batch_wait_timeout_ms == 40.0 and [b.timeout_s for b in dep.batchers] == [0.04, 0.04]
+    sim.apply(PlanAction("d", max_batch_size=2))
+    assert [(b.max_batch_size, b.timeout_s) for b in dep.batchers] == [(2, 0.04), (2, 0.04)]
+
+
+def test_a_bad_plan_names_the_policy_and_deployment():
+    from policies.base import PlanAction
+    from traces.errors import InputError
+
+    sim = _simulation(scenario(10.0, TINY))
+    with pytest.raises(InputError) as info:
+        sim.apply(PlanAction("d", replicas=0))
+    assert (info.value.where, info.value.problem) == ("policy 'static' plan for 'd'", "replicas must be >= 1, got 0")
+
+
+def test_a_plan_may_not_batch_beyond_the_measured_sizes(tiny_bundle):
+    from policies.base import PlanAction
+    from traces.errors import InputError
+
+    raw = {"duration_s": 4.0, "bundle": str(tiny_bundle), "arrivals": {"kind": "poisson", "rate_rps": 10.0},
+           "requests": {"deadline_ms": 200.0}, "policy": {"name": "static"},
+           "deployments": [{"name": "fast", "variant": "fast/int8/cpu", "max_batch_size": 2}]}
+    sim = _simulation(raw)
+    limit = sim.profiles["fast"].max_batch_size
+    sim.apply(PlanAction("fast", max_batch_size=limit))
+    assert sim.deployments[0].max_batch_size == limit
+    with pytest.raises(InputError) as info:
+        sim.apply(PlanAction("fast", max_batch_size=limit + 1))
+    assert info.value.problem == f"max_batch_size must be in 1..{limit} (the measured sizes), got {limit + 1}"
