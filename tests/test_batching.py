@@ -271,6 +271,8 @@ def test_a_plan_that_changes_only_the_wait_timeout_reaches_every_line():
     assert dep.batch_wait_timeout_ms == 40.0 and [b.timeout_s for b in dep.batchers] == [0.04, 0.04]
     sim.apply(PlanAction("d", max_batch_size=2))
     assert [(b.max_batch_size, b.timeout_s) for b in dep.batchers] == [(2, 0.04), (2, 0.04)]
+    sim.apply(PlanAction("d", max_batch_size=16))  # a parametric service has no measured limit
+    assert [b.max_batch_size for b in dep.batchers] == [16, 16]
 
 
 def test_a_bad_plan_names_the_policy_and_deployment():
