@@ -230,3 +230,12 @@ def test_mean_rate_with_copies_in_a_short_last_second(tmp_path):
     assert r.mean_rate_rps(3.5) == pytest.approx((4 + 1.5 * 4) / 3.5, rel=1e-12)
     # a 3.25 s run keeps all 4 stamps but only half of 3.1's copy interval [3, 3.5)
     assert r.mean_rate_rps(3.25) == pytest.approx((4 + 1.5 * (3 + 0.5)) / 3.25, rel=1e-12)
+
+
+def test_a_valid_nineteen_digit_count_is_not_blamed_for_the_one_that_overflows(tmp_path):
+    path = tmp_path / "counts.txt"
+    path.write_text("1234567890123456789 99999999999999999999\n")
+    with pytest.raises(InputError) as info:
+        Replay(path, format="counts")._read_counts()
+    assert info.value.where == f"{path} value 2"
+    assert "'99999999999999999999'" in info.value.problem

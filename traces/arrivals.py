@@ -25,6 +25,8 @@ from traces.tables import plain
 
 __all__ = ["ArrivalProcess", "Poisson", "Bursty", "Piecewise", "Replay", "from_config"]
 
+_INT64_MAX = int(np.iinfo(np.int64).max)  # the largest per-second count a counts trace may hold
+
 
 def _num(value: Any, where: str, *, positive: bool = False) -> float:
     """A finite real number, >= 0 (or > 0): bools and strings are mistakes, not numbers."""
@@ -261,7 +263,7 @@ class Replay(ArrivalProcess):
                 self.path.read_bytes().decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise InputError(str(self.path), utf8_problem(exc, whole_file=True)) from None
-            bad = next(i for i, t in enumerate(tokens) if not (t.isdigit() and len(t) < 19))
+            bad = next(i for i, t in enumerate(tokens) if not (t.isdigit() and int(t) <= _INT64_MAX))
         if bad is not None:
             raise InputError(f"{self.path} value {bad + 1}",
                              f"expected a non-negative integer count, got {tokens[bad].decode(errors='replace')!r}")
