@@ -9,7 +9,6 @@ import argparse
 import errno
 import os
 import sys
-from importlib import metadata
 from typing import Callable
 
 from .errors import InputError
@@ -21,11 +20,9 @@ _ENVIRONMENT = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPE
 
 def version_text(prog: str) -> str:
     """``<prog> (servesim <version>)`` for ``--version``; the version of the installed package."""
-    try:
-        version = metadata.version("servesim")
-    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        version = "unknown (not installed)"
-    return f"{prog} (servesim {version})"
+    from .provenance import version  # the package version alone: no git lookup on every start
+
+    return f"{prog} (servesim {version() or 'unknown (not installed)'})"
 
 
 class CommandLine:

@@ -14,13 +14,17 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def version() -> str | None:
+    """The installed servesim's version (None when run from a tree that was never installed)."""
+    try:
+        return metadata.version("servesim")
+    except metadata.PackageNotFoundError:
+        return None
+
+
 @functools.lru_cache(maxsize=1)
 def info() -> dict:
     """``{"version": ..., "git_commit": sha or None, "git_dirty": bool or None}``."""
-    try:
-        version = metadata.version("servesim")
-    except metadata.PackageNotFoundError:
-        version = None
     commit, dirty = None, None
     if (REPO_ROOT / ".git").exists():
         try:
@@ -31,4 +35,4 @@ def info() -> dict:
             dirty = bool(status.strip())
         except (OSError, subprocess.SubprocessError):
             commit, dirty = None, None
-    return {"version": version, "git_commit": commit, "git_dirty": dirty}
+    return {"version": version(), "git_commit": commit, "git_dirty": dirty}
