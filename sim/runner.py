@@ -11,13 +11,12 @@ import pandas as pd
 import policies
 from policies.base import Reject, Request, Route
 from traces.errors import InputError
-from traces.outputs import scratch_directory
+from traces.outputs import atomic_output, scratch_directory
 from traces.prepare import Prepared, check_against_bundle
 from traces.progress import Progress
 from traces.runoutput import write_into
 from traces.scenario import Scenario
 from traces.summary import flatten
-from traces.tables import atomic_directory
 
 from .engine import Simulation
 
@@ -95,7 +94,7 @@ def run_seeds(prepared: Prepared, seeds: list[int], out: Path, *, force: bool = 
     desc = f"seed {seeds[0]}" if len(seeds) == 1 else f"{len(seeds)} seeds"
     # the request spool beside the output: on its filesystem (requests.parquet is a link, not a
     # copy of a big file through a small /tmp), and gone with the staging directory if killed
-    with atomic_directory(out, force=force) as staging, scratch_directory(out, "spool") as spool, \
+    with atomic_output(out, force=force) as staging, scratch_directory(out, "spool") as spool, \
             Progress(duration_s * len(seeds), desc, "sim s") as progress:
         for index, seed in enumerate(seeds):
             config, requests, summary = run_once(prepared, seed,

@@ -26,7 +26,8 @@ import pandas as pd
 
 from .checks import read_utf8
 from .errors import InputError
-from .tables import (atomic_directory, check_boolean, check_numeric, check_text, find_table, plain,
+from .outputs import atomic_output
+from .tables import (check_boolean, check_numeric, check_text, find_table, plain,
                      read_table)
 
 SERVICE_COLUMNS = ("variant", "model", "precision", "device", "batch_size", "latency_ms")
@@ -147,7 +148,7 @@ class TraceBundle:
     def save(self, path: str | Path, *, force: bool = False, fmt: str = "parquet") -> Path:
         """Write atomically; ``fmt`` is 'parquet' or 'csv'."""
         path = Path(path)
-        with atomic_directory(path, force=force, kind="bundle") as staging:
+        with atomic_output(path, force=force, kind="bundle") as staging:
             (staging / "bundle.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
             for stem, frame in (("service", self.service), ("predictions", self.predictions)):
                 if fmt == "csv":

@@ -29,8 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import InputError
-from .outputs import release_temp_file, temp_file
-from .tables import atomic_directory
+from .outputs import atomic_output, release_temp_file, temp_file
 
 FILES = ("config.json", "requests.parquet", "summary.json")
 _UMASK = os.umask(0o022)  # read once, at import (setting it back at once); os.umask is the only way to read it
@@ -211,7 +210,7 @@ def write_into(directory: Path, config: dict, requests: pd.DataFrame | RequestTa
 
 def write_run(path: str | Path, config: dict, requests: pd.DataFrame | RequestTable, summary: dict, *,
               force: bool = False) -> Path:
-    with atomic_directory(Path(path), force=force) as staging:
+    with atomic_output(Path(path), force=force) as staging:
         write_into(staging, config, requests, summary)
     return Path(path)
 

@@ -95,10 +95,3 @@ def check_text(frame: pd.DataFrame, path: Path, column: str) -> None:
     row = _first_bad(bad)
     if row is not None:
         raise InputError(f"{path} row {row + 1}", f"{column} must be a non-empty string")
-
-
-def atomic_directory(target: Path, *, force: bool = False, kind: str = "run"):
-    """The one safe way to write an output directory: see ``traces.outputs.atomic_output``."""
-    from .outputs import atomic_output
-
-    return atomic_output(target, force=force, kind=kind)
