@@ -82,6 +82,53 @@ def print_bundle_table(bundle) -> None:
         print(f"{variant:32s} {cells[0]} {cells[1]} {acc.mean():9.4f}" if len(acc) else f"{variant:32s} {cells[0]} {cells[1]} {'-':>9s}")
 
 
+def cmd_startup(args, argv) -> int:
+    """Time the profile's variants' replica start-ups into the bundle at --out (``measure.startup``)."""
+    import os
+
+    from traces.bundle import TraceBundle
+    from traces.errors import InputError
+    from traces.outputs import check_target
+    from traces.startup import save_startup
+
+    from .startup import MAX_REPEATS, StartupPlan, measure_startups, startup_meta
+
+    if not 1 <= args.repeats <= MAX_REPEATS:
+        raise InputError("--repeats", f"must be an integer from 1 to {MAX_REPEATS}, got {args.repeats}")
+    if not 1 <= args.max_batch_size <= 1024:
+        raise InputError("--max-batch-size", f"must be an integer from 1 to 1024, got {args.max_batch_size}")
+    out = check_target(Path(args.out), force=True, kind="bundle")
+    if not (out / "bundle.json").is_file():
+        raise InputError(str(out), "not a trace bundle (no bundle.json): `measure latency` makes one, "
+                         "then `measure startup` adds its start-up times")
+    bundle = TraceBundle.load(out)
+    if len(bundle.startup) and not args.force:
+        raise InputError(str(out), "already has a startup table; pass --force to replace it")
+    profile = load_profile(args.profile)
+    measured = set(bundle.variants)
+    specs = tuple(spec for spec in profile.variants if spec.id in measured)
+    for spec in profile.variants:
+        if spec.id not in measured:
+            print(f"  skipped {spec.id}: the bundle has no service rows for it")
+    if not specs:
+        raise InputError(str(out), f"holds none of the variants of {args.profile}; nothing to time")
+    plan = StartupPlan(specs, args.repeats, args.max_batch_size)
+    load_before = os.getloadavg()
+    print(f"timing {len(specs)} variants x {plan.repeats} start-ups (after one untimed start each), "
+          f"warm-up to batch {plan.max_batch_size}")
+    table, failed = measure_startups(profile, plan)
+    if table.empty:
+        raise InputError(str(out), "no variant started (see the reasons above); the bundle is unchanged")
+    command = _command(argv)
+    meta = dict(bundle.meta)
+    meta["commands"] = list(meta.get("commands", [])) + [command]
+    meta["units"] = {**meta.get("units", {}), "startup": "s"}
+    meta["startup"] = startup_meta(command, plan, table, failed, load_before)
+    save_startup(out, table, meta)
+    print(f"wrote {out} ({len(table)} start-ups of {table['variant'].nunique()} variants)")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from .serve_cli import serve_command
 
@@ -104,6 +151,11 @@ Needs the optional extra: pip install -e '.[measure]'""",
   measure accuracy examples/profiles/digits-cpu.toml --out bundles/digits-cpu""",
     "all": """examples:
   measure all examples/profiles/sst2-cpu.toml --out bundles/sst2-cpu""",
+    "startup": """examples:
+  measure startup examples/profiles/digits-cpu.toml --out traces/data/digits-cpu --repeats 3
+  measure startup examples/profiles/digits-cpu.toml --out bundles/digits-cpu --force   # time them again
+
+Adds the bundle's `startup` table (its other tables stay byte for byte as they were).""",
     "serve": """examples:
   measure serve examples/demo.toml
   measure serve examples/demo.toml --seeds 1-3 --out runs/demo-real --force
@@ -130,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "all":
             p.set_defaults(train=True)
         p.set_defaults(func=lambda a, argv, lat=lat, acc=acc: _measure(a, latency=lat, accuracy=acc, argv=argv))
+    startup = _sub("startup", "time each variant's replica start-up (spawn, load, build, warm up) into a bundle")
+    startup.add_argument("profile", help="the measurement profile (TOML) the bundle was measured with")
+    startup.add_argument("--out", required=True, help="the bundle directory (made by `measure latency`)")
+    startup.add_argument("--repeats", type=int, default=5, help="timed start-ups per variant (default 5)")
+    startup.add_argument("--max-batch-size", type=int, default=8,
+                         help="warm up batch sizes 1..this, as `measure serve` warms such a deployment (default 8)")
+    startup.add_argument("--force", action="store_true", help="replace the bundle's startup table if it has one")
+    startup.set_defaults(func=cmd_startup)
     serve = _sub("serve", "run a scenario on real model replicas; writes the simulator's run output")
     serve.add_argument("scenario", help="the scenario file (TOML), as `simulate run` takes it")
     serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -291,6 +291,8 @@ def assemble(profile: Profile, out: Path, command: str, parts: Path | None = Non
     extra = ["threads", "pruning"] + [c for c in ("started_at_s", "idle_ms") if c in service_frame]
     bundle = TraceBundle(meta=meta, service=service_frame[list(SERVICE_COLUMNS) + extra],
                          predictions=pred_frame)
+    if old is not None:  # resumed: its start-up times (``measure startup``) stay
+        bundle.startup = old.startup
     bundle.save(out, force=True)
     shutil.rmtree(store.dir, ignore_errors=True)
     if store.fresh:  # the pieces of an earlier interrupted run: superseded by the new bundle

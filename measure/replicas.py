@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import multiprocessing as mp
 import os
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,20 +45,28 @@ class RunnerRecipe:
     spin: bool = True                           # poll for the next batch instead of sleeping (SPIN)
 
 
-def build_runner(recipe: RunnerRecipe):
-    """Build the recipe's ``ModelRunner`` in this process (torch threads set as the recipe says)."""
+def build_runner(recipe: RunnerRecipe, phases_s: dict | None = None):
+    """Build the recipe's ``ModelRunner`` in this process (torch threads set as the recipe says);
+    ``phases_s`` gets the seconds spent importing torch and the model code (import_s), loading the
+    task's data (load_s) and loading the checkpoint and building the variant (build_s)."""
+    t0 = time.perf_counter()
     import torch
 
     from .profile import VariantSpec
     from .variants import ModelRunner, load_variant
     from .zoo import load_zoo_task
 
+    t1 = time.perf_counter()
     torch.set_num_threads(recipe.threads)
     zoo = Path(recipe.zoo_dir)
     data = load_zoo_task(zoo, recipe.task)
     inputs = data.x_eval if recipe.rows is None else data.x_eval.index_select(0, torch.as_tensor(recipe.rows))
     spec = VariantSpec.parse(recipe.variant)
-    return ModelRunner(load_variant(zoo, recipe.task, spec, data), inputs, spec)
+    t2 = time.perf_counter()
+    runner = ModelRunner(load_variant(zoo, recipe.task, spec, data), inputs, spec)
+    if phases_s is not None:
+        phases_s.update(import_s=t1 - t0, load_s=t2 - t1, build_s=time.perf_counter() - t2)
+    return runner
 
 
 # A replica that sleeps between batches runs its next batch slower: on this VM a MobileNetV2-int8
@@ -124,21 +133,25 @@ def pinned(cpus: set[int] | None):
 
 
 def _replica_main(conn, recipe: RunnerRecipe) -> None:
-    """The child: build, warm, report ready, then run each batch of sample indices until told to stop."""
+    """The child: build, warm, report ready (with the seconds each phase took), then run each
+    batch of sample indices until told to stop."""
     try:
         if recipe.background:
             run_in_background()
         if recipe.cpus:
             os.sched_setaffinity(0, set(recipe.cpus))
-        runner = build_runner(recipe)
+        phases_s: dict = {}
+        runner = build_runner(recipe, phases_s)
+        warm_from = time.perf_counter()
         n = runner.inputs.shape[0]
         for size in recipe.warm_batch_sizes:
             for _ in range(WARM_RUNS):
                 runner.run([k % n for k in range(size)])
+        phases_s["warmup_s"] = time.perf_counter() - warm_from
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return
-    conn.send(("ready", None, None))
+    conn.send(("ready", phases_s, None))
     poll = conn.poll
     while True:
         if recipe.spin:
@@ -158,7 +171,9 @@ class ProcessRunner:
     """A ``BatchRunner`` whose model runs in a child process; ``run`` blocks with the GIL released.
 
     The child starts at construction and builds its model concurrently with its siblings;
-    ``warmup`` waits until it is ready. ``close`` stops it (also done when the parent exits).
+    ``warmup`` waits until it is ready; ``startup_phases_s`` then holds the seconds the child
+    spent in each phase of its start-up (see ``build_runner``, plus warmup_s). ``close`` stops it
+    (also done when the parent exits).
     """
 
     def __init__(self, recipe: RunnerRecipe):
@@ -170,6 +185,7 @@ class ProcessRunner:
         self._proc.start()
         child.close()
         self._ready = False
+        self.startup_phases_s: dict[str, float] = {}
 
     def _receive(self, timeout_s: float | None = None):
         if timeout_s is not None and not self._conn.poll(timeout_s):
@@ -187,7 +203,7 @@ class ProcessRunner:
     def warmup(self) -> None:
         """Wait for the child to have built and warmed its model."""
         if not self._ready:
-            self._receive(START_TIMEOUT_S)
+            self.startup_phases_s = dict(self._receive(START_TIMEOUT_S)[1] or {})
             self._ready = True
 
     def run(self, sample_indices: list[int]) -> tuple[list, list[float]]:

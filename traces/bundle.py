@@ -8,7 +8,9 @@ units) and two tables, each Parquet or CSV:
   where unknown; optional idle_ms: how long the replica sat idle before the run, 0 or empty for
   back to back; each distinct value is a class of its own, see ``measure.profile``);
 - ``predictions``: one row per (variant, evaluated sample) (variant, sample_id, label, pred,
-  confidence, correct).
+  confidence, correct);
+- optional ``startup``: one row per timed replica start-up (variant, startup_s, optional phases),
+  see ``traces.startup``; a bundle without it has an empty ``TraceBundle.startup``.
 
 Loading validates every row; an error names the file, the row and the column. Beyond types and
 ranges, a row must agree with itself: ``correct`` is ``label == pred``, and a service row's model,
@@ -27,6 +29,7 @@ import pandas as pd
 from .checks import read_utf8
 from .errors import InputError
 from .outputs import atomic_output
+from .startup import empty_startup, load_startup
 from .tables import (check_boolean, check_numeric, check_text, find_table, plain,
                      read_table)
 
@@ -37,12 +40,14 @@ META_KEYS = ("name", "description", "hardware", "software", "created_at", "units
 
 @dataclass
 class TraceBundle:
-    """A validated bundle in memory. ``predictions`` may be empty for a latency-only bundle."""
+    """A validated bundle in memory. ``predictions`` may be empty for a latency-only bundle,
+    ``startup`` (replica start-up times, ``traces.startup``) for one without them."""
 
     meta: dict
     service: pd.DataFrame
     predictions: pd.DataFrame
     path: Path | None = None
+    startup: pd.DataFrame = field(default_factory=empty_startup)
     _samples: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -143,14 +148,22 @@ class TraceBundle:
             predictions = pd.DataFrame({c: [] for c in PREDICTION_COLUMNS})
         else:
             predictions = _load_predictions(pred_path)
-        return cls(meta=meta, service=service, predictions=predictions, path=path)
+        try:
+            startup_path = find_table(path, "startup")
+        except InputError:
+            startup = empty_startup()
+        else:
+            startup = load_startup(startup_path, sorted(service["variant"].unique()))
+        return cls(meta=meta, service=service, predictions=predictions, path=path, startup=startup)
 
     def save(self, path: str | Path, *, force: bool = False, fmt: str = "parquet") -> Path:
         """Write atomically; ``fmt`` is 'parquet' or 'csv'."""
         path = Path(path)
         with atomic_output(path, force=force, kind="bundle") as staging:
             (staging / "bundle.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
-            for stem, frame in (("service", self.service), ("predictions", self.predictions)):
+            tables = [("service", self.service), ("predictions", self.predictions)]
+            tables += [("startup", self.startup)] if len(self.startup) else []
+            for stem, frame in tables:
                 if fmt == "csv":
                     frame.to_csv(staging / f"{stem}.csv", index=False)
                 else:
