@@ -64,9 +64,10 @@ def main() -> None:
         prepared = prepare(scenario_from_dict(raw))
         sim = Simulation(prepared.scenario, policies.create(name, POLICIES[name]), profiles=prepared.profiles,
                          predictions=prepared.predictions, seed=1)
-        sim.log.ensure_hops(2)
+        sim.core.log.ensure_hops(2)
+        sim.core.start()
         sim._run_until(prepared.scenario.duration_s / 2)  # mid-run: queues, rates and plans are live
-        policy, view = sim.policy, sim.view
+        policy, view = sim.core.policy, sim.view
         requests = [Request(i, view.now_s, 20.0 if i % 2 else 80.0, i % 100) for i in range(args.decisions)]
         timings = []
         gc.disable()  # as timeit does: a collection of the previous runs' objects is not a decision's cost

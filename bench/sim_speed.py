@@ -78,7 +78,7 @@ def time_end_to_end(raw: dict, profiles: dict, repeats: int) -> float:
     import tempfile
 
     from sim.runner import run_once
-    from traces.prepare import Prepared
+    from sim.core.prepare import Prepared
     from traces.runoutput import write_into
 
     best = float("inf")

@@ -8,18 +8,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 import policies
 from traces.errors import InputError
-from traces.outputs import atomic_output, check_target
-from sim.runner import prepare  # the simulator's checks: validate ok means serve starts
-from traces.prepare import Prepared
-from traces.progress import show_progress
+from sim.core.driver import prepare, run_seeds, seed_config, seed_summary, seed_timeline  # validate ok means serve starts
+from sim.core.prepare import Prepared
+from traces.outputs import check_target
 from traces.provenance import REPO_ROOT  # not measure.harness's: that one imports torch
-from traces.runoutput import write_into
 from traces.scenario import load_scenario, parse_seeds
-from traces.summary import flatten, legend, summarize, summary_table
+from traces.summary import legend, summarize, summary_table
 
 
 def zoo_location(prepared: Prepared, override: str | None) -> tuple[Path, str]:
@@ -85,30 +82,33 @@ def runner_factories(prepared: Prepared, zoo_override: str | None, seed: int,
 
 def serve_command(args) -> int:
     from .replicas import front_end_cpus, pinned
-    from .server import serve
+    from .server import Server
 
     out = Path("runs") / f"{Path(args.scenario).stem}-real" if args.out is None else Path(args.out)
-    check_target(out, force=args.force, kind="run")  # at once; atomic_output checks again before writing
+    check_target(out, force=args.force, kind="run")  # at once; run_seeds checks again before writing
     scenario = load_scenario(args.scenario, args.set)
     seeds = parse_seeds(args.seeds, scenario.limits) if args.seeds else [scenario.seed]
     prepared = prepare(scenario)
-    summaries = []
-    with atomic_output(out, force=args.force, kind="run") as staging:  # before any model is loaded
-        for seed in seeds:
-            pin = args.replica == "process" and not args.no_pin
-            factories, labels = runner_factories(prepared, args.zoo, seed, args.replica, pin)
-            run_scenario = dataclasses.replace(scenario, seed=seed)
-            policy = policies.create(scenario.policy.name, scenario.policy.params)
-            with pinned(front_end_cpus() if pin else None):
-                requests, stats = serve(run_scenario, policy, factories, seed=seed, labels=labels,
-                                        profiles=prepared.profiles, predictions=prepared.predictions,
-                                        progress=show_progress())
-            summary = summarize(requests, warmup_s=scenario.warmup_s, duration_s=scenario.duration_s,
-                                deployments=stats, price_per_replica_hour=scenario.price_per_replica_hour)
-            summary.update({"seed": seed, "deployments": stats, "executor": "real"})
-            write_into(staging / f"seed-{seed}", {**run_scenario.resolved(), "executor": "real", "replicas_run_in": args.replica}, requests, summary)
-            summaries.append(summary)
-        pd.DataFrame([flatten(s) for s in summaries]).to_csv(staging / "runs.csv", index=False)
+    pin = args.replica == "process" and not args.no_pin
+
+    def run_one(seed, progress, _spool):
+        factories, labels = runner_factories(prepared, args.zoo, seed, args.replica, pin)
+        run_scenario = dataclasses.replace(scenario, seed=seed)
+        policy = policies.create(scenario.policy.name, scenario.policy.params)
+        with pinned(front_end_cpus() if pin else None):
+            server = Server(run_scenario, policy, factories, seed=seed, labels=labels, profiles=prepared.profiles,
+                            predictions=prepared.predictions)
+            requests = server.run(progress)
+        core = server.core
+        summary = summarize(requests, warmup_s=scenario.warmup_s, duration_s=scenario.duration_s,
+                            deployments=core.deployment_stats(scenario.duration_s),
+                            price_per_replica_hour=scenario.price_per_replica_hour, route_hops=core.route_hops)
+        summary = seed_summary(summary, seed, core, scenario.duration_s, requests)
+        config = seed_config(prepared, run_scenario, executor="real", replicas_run_in=args.replica)
+        return config, requests, summary, seed_timeline(core)
+
+    # the output is claimed before any model is loaded; it appears once every seed has run
+    summaries = run_seeds(prepared, seeds, out, run_one, force=args.force, unit="s")
     print(summary_table(summaries))
     print(legend(len(summaries)))
     print(f"wrote {out}/ (real executor)")

@@ -152,6 +152,12 @@ class Policy(abc.ABC):
     @abc.abstractmethod
     def route(self, request: Request, view: SystemView) -> Route | Reject: ...
 
+    def fixed_route(self) -> "Route | Reject | None":
+        """The route of every request, for a policy whose choice depends on neither the request
+        nor the system's state (asked once, after ``setup``); the executor then skips the
+        per-request ``route`` call. None (the default): ``route`` decides each request."""
+        return None
+
     def plan(self, view: SystemView) -> Sequence[PlanAction]:
         return ()
 

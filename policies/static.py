@@ -57,6 +57,9 @@ class StaticPolicy(Policy):
     def route(self, request, view):
         return self._route
 
+    def fixed_route(self):
+        return self._route
+
 
 def _check_known(name: object, known: tuple[str, ...], where: str) -> None:
     if name not in known:

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 
 from policies.planner import DEFAULT_TAUS
-from traces.prepare import Prepared
+from sim.core.prepare import Prepared
 from traces.runoutput import RequestSpool
 from traces.scenario import PolicyConfig
 from traces.summary import summarize
-from traces.workload import make_workload
+from sim.core.workload import make_workload
 
 
 def _options(prepared: Prepared, taus) -> list[dict]:

@@ -1,7 +1,7 @@
 """`simulate`: run, validate and list scenarios, and sweep grids of them.
 
 Bad input -> one line on stderr, exit status 2. ``validate`` runs exactly the checks ``run`` runs
-before its first seed (``sim.runner.prepare``), and also warns where the offered load exceeds what
+before its first seed (``sim.core.driver.prepare``), and also warns where the offered load exceeds what
 a deployment can serve.
 """
 
@@ -15,7 +15,7 @@ import policies
 from policies.base import Route
 from traces.bundle import TraceBundle
 from traces.cli import CommandLine, run_command
-from traces.prepare import Prepared
+from sim.core.prepare import Prepared
 from traces.scenario import load_scenario, parse_seeds
 from traces.summary import legend, summary_table
 

@@ -56,7 +56,7 @@ import pandas as pd
 from traces.checks import reject_unknown, table
 from traces.errors import InputError
 from traces.outputs import MARKER, atomic_output, check_target, sweep_leftovers, write_marker
-from traces.prepare import bundled_bundle_for
+from sim.core.prepare import bundled_bundle_for
 from traces.runoutput import write_run
 from traces.scenario import Scenario, read_toml, scenario_from_dict, set_path
 from traces.summary import flatten

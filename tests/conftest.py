@@ -83,3 +83,39 @@ def visited(requests: pd.DataFrame, hop: int) -> pd.Series:
     if column not in requests:
         return pd.Series(False, index=requests.index)
     return requests[column].map(lambda name: isinstance(name, str) and name != "").astype(bool)
+
+
+class ScriptedExecutor:
+    """The least an executor of the serving core does: a clock it is told to move, batches of 1 s
+    each, no batching waits. Unit tests drive core pieces with it, outside any simulation."""
+
+    def __init__(self):
+        self.time_s, self.ends = 0.0, []
+
+    def now(self):
+        return self.time_s
+
+    def call_at(self, time_s, callback):
+        raise AssertionError("no batching wait in these tests")
+
+    def start_batch(self, replica, batch, now):
+        replica.ticket = ticket = object()
+        self.ends.append((now + 1.0, replica, ticket))
+
+    def start_replica(self, replica, now):
+        return True
+
+    def stop_replica(self, replica):
+        pass
+
+    def batching_changed(self, deployment, max_batch_size):
+        pass
+
+    def run(self, until_s):
+        """Move the clock to ``until_s``, ending the batches due by then."""
+        for end_s, replica, ticket in sorted(self.ends, key=lambda e: e[0]):
+            if end_s <= until_s:
+                self.ends.remove((end_s, replica, ticket))
+                self.time_s = end_s
+                replica.completed_at(ticket, end_s)
+        self.time_s = until_s

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import simulate
+from conftest import ScriptedExecutor, simulate
 
 
 def scenario(rate_rps, service, *, duration_s=20.0, deadline_ms=1e9, **deployment):
@@ -148,7 +148,7 @@ def test_least_loaded_beats_round_robin_on_wait():
 
 
 class _Sink:
-    """Records what the batcher tells the engine."""
+    """Records what the batcher tells the core."""
 
     def __init__(self):
         self.started, self.failed, self.dropped = [], [], []
@@ -159,28 +159,29 @@ class _Sink:
     def batch_started(self, deployment, batch, now, replica):
         self.started.append((list(batch), now, replica))
 
-    def batch_finished(self, deployment, batch, now):
+    def batch_finished(self, deployment, batch, now, confidences=None):
         pass
 
     def batch_failed(self, deployment, batch, now):
         self.failed.append((list(batch), now))
 
 
-class _FixedService:
-    def draw_s(self, size, now, idle_s):
-        return 1.0
-
-
 def _batcher(replicas=2):
-    import simpy
+    """A core batcher driven by hand, outside any simulation: the core needs no SimPy."""
+    from collections import deque
+    from types import SimpleNamespace
 
-    from sim.batcher import Batcher
-    from traces.queues import FifoQueue
+    from sim.core.batcher import Batcher
+    from sim.core.queues import FifoQueue
 
-    env, sink = simpy.Environment(), _Sink()
-    b = Batcher(env, sink, 0, FifoQueue(), _FixedService(), [1e9] * 100, max_batch_size=4, batch_wait_timeout_s=0.0,
-                drop_expired=False, max_queue_size=0, window_s=(0.0, 1e9))
-    reps = [b.add_replica(i) for i in range(replicas)]
+    executor, sink = ScriptedExecutor(), _Sink()
+    owner = SimpleNamespace(executor=executor, sink=sink, index=0, deadlines_s=[1e9] * 100, window_s=(0.0, 1e9),
+                            recent=deque(maxlen=8))
+    b = Batcher(owner, FifoQueue(), max_batch_size=4, batch_wait_timeout_s=0.0, drop_expired=False, max_queue_size=0)
+    reps = [b.add_replica(i, 0.0) for i in range(replicas)]
+    for replica in reps:
+        b.ready(replica, 0.0)
+    b.executor = executor
     return b, reps, sink
 
 
@@ -211,7 +212,7 @@ def test_crash_in_service_hands_the_batch_back():
     for request in range(3):
         b.submit(request, 0.0)
     assert sink.started == [([0], 0.0, 0)]  # no wait: the first request leaves alone
-    b.env.run(until=0.25)
+    b.executor.run(until_s=0.25)
     assert b.crash(r0, 0.25) is True
     assert sink.failed == [([0], 0.25)] and r0.batch is None and r0.busy_s == 0.25
 
@@ -228,7 +229,7 @@ def test_a_retiring_replica_that_recovers_leaves():
 
 
 def test_edf_queue_order_ties_oldest_and_drain():
-    from traces.queues import EdfQueue
+    from sim.core.queues import EdfQueue
 
     q = EdfQueue([5.0, 3.0, 3.0, 9.0, 1.0])
     for request, enqueue_s in ((0, 0.0), (1, 0.1), (2, 0.2), (3, 0.3)):
@@ -266,12 +267,12 @@ def test_a_plan_that_changes_only_the_wait_timeout_reaches_every_line():
 
     sim = _simulation(scenario(10.0, TINY, max_batch_size=4, batch_wait_timeout_ms=5.0, replicas=2,
                                balancer="round_robin"))
-    dep = sim.deployments[0]
-    sim.apply(PlanAction("d", batch_wait_timeout_ms=40.0))
+    dep = sim.core.deployments[0]
+    sim.core.apply(PlanAction("d", batch_wait_timeout_ms=40.0), 0.0)
     assert dep.batch_wait_timeout_ms == 40.0 and [b.timeout_s for b in dep.batchers] == [0.04, 0.04]
-    sim.apply(PlanAction("d", max_batch_size=2))
+    sim.core.apply(PlanAction("d", max_batch_size=2), 0.0)
     assert [(b.max_batch_size, b.timeout_s) for b in dep.batchers] == [(2, 0.04), (2, 0.04)]
-    sim.apply(PlanAction("d", max_batch_size=16))  # a parametric service has no measured limit
+    sim.core.apply(PlanAction("d", max_batch_size=16), 0.0)  # a parametric service has no measured limit
     assert [b.max_batch_size for b in dep.batchers] == [16, 16]
 
 
@@ -281,7 +282,7 @@ def test_a_bad_plan_names_the_policy_and_deployment():
 
     sim = _simulation(scenario(10.0, TINY))
     with pytest.raises(InputError) as info:
-        sim.apply(PlanAction("d", replicas=0))
+        sim.core.apply(PlanAction("d", replicas=0), 0.0)
     assert (info.value.where, info.value.problem) == ("policy 'static' plan for 'd'", "replicas must be >= 1, got 0")
 
 
@@ -293,9 +294,9 @@ def test_a_plan_may_not_batch_beyond_the_measured_sizes(tiny_bundle):
            "requests": {"deadline_ms": 200.0}, "policy": {"name": "static"},
            "deployments": [{"name": "fast", "variant": "fast/int8/cpu", "max_batch_size": 2}]}
     sim = _simulation(raw)
-    limit = sim.profiles["fast"].max_batch_size
-    sim.apply(PlanAction("fast", max_batch_size=limit))
-    assert sim.deployments[0].max_batch_size == limit
+    limit = sim.core.profiles["fast"].max_batch_size
+    sim.core.apply(PlanAction("fast", max_batch_size=limit), 0.0)
+    assert sim.core.deployments[0].max_batch_size == limit
     with pytest.raises(InputError) as info:
-        sim.apply(PlanAction("fast", max_batch_size=limit + 1))
+        sim.core.apply(PlanAction("fast", max_batch_size=limit + 1), 0.0)
     assert info.value.problem == f"max_batch_size must be in 1..{limit} (the measured sizes), got {limit + 1}"

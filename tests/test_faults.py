@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import simulate
+from conftest import ScriptedExecutor, simulate
 from traces.errors import InputError
 from traces.scenario import scenario_from_dict
 
@@ -125,33 +125,23 @@ class _Sink:
     def batch_started(self, deployment, batch, now, replica):
         pass
 
-    def batch_finished(self, deployment, batch, now):
+    def batch_finished(self, deployment, batch, now, confidences=None):
         pass
 
     def batch_failed(self, deployment, batch, now):
         self.failed.append((list(batch), now))
 
 
-class _OneSecond:
-    def ensure_batch(self, max_batch_size):
-        pass
-
-    def draw_s(self, size, now, idle_s):
-        return 1.0
-
-
 def _deployment(replicas=2, balancer="round_robin", max_queue_size=2):
     import numpy as np
-    import simpy
 
-    from sim.deployment import Deployment
+    from sim.core.deployment import Deployment
     from traces.scenario import DeploymentConfig
 
     cfg = DeploymentConfig(name="m", replicas=replicas, max_batch_size=1, batch_wait_timeout_ms=0.0,
                            max_queue_size=max_queue_size, drop_expired=False, balancer=balancer)
     sink = _Sink()
-    dep = Deployment(simpy.Environment(), sink, 0, cfg, _OneSecond(), [1e9] * 100, (0.0, 1e9),
-                     np.random.default_rng(0))
+    dep = Deployment(ScriptedExecutor(), sink, 0, cfg, [1e9] * 100, (0.0, 1e9), np.random.default_rng(0))
     return dep, sink
 
 

@@ -23,7 +23,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 
 from conftest import simulate
 from traces.scenario import scenario_from_dict
-from traces.workload import make_workload
+from sim.core.workload import make_workload
 
 if not os.getenv("HYPOTHESIS_STORAGE_DIRECTORY"):  # keep Hypothesis's caches out of the working tree
     set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "servesim-hypothesis")

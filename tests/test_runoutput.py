@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import policies
-import traces.records as records
+import sim.core.records as records
 from conftest import FAST_CONF, simulate
 from policies.base import Policy, Route
 from sim.cli import main
@@ -58,7 +58,7 @@ def test_config_records_version_and_commit(tmp_path):
     config, _, _ = read_run(tmp_path / "out" / "seed-3")
     info = config["servesim"]
     assert info["version"] == metadata.version("servesim")
-    root = Path(records.__file__).resolve().parents[1]
+    root = Path(records.__file__).resolve().parents[2]  # sim/core/records.py -> the repository
     if (root / ".git").exists():
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
         assert info["git_commit"] == head.strip() and re.fullmatch(r"[0-9a-f]{40}", info["git_commit"])
@@ -129,7 +129,7 @@ def test_streamed_log_matches_a_whole_one(monkeypatch):
     whole, whole_summary, _ = run_sim(BURSTY)
     monkeypatch.setattr(records, "MIN_CAPACITY", 8)
     streamed, streamed_summary, sim = run_sim(BURSTY)
-    assert sim.log.capacity > 8  # it had to grow under bursts
+    assert sim.core.log.capacity > 8  # it had to grow under bursts
     assert pq.ParquetFile(streamed.requests.path).num_row_groups > 20
     pd.testing.assert_frame_equal(streamed.requests.to_pandas(), whole.requests.to_pandas())
     assert streamed_summary == whole_summary

@@ -141,7 +141,7 @@ name = "static"
 def test_a_timeline_on_another_clock_is_refused(tmp_path, tiny_bundle):
     """A profile's start times are Unix seconds: replaying them as a run's timeline is a mistake."""
     from traces.errors import InputError
-    from traces.prepare import check_against_bundle
+    from sim.core.prepare import check_against_bundle
     from traces.scenario import scenario_from_dict
 
     base = TraceBundle.load(tiny_bundle)

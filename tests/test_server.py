@@ -20,7 +20,7 @@ from measure.server import parametric_runners, serve, sleep_runner_factory  # no
 from policies.base import PlanAction, Policy, Reject, Route  # noqa: E402
 from sim.runner import prepare, run_once  # noqa: E402
 from traces.distributions import Deterministic  # noqa: E402
-from traces.prepare import check_against_bundle  # noqa: E402
+from sim.core.prepare import check_against_bundle  # noqa: E402
 from traces.profiles import PredictionTable  # noqa: E402
 from traces.scenario import scenario_from_dict  # noqa: E402
 from traces.served import served_batches  # noqa: E402

@@ -61,7 +61,7 @@ def test_sampler_keeps_each_sizes_distribution_and_replays_the_spells():
 
 
 def test_a_bundle_with_run_times_has_spells_and_a_scenario_may_turn_them_off(tmp_path, tiny_bundle):
-    from traces.prepare import check_against_bundle
+    from sim.core.prepare import check_against_bundle
     from traces.scenario import scenario_from_dict
 
     bundle = TraceBundle.load(tiny_bundle)

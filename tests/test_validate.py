@@ -250,7 +250,7 @@ def test_progress_of_a_run_spans_its_seeds(capsys, monkeypatch, tmp_path, tiny_b
     restarted it, so 200 seeds of 0.1 s each printed nothing), and the line counts all seeds."""
     import functools
 
-    import sim.runner
+    import sim.core.driver
     from traces.progress import Progress
 
     now = [0.0]
@@ -259,7 +259,7 @@ def test_progress_of_a_run_spans_its_seeds(capsys, monkeypatch, tmp_path, tiny_b
         now[0] += 0.1
         return now[0]
 
-    monkeypatch.setattr(sim.runner, "Progress", functools.partial(Progress, bar=False, clock=clock))
+    monkeypatch.setattr(sim.core.driver, "Progress", functools.partial(Progress, bar=False, clock=clock))
     scn = make_scenario(tmp_path, tiny_bundle)
     assert main(["run", str(scn), "--out", str(tmp_path / "o"), "--seeds", "1-4"]) == 0
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("progress:")]

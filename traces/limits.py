@@ -84,6 +84,11 @@ def check_scenario(scenario: "Scenario") -> None:
             if value > limit:
                 raise InputError(f"deployments.{dep.name}.{key}", f"{value} is over the limit of {limit:.0f} per "
                                  f"deployment; {_override(name, value)}")
+        scaling = dep.autoscaling
+        if scaling is not None and scaling.max_replicas > limits.max_replicas:
+            raise InputError(f"deployments.{dep.name}.autoscaling.max_replicas", f"{scaling.max_replicas} is over "
+                             f"the limit of {limits.max_replicas:.0f} per deployment; "
+                             f"{_override('max_replicas', scaling.max_replicas)}")
     pieces = scenario.arrivals.segments(duration_s)
     if pieces > limits.max_requests:
         raise SizeError("arrivals", f"{scenario.arrivals.kind} arrivals over duration_s = {duration_s:g} s need "

@@ -4,7 +4,7 @@ Written atomically (a staging directory renamed into place), never over an exist
 unless asked; both executors, the simulator and the real server, write this same format, and
 ``config.json`` records the servesim version and git commit it came from (``traces.provenance``).
 
-A simulated run streams its requests as they retire (``traces.records``) into a ``RequestSpool``,
+A simulated run streams its requests as they retire (``sim.core.records``) into a ``RequestSpool``,
 a Parquet file in row groups in the temporary directory, so no run holds its table whole; the run
 hands back the finished file as a ``RequestTable``, which ``write_into`` links (or copies) into the
 output and which is removed once nothing refers to it. A chunk with more hop columns than the ones
@@ -197,14 +197,18 @@ def provenance() -> dict:
     return {"version": found["version"], "git_commit": found["git_commit"], "dirty": found["git_dirty"]}
 
 
-def write_into(directory: Path, config: dict, requests: pd.DataFrame | RequestTable, summary: dict) -> None:
-    """Write the three files into an existing (staging) directory; ``config`` gains ``servesim``."""
+def write_into(directory: Path, config: dict, requests: pd.DataFrame | RequestTable, summary: dict,
+               timeline: pd.DataFrame | None = None) -> None:
+    """Write the three files (and ``timeline.parquet``, when given) into an existing (staging)
+    directory; ``config`` gains ``servesim``."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(dump_json({**config, "servesim": provenance()}))
     if isinstance(requests, RequestTable):
         requests.save_as(directory / "requests.parquet")
     else:
         requests.to_parquet(directory / "requests.parquet", index=False)
+    if timeline is not None:
+        timeline.to_parquet(directory / "timeline.parquet", index=False)
     (directory / "summary.json").write_text(dump_json(summary))
 
 

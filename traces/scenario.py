@@ -9,6 +9,7 @@ resolved form written as ``config.json``.
 from __future__ import annotations
 
 import copy
+import math
 import re
 import sys
 from dataclasses import dataclass, field, replace
@@ -17,10 +18,12 @@ from typing import Any
 
 from . import arrivals as arrivals_mod
 from . import limits as limits_mod
+from .autoscaling import AutoscalingConfig, parse_autoscaling
 from .checks import as_number, boolean, integer, number, read_utf8, reject_unknown, table, text
 from .distributions import ServiceDistribution, service_from_config
 from .errors import InputError
 from .limits import Limits
+from .stages import StageConfig, parse_stages
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,12 +33,12 @@ else:  # pragma: no cover
 QUEUE_DISCIPLINES = ("fifo", "edf")
 BALANCERS = ("shared", "round_robin", "least_loaded", "power_of_two")
 TOP_KEYS = ("seed", "duration_s", "warmup_s", "bundle", "price_per_replica_hour", "arrivals",
-            "requests", "deployments", "policy", "faults", "limits")
+            "requests", "deployments", "stages", "policy", "faults", "limits")
 FAULT_KEYS = ("deployment", "replica", "at_s", "down_s", "mttf_s", "mttr_s", "on_failure")
 ON_FAILURE = ("retry", "fail")
 DEPLOYMENT_KEYS = ("name", "variant", "service", "replicas", "max_batch_size", "batch_wait_timeout_ms",
                    "queue", "max_queue_size", "drop_expired", "balancer", "slow_spells",
-                   "idle_classes", "service_order")
+                   "idle_classes", "service_order", "autoscaling", "startup_s", "bundle")
 SERVICE_ORDERS = ("random", "timeline")
 
 
@@ -56,14 +59,24 @@ class DeploymentConfig:
     slow_spells: bool = True    # sample measured service times with the bundle's slow spells
     idle_classes: bool = True   # a batch after an idle spell draws from the bundle's runs timed after one
     service_order: str = "random"  # "timeline": replay the bundle's runs in time (see traces.served)
+    autoscaling: AutoscalingConfig | None = None  # a controller that resizes it (traces.autoscaling)
+    startup_s: float | None = None  # a new replica's cold start (default: the bundle's startup table, else 0)
+    bundle: Path | None = None  # its own trace bundle (default: the scenario's)
     service_cfg: dict | None = field(default=None, compare=False)
 
     def resolved(self) -> dict:
-        out = {k: getattr(self, k) for k in DEPLOYMENT_KEYS if k not in ("variant", "service")}
+        optional = ("variant", "service", "autoscaling", "startup_s", "bundle")
+        out = {k: getattr(self, k) for k in DEPLOYMENT_KEYS if k not in optional}
         if self.variant is not None:
             out["variant"] = self.variant
         else:
             out["service"] = dict(self.service_cfg or {})
+        if self.autoscaling is not None:
+            out["autoscaling"] = self.autoscaling.resolved()
+        if self.startup_s is not None:
+            out["startup_s"] = self.startup_s
+        if self.bundle is not None:
+            out["bundle"] = str(self.bundle)
         return out
 
 
@@ -115,6 +128,7 @@ class Scenario:
     source: Path | None = None
     faults: tuple[FaultConfig, ...] = ()
     limits: Limits = Limits()
+    stages: tuple[StageConfig, ...] = ()  # a pipeline's stages, in order (traces.stages); () is one stage
     overrides: tuple[tuple[str, tuple[str, ...]], ...] = ()  # --set keys as typed, with their canonical paths
 
     def deployment(self, name: str) -> DeploymentConfig:
@@ -137,6 +151,7 @@ class Scenario:
             "arrivals": arrivals_cfg,
             "requests": {"deadline_ms": list(self.requests.deadline_ms), "weights": list(self.requests.weights)},
             "deployments": [d.resolved() for d in self.deployments],
+            **({"stages": [s.resolved() for s in self.stages]} if self.stages else {}),
             "policy": {"name": self.policy.name, "plan_interval_s": self.policy.plan_interval_s,
                        **self.policy.params},
             "faults": [f.resolved() for f in self.faults],
@@ -272,13 +287,10 @@ def scenario_from_dict(raw: dict, base_dir: Path = Path("."), source: Path | Non
     warmup_s = number(raw, "warmup_s", "", default=0.0, low=0)
     if warmup_s >= duration_s:
         raise InputError("warmup_s", f"must be smaller than duration_s ({duration_s:g}), got {warmup_s:g}")
-    bundle = raw.get("bundle")
-    if bundle is not None:
-        bundle = Path(text(raw, "bundle", ""))
-        bundle = bundle if bundle.is_absolute() else (base_dir / bundle)
+    bundle = _path(text(raw, "bundle", ""), base_dir) if raw.get("bundle") is not None else None
     arrivals_cfg = table(raw, "arrivals", "")
     process = arrivals_mod.from_config(arrivals_cfg, base_dir, where="arrivals")
-    deployments = _deployments(raw.get("deployments"))
+    deployments = _deployments(raw.get("deployments"), base_dir)
     scenario = Scenario(
         seed=seed, duration_s=duration_s, warmup_s=warmup_s, bundle=bundle,
         price_per_replica_hour=number(raw, "price_per_replica_hour", "", default=1.0, low=0),
@@ -286,10 +298,16 @@ def scenario_from_dict(raw: dict, base_dir: Path = Path("."), source: Path | Non
         requests=_requests(table(raw, "requests", "")),
         deployments=deployments, policy=_policy(table(raw, "policy", "")), source=source,
         faults=_faults(raw.get("faults", []), deployments),
+        stages=parse_stages(raw.get("stages"), [d.name for d in deployments]),
         limits=limits_mod.limits_from_config(table(raw, "limits", "", required=False)),
     )
     limits_mod.check_scenario(scenario)
     return scenario
+
+
+def _path(value: str, base_dir: Path) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else base_dir / path
 
 
 def _requests(cfg: dict) -> RequestsConfig:
@@ -311,7 +329,7 @@ def _requests(cfg: dict) -> RequestsConfig:
     return RequestsConfig(values, tuple(w / total for w in weights))
 
 
-def _deployments(items: Any) -> tuple[DeploymentConfig, ...]:
+def _deployments(items: Any, base_dir: Path) -> tuple[DeploymentConfig, ...]:
     if not isinstance(items, list) or not items:
         raise InputError("deployments", "at least one [[deployments]] table is required")
     out, names = [], set()
@@ -343,6 +361,10 @@ def _deployments(items: Any) -> tuple[DeploymentConfig, ...]:
             slow_spells=boolean(cfg, "slow_spells", where, default=True),
             idle_classes=boolean(cfg, "idle_classes", where, default=True),
             service_order=text(cfg, "service_order", where, default="random", choices=SERVICE_ORDERS),
+            autoscaling=(parse_autoscaling(table(cfg, "autoscaling", where), f"{where}.autoscaling",
+                                           max_replicas_limit=math.inf) if "autoscaling" in cfg else None),
+            startup_s=number(cfg, "startup_s", where, low=0) if "startup_s" in cfg else None,
+            bundle=_path(text(cfg, "bundle", where), base_dir) if "bundle" in cfg else None,
             service_cfg=service_cfg,
         ))
     return tuple(out)

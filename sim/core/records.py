@@ -2,7 +2,7 @@
 
 Why: a replayed day of traffic is millions of requests, and a run's memory must not grow with
 them. What must exist up front (arrival times, deadlines, samples) lives in compact arrays of
-``traces.workload.RunState``; the state a request gathers as it is served (route, hop, each hop's
+``sim.core.workload.RunState``; the state a request gathers as it is served (route, hop, each hop's
 deployment, replica, times and batch size, retries, finish, drop reason) lives here, in ring
 columns: request ``i`` sits at slot ``i & mask`` of a capacity that is a power of two and covers
 every request from the oldest not yet retired to the newest arrived. When an arrival finds the
@@ -101,7 +101,7 @@ class RequestLog:
     """Live per-request state in ring columns, retired in order to ``sinks`` (module docstring)."""
 
     def __init__(self, work, context: TableContext, *, whole: bool = False, live_confidence: bool = False):
-        """``work``: the run's ``traces.workload.Workload`` (arrivals, deadline classes, samples)."""
+        """``work``: the run's ``sim.core.workload.Workload`` (arrivals, deadline classes, samples)."""
         self.n = n = work.size
         self.work = work
         self.context = context

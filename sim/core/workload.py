@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .records import RequestLog, TableContext
-from .scenario import Scenario
+from traces.scenario import Scenario
 
 STREAMS_BEFORE_DEPLOYMENTS = 4
 
@@ -96,7 +96,7 @@ class RunState:
     """What both executors keep per run and per request, set up from the scenario's workload.
 
     ``predictions`` (None when the table is empty), the workload ``work``, ``arrival_times``,
-    ``arrivals_seen`` (advanced by the executor), the request ``log`` (``traces.records``), and per
+    ``arrivals_seen`` (advanced by the executor), the request ``log`` (``sim.core.records``), and per
     request, as compact ``array.array``s that index like lists on the hot paths,
     ``deadline_class`` (into ``deadline_classes_ms``; ``deadline_ms[i]`` reads through it),
     ``sample`` (index into the prediction table) and the absolute ``deadlines_s``; ``work`` views

@@ -1,34 +1,42 @@
-"""A deployment: the replicas of one variant behind one shared batcher, or one batcher per replica."""
+"""A deployment: the replicas of one variant behind one shared batcher, or one batcher per replica.
+
+With a balancer (``sim.core.balancers``) each replica has its own line and the balancer picks one
+for each request among the replicas that can serve; without one (``shared``) every replica takes
+from one line. A plan may resize it: new replicas serve once their executor has started them (at
+once in a simulation without start-up times), idle ones are removed first and busy ones after
+their batch. A crash stops one replica; a balancer with health checks moves the lines of dead
+replicas to live ones.
+"""
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from traces.scenario import DeploymentConfig
 
-from traces.balancers import make_balancer
-from .batcher import Batcher, BatchSink
-from traces.queues import make_queue
-from traces.records import ReplicaSeconds, deployment_stats
+from .balancers import make_balancer
+from .batcher import Batcher, BatchSink, Replica
+from .queues import make_queue
+from .records import ReplicaSeconds, deployment_stats
 
 if TYPE_CHECKING:
-    import simpy
+    import numpy as np
+
+    from .executor import Executor
 
 
 class Deployment:
-    def __init__(self, env: "simpy.Environment", sink: BatchSink, index: int, config: DeploymentConfig,
-                 sampler, deadlines_s: list[float], window_s: tuple[float, float], rng: np.random.Generator):
-        self.env = env
+    def __init__(self, executor: "Executor", sink: BatchSink, index: int, config: DeploymentConfig,
+                 deadlines_s: list[float], window_s: tuple[float, float], rng: "np.random.Generator"):
+        self.executor = executor
         self.sink = sink
         self.index = index
         self.name = config.name
         self.config = config
         self.variant = config.variant
-        self.sampler = sampler
-        self._deadlines_s = deadlines_s
+        self.deadlines_s = deadlines_s
         self.window_s = window_s
         self.max_batch_size = config.max_batch_size
         self.batch_wait_timeout_ms = config.batch_wait_timeout_ms
@@ -40,19 +48,17 @@ class Deployment:
         self._held = ReplicaSeconds(window_s)
         self._count = 0
         self._replica_ids = 0  # replicas are numbered in order of creation, never reused
+        self.cold_starts: list[list[float]] = []  # [started, ready (nan: not yet)] of each cold start
+        self._cold: dict[int, int] = {}  # replica index -> its cold start, while it starts
         if self._balancer is None:
             self.batchers.append(self._new_batcher())
             self.submit = self.batchers[0].submit  # one call less on the hottest path
         self.set_replicas(config.replicas, 0.0)
 
     def _new_batcher(self) -> Batcher:
-        batcher = Batcher(self.env, self.sink, self.index, make_queue(self.config.queue, self._deadlines_s),
-                          self.sampler, self._deadlines_s, max_batch_size=self.max_batch_size,
-                          batch_wait_timeout_s=self.batch_wait_timeout_ms / 1000.0,
-                          drop_expired=self.config.drop_expired, max_queue_size=self.config.max_queue_size,
-                          window_s=self.window_s)
-        batcher.recent = self.recent
-        return batcher
+        return Batcher(self, make_queue(self.config.queue, self.deadlines_s), max_batch_size=self.max_batch_size,
+                       batch_wait_timeout_s=self.batch_wait_timeout_ms / 1000.0,
+                       drop_expired=self.config.drop_expired, max_queue_size=self.config.max_queue_size)
 
     # --- requests -----------------------------------------------------------------------
     def submit(self, request: int, now: float) -> bool:
@@ -97,6 +103,21 @@ class Deployment:
                 self.sink.drop(request, now, "queue_full")
 
     @property
+    def provisioned(self) -> int:
+        """Replicas the deployment holds (and pays for): serving, starting, crashed."""
+        return self._count
+
+    @property
+    def enqueued(self) -> int:
+        """Requests that joined its queues so far."""
+        return sum(b.enqueued for b in self.batchers + self._gone)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests in service now."""
+        return sum(len(r.batch) for b in self.batchers for r in b.replicas if r.batch is not None)
+
+    @property
     def queue_length(self) -> int:
         return self.load()[0]
 
@@ -109,18 +130,18 @@ class Deployment:
         batchers = self.batchers
         if len(batchers) == 1:
             b = batchers[0]
-            return len(b.queue), b.busy, self._count - b.down
+            return len(b.queue), b.busy, self._count - b.down - b.starting
         waiting = busy = down = 0
         for b in batchers:
             waiting += len(b.queue)
             busy += b.busy
-            down += b.down
+            down += b.down + b.starting
         return waiting, busy, self._count - down
 
     # --- changes a plan may make ------------------------------------------------------------
     def set_batching(self, max_batch_size: int | None, batch_wait_timeout_ms: float | None, now: float) -> None:
         if max_batch_size is not None:
-            self.sampler.ensure_batch(max_batch_size)
+            self.executor.batching_changed(self.index, max_batch_size)
             self.max_batch_size = max_batch_size
         if batch_wait_timeout_ms is not None:
             self.batch_wait_timeout_ms = batch_wait_timeout_ms
@@ -130,7 +151,7 @@ class Deployment:
             batcher.dispatch(now)
 
     def set_replicas(self, count: int, now: float) -> None:
-        """Add idle replicas at once; remove idle ones first, busy ones after their batch."""
+        """Start new replicas; remove idle ones first, then ones still starting, busy ones after their batch."""
         self._held.change(count, now)
         if self._balancer is None:
             self._resize_shared(self.batchers[0], count, now)
@@ -138,33 +159,49 @@ class Deployment:
             self._resize_per_replica(count, now)
         self._count = count
 
+    def _start(self, batcher: Batcher, now: float) -> None:
+        replica = batcher.add_replica(self._next_replica_id(), now)
+        if self.executor.start_replica(replica, now):  # ready at once: no start-up time
+            batcher.ready(replica, now)
+        else:
+            self._cold[replica.index] = len(self.cold_starts)
+            self.cold_starts.append([now, math.nan])
+
+    def replica_ready(self, replica: Replica, now: float) -> None:
+        """The executor has started ``replica``: it serves from ``now``."""
+        if replica.index in self._cold:
+            self.cold_starts[self._cold.pop(replica.index)][1] = now
+        batcher = replica.batcher
+        batcher.ready(replica, now)
+        if self._balancer is not None:
+            self._health_check(now)
+        batcher.dispatch(now)
+
     def _resize_shared(self, batcher: Batcher, count: int, now: float) -> None:
         active = [r for r in batcher.replicas if not r.retiring]
         for _ in range(count - len(active)):
-            batcher.add_replica(self._next_replica_id())
+            self._start(batcher, now)
         for _ in range(len(active) - count):
             if batcher.free:
-                replica = batcher.free.pop()
-                batcher.replicas.remove(replica)
-                batcher.retired.append(replica)
+                batcher.retire(batcher.free.pop())
             else:
-                next(r for r in batcher.replicas if not r.retiring).retiring = True
+                candidates = [r for r in batcher.replicas if not r.retiring]
+                victim = next((r for r in candidates if r.starting), candidates[0])
+                victim.retiring = True
         batcher.dispatch(now)
 
     def _resize_per_replica(self, count: int, now: float) -> None:
         while len(self.batchers) < count:
             self.batchers.append(self._new_batcher())
-            self.batchers[-1].add_replica(self._next_replica_id())
+            self._start(self.batchers[-1], now)
         orphans: list[int] = []
         while len(self.batchers) > count:
             batcher = self.batchers.pop()
             orphans.extend(batcher.queue.drain())
             for replica in batcher.replicas:
                 replica.retiring = True
-            if batcher.free:
-                batcher.retired.extend(batcher.free)
-                batcher.replicas.clear()
-                batcher.free.clear()
+            while batcher.free:
+                batcher.retire(batcher.free.pop())
             self._gone.append(batcher)
         self._health_check(now)
         self._resubmit(orphans, now)

@@ -6,27 +6,31 @@ with the same messages and sample requests from the same table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bundle import TraceBundle
-from .errors import InputError
-from .limits import check_faults
-from .profiles import LatencyProfile, PredictionTable
-from .scenario import Scenario
+import traces
+from traces.bundle import TraceBundle
+from traces.errors import InputError
+from traces.limits import check_faults
+from traces.profiles import LatencyProfile, PredictionTable
+from traces.scenario import Scenario
 
 
 @dataclass
 class Prepared:
-    """A scenario checked against its bundle, with what every seed's run shares."""
+    """A scenario checked against its bundles, with what every seed's run shares. ``predictions``
+    is the first stage's prediction table; a pipeline has one per stage in ``stage_predictions``."""
 
     scenario: Scenario
     bundle: TraceBundle | None
     profiles: dict[str, LatencyProfile]
     predictions: PredictionTable | None
+    stage_predictions: tuple = ()       # (PredictionTable | None) per stage, the first one included
+    bundles: dict = field(default_factory=dict)  # deployment name -> the bundle it is measured in
 
 
-BUNDLED = Path(__file__).resolve().parent / "data"
+BUNDLED = Path(traces.__file__).resolve().parent / "data"  # the bundles shipped with the project
 
 
 def bundled_bundle_for(variant: str) -> Path | None:
@@ -41,15 +45,29 @@ def bundled_bundle_for(variant: str) -> Path | None:
 
 
 def check_against_bundle(scenario: Scenario) -> Prepared:
-    """Load the bundle, check every deployment's variant and batch range, build profiles."""
+    """Load the bundles, check every deployment's variant and batch range, build profiles and
+    each stage's prediction table. A deployment is measured in its own ``bundle``, else the
+    scenario's, else the bundled bundle that has the first such deployment's variant."""
     measured = [d for d in scenario.deployments if d.variant is not None]
+    loaded: dict[Path, TraceBundle] = {}
+
+    def load(path: Path) -> TraceBundle:  # one object per bundle directory, however it is spelled
+        key = path.resolve()
+        if key not in loaded:
+            loaded[key] = TraceBundle.load(path)
+        return loaded[key]
+
+    shared = [d for d in measured if d.bundle is None]
     bundle = None
-    if measured:
-        path = scenario.bundle or bundled_bundle_for(measured[0].variant)
+    if shared:
+        path = scenario.bundle or bundled_bundle_for(shared[0].variant)
         if path is None:
-            raise InputError("bundle", f"deployment {measured[0].name!r} serves a measured variant that no bundled "
+            raise InputError("bundle", f"deployment {shared[0].name!r} serves a measured variant that no bundled "
                              "bundle has, so the scenario needs bundle = \"path/to/bundle\"")
-        bundle = TraceBundle.load(path)
+        bundle = load(path)
+    bundles = {d.name: (load(d.bundle) if d.bundle is not None else bundle) for d in measured}
+    if bundle is None and measured:
+        bundle = bundles[measured[0].name]
     profiles: dict[str, LatencyProfile] = {}
     for dep in scenario.deployments:
         where = f"deployments.{dep.name}"
@@ -59,6 +77,7 @@ def check_against_bundle(scenario: Scenario) -> Prepared:
                                  "variant can replay one")
             profiles[dep.name] = LatencyProfile.from_distribution(dep.service, max(dep.max_batch_size, 64))
             continue
+        bundle = bundles[dep.name]
         if dep.variant not in bundle.variants:
             raise InputError(f"{where}.variant", f"{dep.variant!r} is not in bundle {bundle.path}; "
                              f"variants: {', '.join(bundle.variants)}")
@@ -82,7 +101,23 @@ def check_against_bundle(scenario: Scenario) -> Prepared:
                              "a batch of one request could not be timed")
         profiles[dep.name] = profile
     check_faults(scenario, profiles)
-    predictions = None
-    if bundle is not None and bundle.predicted_variants:
-        predictions = PredictionTable.from_bundle(bundle, sorted({d.variant for d in measured}))
-    return Prepared(scenario, bundle, profiles, predictions)
+    tables = tuple(_stage_table(scenario, k, bundles) for k in range(max(1, len(scenario.stages))))
+    first = bundles[measured[0].name] if measured else None
+    return Prepared(scenario, first, profiles, tables[0], tables, bundles)
+
+
+def _stage_table(scenario: Scenario, stage: int, bundles: dict[str, TraceBundle]) -> PredictionTable | None:
+    """The prediction table of a stage's measured deployments, which must share one bundle."""
+    members = set(scenario.stages[stage].deployments) if scenario.stages else None
+    deps = [d for d in scenario.deployments if d.variant is not None and (members is None or d.name in members)]
+    if not deps:
+        return None
+    bundle = bundles[deps[0].name]
+    for dep in deps[1:]:
+        if bundles[dep.name] is not bundle:
+            raise InputError(f"deployments.{dep.name}.bundle", f"stage {scenario.stages[stage].name!r} is measured "
+                             f"in {bundle.path} (deployment {deps[0].name!r}); every deployment of a stage "
+                             "must share its bundle, so that a cascade compares the same samples")
+    if not bundle.predicted_variants:
+        return None
+    return PredictionTable.from_bundle(bundle, sorted({d.variant for d in deps}))

@@ -1,0 +1,261 @@
+"""The serving core: arrivals flow through the policy's routes into deployments, hop by hop.
+
+One ``ServingCore`` per run holds the live system: the workload and the request log
+(``RunState``), the deployments with their batchers and replicas, the policy and its view. It
+decides everything and waits for nothing: an executor (``sim.core.executor``) tells it when a
+request arrives (``arrive``), and a batch's end reaches it through its replica, and it asks the
+executor for timers and for batches to be run. So the simulator and the real server serve with
+one set of rules: route resolution, cascade forward-or-finish, retries after a crash, faults on a
+schedule or at random, plans applied every ``plan_interval_s``.
+
+Request ``i``'s live state sits at slot ``i & log.mask`` of the log's ring columns
+(``sim.core.records``); the mask only changes when an executor makes room before an arrival,
+never inside these callbacks. The real server calls the core from several threads, one at a time
+under its lock.
+"""
+
+from __future__ import annotations
+
+import math
+
+from policies.base import PlanAction, Policy, Reject, Request, Route, check_plan_action, check_route
+from policies.view import LiveView
+from traces.errors import InputError
+from traces.profiles import LatencyProfile, PredictionTable
+from traces.scenario import Scenario
+
+from .deployment import Deployment
+from .executor import Executor
+from .workload import RunState
+
+
+class ResolvedRoute:
+    """A route as the core uses it: (deployment, threshold, confidences or None) per hop."""
+
+    __slots__ = ("label", "stages")
+
+    def __init__(self, label: str, stages: tuple):
+        self.label = label
+        self.stages = stages
+
+
+class ServingCore(RunState):
+    """The live system of one run (module docstring); ``executor`` runs it."""
+
+    def __init__(self, scenario: Scenario, policy: Policy, executor: Executor, *,
+                 profiles: dict[str, LatencyProfile], predictions: PredictionTable | None, seed: int,
+                 whole_log: bool = False, live_confidence: bool = False, labels=None):
+        """``live_confidence``: cascades exit on the confidences the executor reports with each
+        batch (the real server's runners), not on the prediction table's."""
+        self.scenario = scenario
+        self.policy = policy
+        self.executor = executor
+        self.duration_s = scenario.duration_s
+        self.profiles = profiles
+        RunState.__init__(self, scenario, seed, predictions, whole_log=whole_log, live_confidence=live_confidence,
+                          labels=labels)
+        self.live_confidence = live_confidence
+        window = (scenario.warmup_s, scenario.duration_s)
+        self.deployments: list[Deployment] = [
+            Deployment(executor, self, index, config, self.deadlines_s, window, self.work.deployment_rngs[index][1])
+            for index, config in enumerate(scenario.deployments)]
+        self._by_name = {d.name: d for d in self.deployments}
+        self.deployment_names = tuple(self._by_name)
+        self._on_failure = {self._by_name[f.deployment].index: f.on_failure for f in scenario.faults}
+        self.fault_log: list[dict] = []
+        self.timeline: list[tuple] = []  # rows of timeline.parquet (sim.core.scaling)
+        self._routes: dict[object, ResolvedRoute | Reject] = {}  # Route and Reject hash by identity
+        self.view = LiveView(self, executor.now)
+        policy.setup(self.view)
+        self._fixed = policy.fixed_route()
+        if self._fixed is not None:
+            self.arrive = self._arrive_fixed
+
+    def deployment(self, name: str) -> Deployment:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise InputError(f"policy {self.policy.name!r}", f"used unknown deployment {name!r}") from None
+
+    # --- arrivals and routing ---------------------------------------------------------------
+    def arrive(self, i: int, now: float) -> None:
+        """Request ``i`` arrives at ``now``: the policy routes it to its first hop, or rejects it."""
+        self.arrivals_seen = i + 1
+        log = self.log  # i < log.limit: the executor makes room before the arrival that needs it
+        route = self.policy.route(Request(i, self.arrival_times[i], self.deadline_classes_ms[self.deadline_class[i]],
+                                          self.sample[i]), self.view)
+        resolved = self._routes.get(route) or self.resolve(route)
+        if resolved.__class__ is Reject:
+            self.drop(i, now, resolved.reason)
+        else:
+            j = i & log.mask
+            log.route[j] = resolved
+            first = resolved.stages[0][0]
+            hop0 = log.hops[0]
+            hop0.deployment[j] = first.index
+            hop0.enqueue_s[j] = now
+            if not first.submit(i, now):
+                self.drop(i, now, "queue_full")
+
+    def _arrive_fixed(self, i: int, now: float) -> None:
+        """``arrive`` for a policy with a fixed route: no per-request call to the policy."""
+        self.arrivals_seen = i + 1
+        resolved = self._routes.get(self._fixed) or self.resolve(self._fixed)
+        if resolved.__class__ is Reject:
+            self.drop(i, now, resolved.reason)
+            return
+        log = self.log
+        j = i & log.mask
+        log.route[j] = resolved
+        first = resolved.stages[0][0]
+        hop0 = log.hops[0]
+        hop0.deployment[j] = first.index
+        hop0.enqueue_s[j] = now
+        if not first.submit(i, now):
+            self.drop(i, now, "queue_full")
+
+    def resolve(self, route: object) -> ResolvedRoute | Reject:
+        """Check a route the policy gave for the first time, and remember what it resolves to."""
+        if isinstance(route, Reject):
+            resolved: ResolvedRoute | Reject = route
+        elif isinstance(route, Route) and route.hops:
+            check_route(route, self.policy.name)
+            last = len(route.hops) - 1
+            stages = []
+            for k, hop in enumerate(route.hops):
+                dep = self.deployment(hop.deployment)
+                threshold = hop.threshold if k < last else None
+                confidence = None
+                if threshold is not None and not self.live_confidence:
+                    table = self.predictions
+                    if table is None or dep.variant not in table.confidence:
+                        raise InputError(f"policy {self.policy.name!r}", f"cascade threshold at deployment "
+                                         f"{dep.name!r} needs per-sample predictions for its variant in the bundle")
+                    confidence = table.confidence[dep.variant].tolist()
+                stages.append((dep, threshold, confidence))
+            self.log.ensure_hops(len(stages))
+            resolved = ResolvedRoute(route.label, tuple(stages))
+        else:
+            raise InputError(f"policy {self.policy.name!r}", f"route() must return a non-empty Route or a Reject, got {route!r}")
+        self._routes[route] = resolved
+        return resolved
+
+    @property
+    def route_hops(self) -> dict[str, int]:
+        """Route label -> hops, of every route the policy gave."""
+        return {r.label: len(r.stages) for r in self._routes.values() if r.__class__ is not Reject}
+
+    # --- the BatchSink the batchers report to -----------------------------------------------
+    def drop(self, request: int, now: float, reason: str) -> None:
+        log = self.log
+        j = request & log.mask
+        log.drop_reason[j] = reason
+        log.finish_s[j] = now
+
+    def batch_started(self, deployment: int, batch: list[int], now: float, replica: int) -> None:
+        log = self.log
+        hop, hops, size, mask = log.hop, log.hops, len(batch), log.mask
+        for i in batch:
+            j = i & mask
+            cols = hops[hop[j]]
+            cols.start_s[j] = now
+            cols.batch_size[j] = size
+            cols.replica[j] = replica
+
+    def batch_finished(self, deployment: int, batch: list[int], now: float,
+                       confidences: list[float] | None = None) -> None:
+        """A request below its hop's threshold goes on to the next hop (a cascade exits at
+        ``confidence >= threshold``); the others end here. ``confidences``: the runner's, per
+        request (the real server); None: the prediction table's."""
+        if confidences is not None:
+            self._finished_live(batch, now, confidences)
+            return
+        log = self.log
+        hop, hops, routes, sample, finish, mask = log.hop, log.hops, log.route, self.sample, log.finish_s, log.mask
+        for i in batch:
+            j = i & mask
+            k = hop[j]
+            hops[k].finish_s[j] = now
+            _, threshold, confidence = routes[j].stages[k]
+            if confidence is not None and confidence[sample[i]] < threshold:
+                self._forward(i, j, k + 1, now)
+            else:
+                finish[j] = now
+
+    def _finished_live(self, batch: list[int], now: float, confidences: list[float]) -> None:
+        log = self.log
+        hop, hops, routes, mask = log.hop, log.hops, log.route, log.mask
+        for position, i in enumerate(batch):
+            j = i & mask
+            k = hop[j]
+            cols = hops[k]
+            cols.finish_s[j] = now
+            confidence = cols.confidence[j] = confidences[position]
+            threshold = routes[j].stages[k][1]
+            if threshold is not None and confidence < threshold:
+                self._forward(i, j, k + 1, now)
+            else:
+                log.finish_s[j] = now
+
+    def _forward(self, i: int, j: int, k: int, now: float) -> None:
+        """Request ``i`` (slot ``j``) goes on to hop ``k`` of its route."""
+        log = self.log
+        log.hop[j] = k
+        nxt = log.route[j].stages[k][0]
+        cols = log.hops[k]
+        cols.deployment[j] = nxt.index
+        cols.enqueue_s[j] = now
+        if not nxt.submit(i, now):
+            self.drop(i, now, "queue_full")
+
+    def batch_failed(self, deployment: int, batch: list[int], now: float) -> None:
+        """A replica crashed mid-batch: each request is retried on the deployment, or fails."""
+        dep = self.deployments[deployment]
+        retry = self._on_failure.get(deployment, "retry") == "retry"
+        log = self.log
+        for i in batch:
+            j = i & log.mask
+            log.retries[j] += 1
+            if not retry:
+                self.drop(i, now, "replica_failed")
+                continue
+            cols = log.hops[log.hop[j]]
+            cols.start_s[j] = math.nan
+            cols.batch_size[j] = 0
+            cols.replica[j] = -1
+            cols.enqueue_s[j] = now
+            if not dep.submit(i, now):
+                self.drop(i, now, "queue_full")
+
+    # --- faults and plans, on the executor's timers ---------------------------------------------
+    def start(self) -> None:
+        """Set the timers of faults and plans; the executor calls it once, as its clock starts."""
+        from .faults import schedule_faults
+        from .scaling import Watch
+
+        schedule_faults(self)
+        for dep in self.deployments:
+            Watch(self, dep).start()
+        interval = self.scenario.policy.plan_interval_s
+        if interval > 0 and type(self.policy).plan is not Policy.plan and interval < self.duration_s:
+            self.executor.call_at(interval, self._plan_tick)
+
+    def _plan_tick(self, _event: object = None) -> None:
+        now = self.executor.now()
+        for action in self.policy.plan(self.view) or ():
+            self.apply(action, now)
+        interval = self.scenario.policy.plan_interval_s
+        if now + interval < self.duration_s:
+            self.executor.call_at(now + interval, self._plan_tick)
+
+    def apply(self, action: PlanAction, now: float) -> None:
+        dep = self.deployment(action.deployment)
+        where = f"policy {self.policy.name!r} plan for {dep.name!r}"
+        check_plan_action(action, where, self.profiles[dep.name].max_batch_size if dep.variant else None)
+        if action.replicas is not None:
+            dep.set_replicas(action.replicas, now)
+        if action.max_batch_size is not None or action.batch_wait_timeout_ms is not None:
+            dep.set_batching(action.max_batch_size, action.batch_wait_timeout_ms, now)
+
+    def deployment_stats(self, end_s: float) -> dict[str, dict]:
+        return {d.name: d.stats(end_s) for d in self.deployments}

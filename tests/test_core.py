@@ -1,0 +1,136 @@
+"""The one serving core: both executors drive it, it needs neither SimPy nor torch, and a real and a
+simulated run of one scenario report the same things."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+if importlib.util.find_spec("measure") is None:  # measure/ is not an installed package
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from traces.summary import flatten  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCENARIO = """
+seed = 4
+duration_s = 1.5
+warmup_s = 0.25
+[arrivals]
+kind = "poisson"
+rate_rps = 300.0
+[requests]
+deadline_ms = 40.0
+[[deployments]]
+name = "m"
+service = { kind = "exponential", mean_ms = 2.0, per_item_ms = 0.5 }
+replicas = 2
+max_batch_size = 4
+batch_wait_timeout_ms = 1.0
+[[faults]]
+deployment = "m"
+replica = 1
+at_s = 0.5
+down_s = 0.3
+[policy]
+name = "static"
+"""
+
+
+def test_the_core_imports_neither_simpy_nor_torch():
+    code = ("import sys, sim.core.serving, sim.core.driver, sim.core.faults, sim.core.autoscalers; "
+            "print(sorted(m for m in ('simpy', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _run(tmp_path: Path, *argv: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((Path(argv[-1]) / "seed-4" / "summary.json").read_text())
+
+
+def test_a_real_and_a_simulated_run_have_summaries_with_the_same_keys(tmp_path):
+    scenario = tmp_path / "s.toml"
+    scenario.write_text(SCENARIO)
+    sim = _run(tmp_path, "sim", "run", str(scenario), "--out", str(tmp_path / "sim"))
+    real = _run(tmp_path, "measure", "serve", str(scenario), "--out", str(tmp_path / "real"))
+    assert list(flatten(real)) == list(flatten(sim))
+    assert set(real) >= {"seed", "deployments", "faults", "policy"}
+    assert real["policy"] == sim["policy"] == {"name": "static"}
+    # the scheduled crash happens in both, at its time, on its replica
+    for summary in (sim, real):
+        (fault,) = summary["faults"]
+        assert (fault["deployment"], fault["replica"]) == ("m", 1)
+        assert fault["crash_s"] == pytest.approx(0.5, abs=0.01)
+        assert fault["recover_s"] - fault["crash_s"] == pytest.approx(0.3)
+
+
+# ---------------------------------------------------------------- autoscaling and cold starts, simulated
+
+STEP = {  # a load step: 200 rps for 20 s, then 1200 rps for 20 s, then 200 rps again
+    "duration_s": 60.0, "warmup_s": 0.0,
+    "arrivals": {"kind": "piecewise", "interval_s": 20.0, "rates_rps": [200.0, 1200.0, 200.0], "repeat": False},
+    "requests": {"deadline_ms": 50.0}, "policy": {"name": "static"},
+    "deployments": [{"name": "m", "service": {"kind": "exponential", "mean_ms": 2.0}, "replicas": 1,
+                     "max_batch_size": 1, "startup_s": 2.5,
+                     "autoscaling": {"policy": "hpa", "min_replicas": 1, "max_replicas": 6,
+                                     "target_average_value": 2, "sync_period_s": 1.0,
+                                     "scale_down_stabilization_window_s": 5.0}}],
+}
+
+
+def _simulate_step(raw=STEP, seed=1):
+    from sim.runner import prepare, run_seed
+    from traces.scenario import scenario_from_dict
+
+    config, requests, summary, timeline = run_seed(prepare(scenario_from_dict(raw)), seed)
+    return requests.to_pandas(), summary, timeline
+
+
+def test_an_autoscaler_scales_up_under_a_load_step_and_back_down():
+    requests, summary, timeline = _simulate_step()
+    replicas = timeline.set_index("time_s")["replicas"]
+    assert replicas.loc[:19.0].max() == 1          # 200 rps on one 2 ms server: rho 0.4, nothing to do
+    assert replicas.loc[25.0:40.0].max() >= 3       # 1200 rps needs rho < 1: at least 3
+    assert replicas.loc[55.0:].max() == 1          # back down after the stabilisation window
+    # a timeline row per tick (1 s), with its columns
+    assert list(timeline.columns) == ["time_s", "deployment", "replicas", "ready_replicas", "queue_length",
+                                      "in_flight", "arrival_rate_rps"]
+    assert timeline["time_s"].tolist() == [float(t) for t in range(1, 60)]
+    assert timeline.loc[timeline["time_s"] == 30.0, "arrival_rate_rps"].item() == pytest.approx(1200, rel=0.15)
+    # replicas added pay 2.5 s before they serve: ready lags provisioned
+    assert (timeline["ready_replicas"] <= timeline["replicas"]).all()
+    assert (timeline["ready_replicas"] < timeline["replicas"]).any()
+    stats = summary["deployments"]["m"]
+    assert stats["cold_starts"] >= 2 and stats["cold_start_seconds"] == pytest.approx(2.5 * stats["cold_starts"])
+    assert 0 < stats["misses_during_cold_start"] <= summary["requests"] - summary["hit_rate"] * summary["requests"]
+    assert stats["idle_replica_seconds"] == pytest.approx(stats["replica_seconds"] - stats["busy_seconds"])
+
+
+def test_no_batch_starts_on_a_replica_before_it_is_ready():
+    requests, summary, timeline = _simulate_step()
+    served = requests[requests["hop0_start_s"].notna()]
+    first_start = served.groupby("hop0_replica")["hop0_start_s"].min()
+    # replica 0 was there from the start; every later one was added at a tick (a whole second) and
+    # needs 2.5 s: its first batch starts no earlier than 2.5 s after some tick
+    for replica, start_s in first_start.items():
+        if replica == 0:
+            continue
+        assert start_s - math.floor(start_s - 2.5) >= 2.5 - 1e-9
+
+
+def test_scenarios_without_the_new_features_keep_their_bytes_but_gain_a_timeline(tmp_path):
+    raw = {**STEP, "deployments": [{k: v for k, v in STEP["deployments"][0].items()
+                                    if k not in ("autoscaling", "startup_s")}]}
+    raw["deployments"][0]["replicas"] = 4
+    _, summary, timeline = _simulate_step(raw)
+    assert "cold_starts" not in summary["deployments"]["m"]
+    assert set(timeline["replicas"]) == {4} and len(timeline) == 59
