@@ -15,9 +15,10 @@ running that changes nothing for a start-up, but on a shared one any busy proces
 idle-priority start-up for as long as it runs (seen here: a tiny CNN's replica not ready after
 300 s beside a training job), and the table would measure the neighbours instead.
 
-Each variant is started once untimed first: a pruned variant fine-tunes on its first use (then its
-weights are cached in the zoo), and the first start reads torch's libraries from disk. The timed
-start-ups are thus warm-cache ones, what a machine already serving that model pays to add a replica.
+Each variant is started once untimed first, since the first start reads torch's libraries from
+disk; before that a pruned variant's fine-tune, which runs on its first use and is then cached in
+the zoo, is done here (``prime``), without the replica's start-up timeout. The timed start-ups are
+thus warm-cache ones, what a machine already serving that model pays to add a replica.
 
 The table goes into a bundle that ``measure latency`` made: a start-up time belongs to a measured
 variant. Every other file of the bundle is copied byte for byte (``traces.startup.save_startup``).
@@ -70,8 +71,20 @@ def time_startup(recipe: RunnerRecipe) -> dict[str, float]:
     return {"startup_s": total_s, **phases, "started_at_s": started_at_s}
 
 
+def prime(profile: Profile, spec: VariantSpec) -> None:
+    """Fill the zoo cache that a pruned variant's first start would fill (its fine-tuned weights)."""
+    if spec.pruning == "none":
+        return
+    from .variants import finetuned_pruned_state
+    from .zoo import load_zoo_task
+
+    data = load_zoo_task(profile.zoo_dir, profile.task)
+    finetuned_pruned_state(profile.zoo_dir, profile.task, spec.model, spec.pruning, data)
+
+
 def time_variant(profile: Profile, spec: VariantSpec, plan: StartupPlan) -> pd.DataFrame:
-    """One untimed start (caches), then ``plan.repeats`` timed ones, one row each."""
+    """The caches filled (``prime``, one untimed start), then ``plan.repeats`` timed starts, one row each."""
+    prime(profile, spec)
     recipe = plan.recipe(profile, spec)
     time_startup(recipe)
     rows = [time_startup(recipe) for _ in range(plan.repeats)]
@@ -91,11 +104,13 @@ def describe(frame: pd.DataFrame) -> str:
 def measure_startups(profile: Profile, plan: StartupPlan, say=print) -> tuple[pd.DataFrame, list[dict]]:
     """Time every variant of the plan; a line per variant through ``say``. Returns the table
     and the variants that failed to start (variant, reason)."""
+    from .variants import VariantUnsupported
+
     frames, failed = [], []
     for spec in plan.variants:
         try:
             frame = time_variant(profile, spec, plan)
-        except RuntimeError as exc:  # the child's error, raised by ProcessRunner
+        except (RuntimeError, VariantUnsupported) as exc:  # RuntimeError: the child's, raised by ProcessRunner
             reason = str(exc).splitlines()[0][:300]
             failed.append({"variant": spec.id, "reason": reason})
             say(f"  skipped {spec.id}: {reason}")
