@@ -7,7 +7,6 @@ import itertools
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 
 import policies
 from traces.errors import InputError
@@ -16,11 +15,13 @@ from sim.core.prepare import Prepared
 from traces.outputs import check_target
 from traces.provenance import REPO_ROOT  # not measure.harness's: that one imports torch
 from traces.scenario import load_scenario, parse_seeds
+from traces.stages import stage_index
 from traces.summary import legend, summarize, summary_table
 
 
-def zoo_location(prepared: Prepared, override: str | None) -> tuple[Path, str]:
-    meta = prepared.bundle.meta
+def zoo_location(bundle, override: str | None) -> tuple[Path, str]:
+    """Where the models of ``bundle``'s task were trained: ``--zoo``, else its ``zoo_dir``."""
+    meta = bundle.meta
     task = meta.get("task")
     if override:
         zoo = Path(override)
@@ -28,45 +29,54 @@ def zoo_location(prepared: Prepared, override: str | None) -> tuple[Path, str]:
         zoo = Path(meta["zoo_dir"])
         zoo = zoo if zoo.is_absolute() else REPO_ROOT / zoo
     else:
-        raise InputError(str(prepared.bundle.path), "bundle.json names no zoo_dir; pass --zoo DIR")
+        raise InputError(str(bundle.path), "bundle.json names no zoo_dir; pass --zoo DIR")
     if not task or not (zoo / task).is_dir():
         raise InputError(str(zoo), f"no trained models for task {task!r} here; run `measure train` or pass --zoo DIR")
     return zoo, task
 
 
 def runner_factories(prepared: Prepared, zoo_override: str | None, seed: int,
-                     replica: str = "process", pin: bool = True) -> tuple[dict, np.ndarray | None]:
-    """One factory per deployment (called once per replica) and the labels in sample order.
+                     replica: str = "process", pin: bool = True) -> tuple[dict, list]:
+    """One factory per deployment (called once per replica) and each stage's labels in its
+    table's sample order (None for a stage with no measured deployment).
 
     ``replica="process"`` gives each replica a process of its own (``measure.replicas``), the way
     the bundle's latencies were timed; ``"thread"`` runs every model in this process. ``pin`` puts
     each replica process on a CPU of its own where there are enough (``measure.replicas.replica_cpus``).
+    A pipeline's stages may be measured in different bundles, each with its own zoo and task.
     """
     from .server import parametric_runners
 
-    factories, labels = {}, None
-    measured = [d for d in prepared.scenario.deployments if d.variant is not None]
-    if measured:
+    scenario = prepared.scenario
+    factories, labels = {}, []
+    stage_of = stage_index(scenario.stages, [d.name for d in scenario.deployments])
+    cpus = None
+    for stage, table in enumerate(prepared.stage_predictions or (prepared.predictions,)):
+        measured = [d for d in scenario.deployments if d.variant is not None and stage_of[d.name] == stage]
+        if not measured:
+            labels.append(None)
+            continue
         import torch
 
         from .replicas import ProcessRunner, RunnerRecipe, build_runner, replica_cpus
         from .zoo import load_zoo_task
 
-        zoo, task = zoo_location(prepared, zoo_override)
+        bundle = prepared.bundles.get(measured[0].name, prepared.bundle)
+        zoo, task = zoo_location(bundle, zoo_override)
         data = load_zoo_task(zoo, task)
-        threads = int(prepared.bundle.meta.get("threads", 1))
+        threads = int(bundle.meta.get("threads", 1))
         torch.set_num_threads(threads)
         row_of = {sample_id: row for row, sample_id in enumerate(data.eval_ids)}
-        table = prepared.predictions
         if table is None:
-            raise InputError(str(prepared.bundle.path), "serving needs the bundle's predictions (run `measure accuracy`)")
+            raise InputError(str(bundle.path), "serving needs the bundle's predictions (run `measure accuracy`)")
         missing = [s for s in table.sample_ids if s not in row_of]
         if missing:
-            raise InputError(str(prepared.bundle.path), f"sample {missing[0]!r} is not in the zoo's evaluation set")
+            raise InputError(str(bundle.path), f"sample {missing[0]!r} is not in the zoo's evaluation set")
         rows = tuple(row_of[s] for s in table.sample_ids)
-        labels = data.y_eval.index_select(0, torch.as_tensor(rows)).numpy()
+        labels.append(data.y_eval.index_select(0, torch.as_tensor(rows)).numpy())
         if replica == "process":
-            cpus = replica_cpus() if pin else itertools.repeat(None)
+            if cpus is None:
+                cpus = replica_cpus() if pin else itertools.repeat(None)
             for dep in measured:
                 recipe = RunnerRecipe(str(zoo), task, dep.variant, threads, rows,
                                       tuple(range(1, dep.max_batch_size + 1)))
@@ -76,7 +86,7 @@ def runner_factories(prepared: Prepared, zoo_override: str | None, seed: int,
                 recipe = RunnerRecipe(str(zoo), task, dep.variant, threads, rows)
                 factories[dep.name] = (lambda recipe=recipe: build_runner(recipe))
     # parametric deployments sleep their sampled times, drawn from the simulator's own streams
-    factories.update(parametric_runners(prepared.scenario, seed))
+    factories.update(parametric_runners(scenario, seed))
     return factories, labels
 
 
@@ -96,8 +106,9 @@ def serve_command(args) -> int:
         run_scenario = dataclasses.replace(scenario, seed=seed)
         policy = policies.create(scenario.policy.name, scenario.policy.params)
         with pinned(front_end_cpus() if pin else None):
-            server = Server(run_scenario, policy, factories, seed=seed, labels=labels, profiles=prepared.profiles,
-                            predictions=prepared.predictions)
+            server = Server(run_scenario, policy, factories, seed=seed, labels=labels[0], profiles=prepared.profiles,
+                            predictions=prepared.predictions, stage_predictions=prepared.stage_predictions,
+                            stage_labels=labels)
             requests = server.run(progress)
         core = server.core
         summary = summarize(requests, warmup_s=scenario.warmup_s, duration_s=scenario.duration_s,

@@ -109,7 +109,9 @@ class _Worker:
                 warm(self.runner)
                 with server.lock:
                     replica.batcher.owner.replica_ready(replica, server.now())
-            sample = server.core.sample
+            core = server.core
+            stage = core.stage_of[replica.batcher.owner.name]
+            sample = core.stage_samples[stage]  # its stage's samples
             while True:
                 self.wake.wait()
                 self.wake.clear()
@@ -121,7 +123,7 @@ class _Worker:
                     finish = server.now()
                     with server.lock:
                         replica.completed_at(ticket, finish, confidences)
-                        server.keep_predictions(batch, preds)
+                        server.keep_predictions(batch, preds, stage)
                 if self.stopping:
                     return
         except BaseException as exc:  # reported by the dispatcher, which stops the run
@@ -141,7 +143,9 @@ class Server:
 
     def __init__(self, scenario: Scenario, policy: Policy, runners: dict[str, Callable[[], BatchRunner]], *,
                  seed: int, labels: Sequence | None, profiles: dict[str, LatencyProfile],
-                 predictions: PredictionTable | None):
+                 predictions: PredictionTable | None, stage_predictions: tuple = (), stage_labels: Sequence = ()):
+        """``labels``: true labels in the first stage's sample order; ``stage_labels``: a
+        pipeline's, per stage (the first included)."""
         for config in scenario.deployments:
             if config.name not in runners:
                 raise InputError(f"deployments.{config.name}", "no runner was given for this deployment")
@@ -155,9 +159,11 @@ class Server:
         self.workers: list[_Worker] = []
         # the log holds every request (slot == id) and records each hop's confidence as the runner gave it
         self.core = ServingCore(scenario, policy, self, profiles=profiles, predictions=predictions, seed=seed,
-                                whole_log=True, live_confidence=True, labels=labels)
+                                whole_log=True, live_confidence=True, labels=labels,
+                                stage_predictions=stage_predictions)
         n = self.core.log.n
-        self.pred: list = [None] * n
+        self.stage_labels = list(stage_labels) or [labels]
+        self.preds: list[list] = [[None] * n for _ in self.core.stage_samples]  # per stage, as it left it
         self.lag = np.full(n, np.nan)
 
     # --- the Executor the core runs on -------------------------------------------------------
@@ -192,12 +198,19 @@ class Server:
         pass
 
     # --- what replicas report ----------------------------------------------------------------
-    def keep_predictions(self, batch: list[int], preds: list) -> None:
-        """Under the lock, after the core saw the batch end: the answers of requests that ended."""
-        log = self.core.log
+    def keep_predictions(self, batch: list[int], preds: list, stage: int) -> None:
+        """Under the lock, after the core saw the batch end: the answers of the requests that left
+        the stage here (they ended, or went on to the next stage)."""
+        log, core = self.core.log, self.core
+        names, stage_of = core.deployment_names, core.stage_of
         for j, i in enumerate(batch):
-            if not math.isnan(log.finish_s[i]) and log.drop_reason[i] is None:
-                self.pred[i] = preds[j]
+            if log.drop_reason[i] is not None:
+                continue
+            if math.isnan(log.finish_s[i]):
+                now_at = log.hops[log.hop[i]].deployment[i]
+                if stage_of[names[now_at]] == stage:
+                    continue  # a cascade's next hop in this stage answers instead
+            self.preds[stage][i] = preds[j]
 
     def fail(self, exc: BaseException) -> None:
         if self._error is None:
@@ -273,19 +286,28 @@ class Server:
             self.core.log.end_unfinished(max(self.now(), self.core.duration_s))
 
     def _results(self) -> pd.DataFrame:
+        """The log as a table, with what the runners answered: ``pred`` (the last stage's),
+        ``correct`` (every stage right), a pipeline's ``stage{s}_correct``, and the dispatch lag."""
         core = self.core
         n = core.log.n
         frame = core.log.to_frame()
-        pred = np.empty(n, dtype=object)
-        for i, p in enumerate(self.pred):  # element-wise: a prediction may itself be a sequence
-            pred[i] = p
-        known = np.array([p is not None for p in self.pred], dtype=bool) & (self.labels is not None)
-        correct = np.zeros(n, dtype=bool)
-        if self.labels is not None:
-            for i in np.flatnonzero(known):
-                correct[i] = bool(pred[i] == self.labels[core.sample[i]])
+        all_right, all_known = np.ones(n, dtype=bool), np.ones(n, dtype=bool)
+        for stage, (preds, labels) in enumerate(zip(self.preds, self.stage_labels)):
+            pred = np.empty(n, dtype=object)
+            for i, p in enumerate(preds):  # element-wise: a prediction may itself be a sequence
+                pred[i] = p
+            known = np.array([p is not None for p in preds], dtype=bool) & (labels is not None)
+            right = np.zeros(n, dtype=bool)
+            if labels is not None:
+                samples = core.stage_samples[stage]
+                for i in np.flatnonzero(known):
+                    right[i] = bool(pred[i] == labels[samples[i]])
+            if core.scenario.stages:
+                frame[f"stage{stage}_correct"] = pd.arrays.BooleanArray(right, ~known)
+            all_right &= right
+            all_known &= known
         frame["pred"] = pred
-        frame["correct"] = pd.arrays.BooleanArray(correct, ~known)
+        frame["correct"] = pd.arrays.BooleanArray(all_right & all_known, ~all_known)
         frame["dispatch_lag_s"] = self.lag
         return frame
 

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Hop:
-    """One stage of a route. With a ``threshold``, a request whose prediction here has
-    ``confidence >= threshold`` ends here; without one (the last hop), every request ends here."""
+    """One hop of a route. With a ``threshold``, a request whose prediction here has
+    ``confidence >= threshold`` leaves here (it ends, or goes on to a pipeline's next stage);
+    without one (the last hop of its stage), every request leaves here."""
 
     deployment: str
     threshold: float | None = None
@@ -41,6 +42,13 @@ class Route:
     @classmethod
     def single(cls, deployment: str) -> "Route":
         return cls((Hop(deployment),))
+
+    @classmethod
+    def pipeline(cls, stages: Sequence["Route"]) -> "Route":
+        """One route through a pipeline: each stage's own route (one deployment, or a cascade), in
+        stage order. A request that leaves a stage (its last hop, or a confident exit) goes on to
+        the next stage's first hop; it ends after the last stage."""
+        return cls(tuple(hop for stage in stages for hop in stage.hops))
 
     @classmethod
     def cascade(cls, deployments: Sequence[str], thresholds: Sequence[float]) -> "Route":
@@ -124,6 +132,10 @@ class SystemView(Protocol):
     def deployments(self) -> tuple[str, ...]: ...
     @property
     def predictions(self) -> "PredictionTable | None": ...
+    @property
+    def stages(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """(name, deployments) of every stage of a pipeline, in order (one stage without [[stages]])."""
+    def stage_predictions(self, stage: int) -> "PredictionTable | None": ...
     def variant(self, deployment: str) -> str | None: ...
     def replicas(self, deployment: str) -> int: ...
     def busy_replicas(self, deployment: str) -> int: ...

@@ -4,6 +4,7 @@ The baseline every other policy is compared with, and the way to replay a config
 offline. With ``deployment`` it serves everything there; with ``cascade = [a, b, ...]`` and
 ``thresholds`` (or one ``threshold`` for a two-stage cascade) a request leaves stage i when the
 stage's confidence is at least its threshold. With neither, a scenario's single deployment is used.
+In a pipeline (``[[stages]]``), ``pipeline = [one deployment per stage]`` is the route.
 """
 
 from __future__ import annotations
@@ -20,16 +21,25 @@ class StaticPolicy(Policy):
     name = "static"
 
     def __init__(self, deployment: str | None = None, cascade: list[str] | None = None,
-                 threshold: Fraction | None = None, thresholds: list[Fraction] | None = None):
+                 threshold: Fraction | None = None, thresholds: list[Fraction] | None = None,
+                 pipeline: list[str] | None = None):
         self.deployment = deployment
         self.cascade = cascade
+        self.pipeline = pipeline
         self.thresholds = thresholds if thresholds is not None else ([threshold] if threshold is not None else None)
         self._route: Route | None = None
 
     def setup(self, view):
         known = view.deployments
-        if self.deployment is not None and self.cascade is not None:
-            raise InputError("policy", "give either 'deployment' or 'cascade', not both")
+        given = [k for k in ("deployment", "cascade", "pipeline") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise InputError("policy", f"give one of 'deployment', 'cascade' or 'pipeline', not {' and '.join(given)}")
+        if self.pipeline is not None:
+            self._route = _pipeline(self.pipeline, view.stages)
+            return
+        if len(view.stages) > 1:
+            raise InputError("policy.pipeline", f"is required in a pipeline: one deployment per stage "
+                             f"({', '.join(name for name, _ in view.stages)})")
         if self.cascade is None:
             name = self.deployment
             if name is None:
@@ -64,3 +74,15 @@ class StaticPolicy(Policy):
 def _check_known(name: object, known: tuple[str, ...], where: str) -> None:
     if name not in known:
         raise InputError(where, f"unknown deployment {name!r}; deployments: {', '.join(known)}")
+
+
+def _pipeline(pipeline: object, stages) -> Route:
+    """``pipeline = [one deployment per stage, in stage order]``."""
+    if not isinstance(pipeline, list) or len(pipeline) != len(stages):
+        raise InputError("policy.pipeline", f"must list one deployment per stage, in order "
+                         f"({', '.join(name for name, _ in stages)}), got {pipeline!r}")
+    for name, (stage, members) in zip(pipeline, stages):
+        if name not in members:
+            raise InputError("policy.pipeline", f"{name!r} does not serve stage {stage!r}; its deployments: "
+                             f"{', '.join(members)}")
+    return Route.pipeline([Route.single(name) for name in pipeline])

@@ -41,6 +41,16 @@ class LiveView:
     def predictions(self) -> "PredictionTable | None":
         return self._system.predictions
 
+    @property
+    def stages(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """(name, deployments) of every stage, in order; a scenario without [[stages]] is one
+        stage (named "") of all its deployments."""
+        return self._system.stages
+
+    def stage_predictions(self, stage: int) -> "PredictionTable | None":
+        """The prediction table of one stage of a pipeline (stage 0: ``predictions``)."""
+        return self._system.stage_predictions[stage]
+
     def variant(self, deployment: str) -> str | None:
         return self._deployment(deployment).variant
 

@@ -80,13 +80,17 @@ class Simulation:
     """One simulated run of a scenario: the executor of a ``ServingCore`` on a SimPy environment."""
 
     def __init__(self, scenario: Scenario, policy: Policy, *, bundle: TraceBundle | None = None,
-                 profiles: dict[str, LatencyProfile], predictions: PredictionTable | None, seed: int):
+                 profiles: dict[str, LatencyProfile], predictions: PredictionTable | None, seed: int,
+                 stage_predictions: tuple = (), bundles: dict | None = None):
+        """``stage_predictions``: a pipeline's table per stage; ``bundles``: each deployment's
+        bundle (default ``bundle`` for all), where a new replica's start-up time is drawn from."""
         self.env = simpy.Environment()
         self.time_s = 0.0  # the instant the core works at: an arrival's time, or the event's
         self.next_event_s = math.inf  # when SimPy's next event is due
         self.running = False  # replicas started before the run serve at once
         self.samplers: list = []
-        self.core = core = ServingCore(scenario, policy, self, profiles=profiles, predictions=predictions, seed=seed)
+        self.core = core = ServingCore(scenario, policy, self, profiles=profiles, predictions=predictions, seed=seed,
+                                       stage_predictions=stage_predictions)
         for index, config in enumerate(scenario.deployments):
             service_rng = core.work.deployment_rngs[index][0]
             sampler = (ParametricSampler(config.service, config.max_batch_size, service_rng) if config.service
@@ -97,7 +101,8 @@ class Simulation:
         for dep in core.deployments:  # a plan may have grown the batch before the run (in setup)
             if dep.max_batch_size > dep.config.max_batch_size:
                 self.batching_changed(dep.index, dep.max_batch_size)
-        self.startups = [_startup_draw(config, bundle, rng) for config, rng in
+        bundles = bundles or {}
+        self.startups = [_startup_draw(config, bundles.get(config.name, bundle), rng) for config, rng in
                          zip(scenario.deployments, startup_rngs(seed, len(scenario.deployments)))]
 
     @property

@@ -33,7 +33,8 @@ def run_seed(prepared: Prepared, seed: int, progress: Callable[[float], None] | 
     scenario = dataclasses.replace(prepared.scenario, seed=seed)
     policy = policies.create(scenario.policy.name, scenario.policy.params)
     sim = Simulation(scenario, policy, bundle=prepared.bundle, profiles=prepared.profiles,
-                     predictions=prepared.predictions, seed=seed)
+                     predictions=prepared.predictions, seed=seed, stage_predictions=prepared.stage_predictions,
+                     bundles=prepared.bundles)
     result = sim.run(progress, spool_dir)
     summary = driver.seed_summary(result.summary(scenario), seed, sim.core, scenario.duration_s, result.requests)
     return driver.seed_config(prepared, scenario), result.requests, summary, driver.seed_timeline(sim.core)

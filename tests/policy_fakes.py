@@ -30,6 +30,13 @@ class FakeView:
     def predictions(self):
         return self._predictions
 
+    @property
+    def stages(self):
+        return (("", tuple(self._deps)),)  # one stage, as a scenario without [[stages]]
+
+    def stage_predictions(self, stage):
+        return self._predictions
+
     def variant(self, d):
         return self._deps[d].get("variant", d)
 

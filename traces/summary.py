@@ -47,6 +47,26 @@ def distribution(values: np.ndarray, *, scratch: bool = False) -> dict[str, floa
     return {"mean": mean, **{f"p{q}": float(v) for q, v in zip(PERCENTILES, pct)}, "max": float(values.max())}
 
 
+def stage_breakdown(requests, stage_names) -> dict[str, dict[str, float]]:
+    """A pipeline's time per stage, over the measured requests that completed: the distribution
+    (ms) of each ``stage{s}_latency_ms`` and its mean share of the latency. The stages of one
+    request add up to its latency (the first counts from the arrival), so the means add up to
+    the mean latency. ``requests``: the requests table, a DataFrame or a ``RequestTable``."""
+    def column(name):
+        return (requests[name].to_numpy() if isinstance(requests, pd.DataFrame)
+                else requests.column(name))
+
+    keep = column("measured").astype(bool) & ~column("dropped").astype(bool)
+    total = float(np.mean(column("latency_ms")[keep])) if keep.any() else math.nan
+    out = {}
+    for k, name in enumerate(stage_names):
+        values = column(f"stage{k}_latency_ms").astype(np.float64)[keep]
+        stats = distribution(values, scratch=True)
+        out[name] = {f"{key}_ms": value for key, value in stats.items()}
+        out[name]["share_of_latency"] = stats["mean"] / total if total and total == total else math.nan
+    return out
+
+
 class _Values:
     """A growing float64 column: ``reserve`` up front (untouched pages cost no memory), filled
     as chunks come, read once at the end."""

@@ -22,7 +22,7 @@ from traces.outputs import atomic_output, scratch_directory
 from traces.progress import Progress
 from traces.runoutput import write_into
 from traces.scenario import Scenario
-from traces.summary import flatten
+from traces.summary import flatten, stage_breakdown
 
 from .prepare import Prepared, check_against_bundle
 from .scaling import cold_start_stats, timeline_frame
@@ -78,7 +78,7 @@ def first_route(prepared: Prepared) -> Route | Reject:
     dry = dataclasses.replace(scenario, duration_s=min(scenario.duration_s, 1e-6), warmup_s=0.0)
     policy = policies.create(scenario.policy.name, scenario.policy.params)
     core = ServingCore(dry, policy, _Idle(), profiles=prepared.profiles, predictions=prepared.predictions,
-                       seed=scenario.seed)
+                       seed=scenario.seed, stage_predictions=prepared.stage_predictions)
     route = policy.route(Request(0, 0.0, max(scenario.requests.deadline_ms), 0), core.view)
     core.resolve(route)
     return route
@@ -103,6 +103,8 @@ def seed_summary(summary: dict, seed: int, core: ServingCore, end_s: float, requ
     for dep in core.deployments:
         if dep.config.autoscaling is not None or dep.config.startup_s is not None or dep.cold_starts:
             stats[dep.name].update(cold_start_stats(dep, requests, end_s))
+    if core.scenario.stages:
+        summary["stages"] = stage_breakdown(requests, [stage.name for stage in core.scenario.stages])
     summary["faults"] = core.fault_log
     summary["policy"] = {"name": core.scenario.policy.name, **core.policy.report()}
     return summary

@@ -23,6 +23,7 @@ from policies.view import LiveView
 from traces.errors import InputError
 from traces.profiles import LatencyProfile, PredictionTable
 from traces.scenario import Scenario
+from traces.stages import stage_index
 
 from .deployment import Deployment
 from .executor import Executor
@@ -44,7 +45,7 @@ class ServingCore(RunState):
 
     def __init__(self, scenario: Scenario, policy: Policy, executor: Executor, *,
                  profiles: dict[str, LatencyProfile], predictions: PredictionTable | None, seed: int,
-                 whole_log: bool = False, live_confidence: bool = False, labels=None):
+                 whole_log: bool = False, live_confidence: bool = False, labels=None, stage_predictions: tuple = ()):
         """``live_confidence``: cascades exit on the confidences the executor reports with each
         batch (the real server's runners), not on the prediction table's."""
         self.scenario = scenario
@@ -53,7 +54,10 @@ class ServingCore(RunState):
         self.duration_s = scenario.duration_s
         self.profiles = profiles
         RunState.__init__(self, scenario, seed, predictions, whole_log=whole_log, live_confidence=live_confidence,
-                          labels=labels)
+                          labels=labels, stage_predictions=stage_predictions)
+        self.stages = tuple((s.name, s.deployments) for s in scenario.stages) or (
+            ("", tuple(d.name for d in scenario.deployments)),)  # the view's stages: one without [[stages]]
+        self.stage_of = stage_index(scenario.stages, [d.name for d in scenario.deployments])
         self.live_confidence = live_confidence
         window = (scenario.warmup_s, scenario.duration_s)
         self.deployments: list[Deployment] = [
@@ -115,30 +119,50 @@ class ServingCore(RunState):
             self.drop(i, now, "queue_full")
 
     def resolve(self, route: object) -> ResolvedRoute | Reject:
-        """Check a route the policy gave for the first time, and remember what it resolves to."""
+        """Check a route the policy gave for the first time, and remember what it resolves to: per
+        hop (deployment, threshold, its variant's confidences or None, where a request that leaves
+        the hop's stage goes next (None: it ends), the stage's samples)."""
         if isinstance(route, Reject):
             resolved: ResolvedRoute | Reject = route
         elif isinstance(route, Route) and route.hops:
             check_route(route, self.policy.name)
-            last = len(route.hops) - 1
+            deps = [self.deployment(hop.deployment) for hop in route.hops]
+            stage = [self.stage_of[dep.name] for dep in deps]
+            self._check_stages(route, stage)
             stages = []
-            for k, hop in enumerate(route.hops):
-                dep = self.deployment(hop.deployment)
-                threshold = hop.threshold if k < last else None
+            for k, (hop, dep) in enumerate(zip(route.hops, deps)):
+                leaves = k + 1 == len(deps) or stage[k + 1] != stage[k]  # the stage's last hop
+                threshold = None if leaves else hop.threshold
                 confidence = None
                 if threshold is not None and not self.live_confidence:
-                    table = self.predictions
+                    table = self.stage_predictions[stage[k]]
                     if table is None or dep.variant not in table.confidence:
                         raise InputError(f"policy {self.policy.name!r}", f"cascade threshold at deployment "
                                          f"{dep.name!r} needs per-sample predictions for its variant in the bundle")
                     confidence = table.confidence[dep.variant].tolist()
-                stages.append((dep, threshold, confidence))
+                exit_to = next((m for m in range(k + 1, len(deps)) if stage[m] != stage[k]), None)
+                stages.append((dep, threshold, confidence, exit_to, self.stage_samples[stage[k]]))
             self.log.ensure_hops(len(stages))
             resolved = ResolvedRoute(route.label, tuple(stages))
         else:
             raise InputError(f"policy {self.policy.name!r}", f"route() must return a non-empty Route or a Reject, got {route!r}")
         self._routes[route] = resolved
         return resolved
+
+    def _check_stages(self, route: Route, stage: list[int]) -> None:
+        """A pipeline's route visits every stage once, in order (a stage may cascade)."""
+        expected = 0
+        for k, s in enumerate(stage):
+            if s == expected + 1 and k > 0:
+                expected = s
+            elif s != expected:
+                break
+        else:
+            if expected == len(self.stages) - 1:
+                return
+        names = [self.stages[s][0] for s in stage]
+        raise InputError(f"policy {self.policy.name!r}", f"route {route.label} visits stages {' > '.join(names)}; "
+                         f"a route must pass through every stage in order: {' > '.join(n for n, _ in self.stages)}")
 
     @property
     def route_hops(self) -> dict[str, int]:
@@ -171,14 +195,16 @@ class ServingCore(RunState):
             self._finished_live(batch, now, confidences)
             return
         log = self.log
-        hop, hops, routes, sample, finish, mask = log.hop, log.hops, log.route, self.sample, log.finish_s, log.mask
+        hop, hops, routes, finish, mask = log.hop, log.hops, log.route, log.finish_s, log.mask
         for i in batch:
             j = i & mask
             k = hop[j]
             hops[k].finish_s[j] = now
-            _, threshold, confidence = routes[j].stages[k]
-            if confidence is not None and confidence[sample[i]] < threshold:
+            _, threshold, confidence, exit_to, samples = routes[j].stages[k]
+            if confidence is not None and confidence[samples[i]] < threshold:
                 self._forward(i, j, k + 1, now)
+            elif exit_to is not None:  # on to the pipeline's next stage
+                self._forward(i, j, exit_to, now)
             else:
                 finish[j] = now
 
@@ -191,9 +217,11 @@ class ServingCore(RunState):
             cols = hops[k]
             cols.finish_s[j] = now
             confidence = cols.confidence[j] = confidences[position]
-            threshold = routes[j].stages[k][1]
+            _, threshold, _, exit_to, _ = routes[j].stages[k]
             if threshold is not None and confidence < threshold:
                 self._forward(i, j, k + 1, now)
+            elif exit_to is not None:
+                self._forward(i, j, exit_to, now)
             else:
                 log.finish_s[j] = now
 

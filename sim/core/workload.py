@@ -16,6 +16,7 @@ import numpy as np
 
 from .records import RequestLog, TableContext
 from traces.scenario import Scenario
+from traces.stages import stage_index
 
 STREAMS_BEFORE_DEPLOYMENTS = 4
 
@@ -28,6 +29,7 @@ class Workload:
     sample_index: np.ndarray    # index into the prediction table's samples (0 when there are none)
     deployment_rngs: tuple[tuple[np.random.Generator, np.random.Generator], ...]  # (service, balancer)
     fault_rng: np.random.Generator
+    stage_sample_index: tuple[np.ndarray, ...] = ()  # a pipeline's later stages: each its own sample
 
     @property
     def size(self) -> int:
@@ -39,10 +41,14 @@ class Workload:
         return self.deadline_classes_ms[self.deadline_class]
 
 
-def make_workload(scenario: Scenario, seed: int, n_samples: int) -> Workload:
-    """``n_samples`` is how many evaluated samples requests may draw from (0: none)."""
-    count = STREAMS_BEFORE_DEPLOYMENTS + 2 * len(scenario.deployments)
-    streams = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(count)]
+def make_workload(scenario: Scenario, seed: int, n_samples: int, stage_n_samples: tuple[int, ...] = ()) -> Workload:
+    """``n_samples`` is how many evaluated samples requests may draw from (0: none);
+    ``stage_n_samples``, as many for each later stage of a pipeline, which draws from streams
+    spawned after every other (``sim.engine.startup_rngs`` takes one per deployment before them)."""
+    deployments = len(scenario.deployments)
+    count = STREAMS_BEFORE_DEPLOYMENTS + 2 * deployments
+    seeds = np.random.SeedSequence(seed).spawn(count + deployments + len(stage_n_samples))
+    streams = [np.random.default_rng(s) for s in seeds[:count]]
     arrivals_rng, deadline_rng, sample_rng, fault_rng = streams[:4]
     times = np.asarray(scenario.arrivals.times_s(scenario.duration_s, arrivals_rng), dtype=np.float64)
     n = times.size
@@ -57,7 +63,13 @@ def make_workload(scenario: Scenario, seed: int, n_samples: int) -> Workload:
     sample_index = (sample_rng.integers(0, n_samples, size=n).astype(code) if n_samples
                     else np.zeros(n, dtype=code))
     rest = streams[STREAMS_BEFORE_DEPLOYMENTS:]
-    return Workload(times, deadline_class, classes, sample_index, tuple(zip(rest[0::2], rest[1::2])), fault_rng)
+    stage_samples = []
+    for k, count_k in enumerate(stage_n_samples):
+        rng = np.random.default_rng(seeds[count + deployments + k])
+        code = _NUMPY[_index_code(count_k)]
+        stage_samples.append(rng.integers(0, count_k, size=n).astype(code) if count_k else np.zeros(n, dtype=code))
+    return Workload(times, deadline_class, classes, sample_index, tuple(zip(rest[0::2], rest[1::2])), fault_rng,
+                    tuple(stage_samples))
 
 
 def _compact(values: np.ndarray, typecode: str) -> array:
@@ -105,10 +117,15 @@ class RunState:
     """
 
     def __init__(self, scenario: Scenario, seed: int, predictions, *, whole_log: bool = False,
-                 live_confidence: bool = False, labels=None):
-        self.predictions = predictions if predictions is not None and predictions.sample_ids.size else None
+                 live_confidence: bool = False, labels=None, stage_predictions: tuple = ()):
+        """``stage_predictions``: a pipeline's prediction table per stage (the first is ``predictions``)."""
+        def usable(table):
+            return table if table is not None and table.sample_ids.size else None
+
+        self.predictions = usable(predictions)
         n_samples = self.predictions.sample_ids.size if self.predictions else 0
-        work = make_workload(scenario, seed, n_samples)
+        later = tuple(usable(t) for t in stage_predictions[1:])
+        work = make_workload(scenario, seed, n_samples, tuple(t.sample_ids.size if t else 0 for t in later))
         self.arrival_times = _compact(work.arrival_s, "d")
         self.deadline_class = _compact(work.deadline_class, _index_code(len(work.deadline_classes_ms)))
         self.deadline_classes_ms: list[float] = work.deadline_classes_ms.tolist()
@@ -119,8 +136,14 @@ class RunState:
             work, arrival_s=np.frombuffer(self.arrival_times, dtype=np.float64),
             deadline_class=np.frombuffer(self.deadline_class, dtype=_NUMPY[self.deadline_class.typecode]),
             sample_index=np.frombuffer(self.sample, dtype=_NUMPY[self.sample.typecode]))
+        self.stage_predictions = (self.predictions,) + later  # per stage; one stage without [[stages]]
+        self.stage_samples = [self.sample] + [_compact(a, _index_code(t.sample_ids.size if t else 0))
+                                              for a, t in zip(work.stage_sample_index, later)]
         self.arrivals_seen = 0
+        stage_of = stage_index(scenario.stages, [d.name for d in scenario.deployments])
         context = TableContext([d.name for d in scenario.deployments], [d.variant for d in scenario.deployments],
                                self.predictions, scenario.warmup_s, labels=labels,
-                               table_outcomes=not live_confidence)
+                               table_outcomes=not live_confidence,
+                               stages=([s.name for s in scenario.stages], [stage_of[d.name] for d in scenario.deployments],
+                                       self.stage_predictions) if scenario.stages else None)
         self.log = RequestLog(work, context, whole=whole_log, live_confidence=live_confidence)

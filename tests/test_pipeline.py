@@ -1,0 +1,168 @@
+"""Pipelines: every request visits every stage in order, end-to-end correctness from each stage's
+own predictions, a per-stage breakdown that adds up to the latency, and a tandem of exponential
+servers against Jackson's product form."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from conftest import simulate
+from traces.errors import InputError
+
+EXP = {"kind": "exponential"}
+
+
+def tandem(rate_rps, mean_ms=(2.0, 3.0), duration_s=60.0, warmup_s=5.0):
+    return {"duration_s": duration_s, "warmup_s": warmup_s, "arrivals": {"kind": "poisson", "rate_rps": rate_rps},
+            "requests": {"deadline_ms": 1e9},
+            "deployments": [{"name": f"s{k}", "service": {**EXP, "mean_ms": m}, "drop_expired": False}
+                            for k, m in enumerate(mean_ms)],
+            "stages": [{"name": f"stage{k}", "deployments": [f"s{k}"]} for k in range(len(mean_ms))],
+            "policy": {"name": "static", "pipeline": [f"s{k}" for k in range(len(mean_ms))]}}
+
+
+def test_a_tandem_of_exponential_servers_has_jacksons_mean_sojourn():
+    """Two M/M/1 stations in series (Jackson): the mean time in the system is the sum of the two
+    stations' M/M/1 sojourns 1 / (mu_k - lambda). Sojourns of successive requests are correlated,
+    so the interval comes from batch means over 20 batches of the measured requests."""
+    rate = 200.0
+    requests, summary = simulate(tandem(rate, duration_s=300.0), seed=11)
+    expected_ms = sum(1000.0 / (1000.0 / m - rate) for m in (2.0, 3.0))  # 1/(500-200) + 1/(333.3-200) s
+    measured = requests[requests["measured"]]
+    latency = measured["latency_ms"].to_numpy()
+    batches = np.array([b.mean() for b in np.array_split(latency, 20)])
+    half = 2.093 * batches.std(ddof=1) / math.sqrt(len(batches))  # t(0.975, 19)
+    assert abs(latency.mean() - expected_ms) < max(half, 0.02 * expected_ms), (latency.mean(), expected_ms, half)
+    # each station on its own is M/M/1 too (Burke: the first one's output is Poisson)
+    for k, m in enumerate((2.0, 3.0)):
+        station = measured[f"stage{k}_latency_ms"].to_numpy()
+        assert station.mean() == pytest.approx(1000.0 / (1000.0 / m - rate), rel=0.1)
+
+
+def test_every_request_visits_every_stage_in_order_and_the_stages_add_up():
+    requests, summary = simulate(tandem(250.0, duration_s=20.0), seed=3)
+    done = requests[~requests["dropped"]]
+    assert len(done) > 3000
+    assert (done["hop0_deployment"] == "s0").all() and (done["hop1_deployment"] == "s1").all()
+    assert (done["hop1_enqueue_s"] == done["hop0_finish_s"]).all()  # the next stage at the instant it left
+    assert (done["hop1_start_s"] >= done["hop1_enqueue_s"]).all()
+    total = done["stage0_latency_ms"] + done["stage1_latency_ms"]
+    assert np.allclose(total, done["latency_ms"], rtol=0, atol=1e-9)
+    stages = summary["stages"]
+    assert list(stages) == ["stage0", "stage1"]
+    mean = summary["latency_ms"]["mean"]
+    assert stages["stage0"]["mean_ms"] + stages["stage1"]["mean_ms"] == pytest.approx(mean)
+    assert stages["stage0"]["share_of_latency"] + stages["stage1"]["share_of_latency"] == pytest.approx(1.0)
+
+
+def _two_task_pipeline(tmp_path):
+    """Stage 0 reads a digit (digits bundle), stage 1 judges a sentence (SST-2 bundle)."""
+    import traces
+
+    from pathlib import Path
+
+    data = Path(traces.__file__).resolve().parent / "data"
+    return {"duration_s": 20.0, "warmup_s": 1.0, "arrivals": {"kind": "poisson", "rate_rps": 60.0},
+            "requests": {"deadline_ms": 100.0},
+            "deployments": [
+                {"name": "digit", "variant": "cnn-small-kd/int8/cpu", "bundle": str(data / "digits-cpu"),
+                 "max_batch_size": 4, "batch_wait_timeout_ms": 1.0},
+                {"name": "digit-big", "variant": "resnet18/int8/cpu", "bundle": str(data / "digits-cpu"),
+                 "max_batch_size": 4, "batch_wait_timeout_ms": 1.0},
+                {"name": "sentiment", "variant": "bert-2-kd/fp32/cpu", "bundle": str(data / "sst2-cpu"),
+                 "max_batch_size": 4, "batch_wait_timeout_ms": 1.0}],
+            "stages": [{"name": "read", "deployments": ["digit", "digit-big"]},
+                       {"name": "judge", "deployments": ["sentiment"]}],
+            "policy": {"name": "static", "pipeline": ["digit", "sentiment"]}}
+
+
+def test_end_to_end_correctness_is_every_stage_right_on_its_own_sample(tmp_path):
+    from traces.bundle import TraceBundle
+
+    raw = _two_task_pipeline(tmp_path)
+    requests, summary = simulate(raw, seed=5)
+    done = requests[~requests["dropped"]]
+    digits = TraceBundle.load(raw["deployments"][0]["bundle"]).predictions
+    sst2 = TraceBundle.load(raw["deployments"][2]["bundle"]).predictions
+    right0 = digits[digits["variant"] == "cnn-small-kd/int8/cpu"].set_index("sample_id")["correct"]
+    right1 = sst2[sst2["variant"] == "bert-2-kd/fp32/cpu"].set_index("sample_id")["correct"]
+    want0 = right0.loc[done["stage0_sample_id"]].to_numpy(dtype=bool)
+    want1 = right1.loc[done["stage1_sample_id"]].to_numpy(dtype=bool)
+    assert (done["stage0_correct"].to_numpy(dtype=bool) == want0).all()
+    assert (done["stage1_correct"].to_numpy(dtype=bool) == want1).all()
+    assert (done["correct"].to_numpy(dtype=bool) == (want0 & want1)).all()
+    assert 0 < (want0 & ~want1).sum()  # some requests are right at one stage and wrong at the other
+    # each stage draws its own sample, from its own bundle
+    assert set(done["stage1_sample_id"]) <= set(sst2["sample_id"])
+    assert (done["sample_id"] == done["stage0_sample_id"]).all()
+    measured = done[done["measured"]]
+    assert summary["accuracy"] == pytest.approx(measured["correct"].astype(bool).mean())
+
+
+def test_a_route_that_skips_a_stage_is_refused(tmp_path):
+    raw = _two_task_pipeline(tmp_path)
+    raw["policy"] = {"name": "static", "deployment": "digit"}
+    with pytest.raises(InputError, match="pipeline"):
+        simulate(raw)
+    raw["policy"] = {"name": "static", "pipeline": ["sentiment", "digit"]}
+    with pytest.raises(InputError, match="does not serve stage"):
+        simulate(raw)
+
+
+def test_stages_are_checked_when_the_scenario_loads(tmp_path):
+    from traces.scenario import scenario_from_dict
+
+    raw = tandem(100.0)
+    raw["stages"][1]["deployments"] = ["s0"]
+    with pytest.raises(InputError, match="already in stage"):
+        scenario_from_dict(raw)
+    raw = tandem(100.0)
+    raw["stages"] = raw["stages"][:1]
+    with pytest.raises(InputError, match="in no stage"):
+        scenario_from_dict(raw)
+    raw = _two_task_pipeline(tmp_path)
+    raw["stages"] = [{"name": "read", "deployments": ["digit", "sentiment"]},
+                     {"name": "judge", "deployments": ["digit-big"]}]
+    raw["policy"] = {"name": "static", "pipeline": ["digit", "digit-big"]}
+    with pytest.raises(InputError, match="share its bundle"):
+        simulate(raw)
+
+
+def test_a_cascade_inside_a_stage_then_the_next_stage(tmp_path):
+    """A confident request leaves stage 0 at its first hop, the others after the second; both go
+    on to stage 1, and stage 0's answer is the one of the hop it left from."""
+    from policies.base import Policy, Route
+    from sim.engine import Simulation
+    from sim.runner import prepare
+    from traces.scenario import scenario_from_dict
+
+    class Cascading(Policy):
+        name = "cascading"
+
+        def setup(self, view):
+            assert [name for name, _ in view.stages] == ["read", "judge"]
+            self.route_ = Route.pipeline([Route.cascade(["digit", "digit-big"], [0.9]), Route.single("sentiment")])
+
+        def route(self, request, view):
+            return self.route_
+
+    prepared = prepare(scenario_from_dict(_two_task_pipeline(tmp_path)))
+    sim = Simulation(prepared.scenario, Cascading(), profiles=prepared.profiles, predictions=prepared.predictions,
+                     seed=4, stage_predictions=prepared.stage_predictions)
+    requests = sim.run().requests.to_pandas()
+    assert requests["route"].iloc[0] == "digit@0.9>digit-big>sentiment"
+    done = requests[~requests["dropped"]]
+    confident = done["hop0_confidence"] >= 0.9
+    assert 0 < confident.sum() < len(done)
+    # the confident skip hop 1 and go straight to the sentiment stage (hop 2)
+    assert done.loc[confident, "hop1_deployment"].isna().all()
+    assert (done.loc[confident, "hop2_enqueue_s"] == done.loc[confident, "hop0_finish_s"]).all()
+    assert (done.loc[~confident, "hop2_enqueue_s"] == done.loc[~confident, "hop1_finish_s"]).all()
+    assert (done["hop2_deployment"] == "sentiment").all()
+    assert (done.loc[confident, "stage0_deployment"] == "digit").all()
+    assert (done.loc[~confident, "stage0_deployment"] == "digit-big").all()
+    total = done["stage0_latency_ms"] + done["stage1_latency_ms"]
+    assert np.allclose(total, done["latency_ms"], rtol=0, atol=1e-9)
