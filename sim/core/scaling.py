@@ -38,8 +38,9 @@ class Watch:
         config = dep.config.autoscaling
         self.autoscaler = make_autoscaler(config) if config is not None else None
         self.tick_s = config.tick_s if config is not None else UNSCALED_TICK_S
-        profile = core.profiles[dep.name]
-        self.capacity_rps = profile.throughput_rps(min(dep.max_batch_size, profile.max_batch_size))
+        profile = core.profiles.get(dep.name)  # (a caller may give no profile for a parametric service)
+        self.capacity_rps = (profile.throughput_rps(min(dep.max_batch_size, profile.max_batch_size))
+                             if profile is not None else math.nan)
         self._enqueued, self._last_s = 0, 0.0
 
     def start(self) -> None:
