@@ -63,28 +63,37 @@ class _UnitBlocks:
 
 
 class SleepRunner:
-    """A parametric replica: occupies its thread for one sampled service time, predicts nothing."""
+    """A parametric replica: occupies its thread for one sampled service time, predicts nothing;
+    its start-up takes the deployment's ``startup_s`` (a parametric service has nothing to load)."""
 
-    def __init__(self, blocks: _UnitBlocks):
-        self._blocks = blocks
+    def __init__(self, blocks: _UnitBlocks, startup_s: float = 0.0):
+        self._blocks, self._startup_s = blocks, startup_s
 
     def warmup(self) -> None:
         """Nothing to initialise; skipping the draw keeps the service stream aligned with sim's."""
+
+    def cold_start(self) -> None:
+        """A replica added during the run: the deployment's start-up time, slept."""
+        if self._startup_s > 0:
+            wait_until(time.perf_counter() + self._startup_s)
 
     def run(self, sample_indices: list[int]) -> tuple[list, list[float]]:
         wait_until(time.perf_counter() + self._blocks.draw_s(len(sample_indices)))
         return [None] * len(sample_indices), [math.nan] * len(sample_indices)
 
 
-def sleep_runner_factory(dist: ServiceDistribution, rng: np.random.Generator) -> Callable[[], BatchRunner]:
+def sleep_runner_factory(dist: ServiceDistribution, rng: np.random.Generator,
+                         startup_s: float = 0.0) -> Callable[[], BatchRunner]:
     blocks = _UnitBlocks(dist, rng)
-    return lambda: SleepRunner(blocks)
+    return lambda: SleepRunner(blocks, startup_s)
 
 
 def parametric_runners(scenario: Scenario, seed: int) -> dict[str, Callable[[], BatchRunner]]:
-    """Sleep runners for the parametric deployments, on the service streams ``sim`` draws from."""
+    """Sleep runners for the parametric deployments, on the service streams ``sim`` draws from;
+    a replica added during the run sleeps the deployment's ``startup_s`` before it serves."""
     seqs = np.random.SeedSequence(seed).spawn(STREAMS_BEFORE_DEPLOYMENTS + 2 * len(scenario.deployments))
-    return {d.name: sleep_runner_factory(d.service, np.random.default_rng(seqs[STREAMS_BEFORE_DEPLOYMENTS + 2 * k]))
+    return {d.name: sleep_runner_factory(d.service, np.random.default_rng(seqs[STREAMS_BEFORE_DEPLOYMENTS + 2 * k]),
+                                         d.startup_s or 0.0)
             for k, d in enumerate(scenario.deployments) if d.service is not None}
 
 
@@ -104,9 +113,12 @@ class _Worker:
         server, replica = self.server, self.replica
         set_timer_slack(1)
         try:
-            if self.runner is None:  # added by a plan: its cold start, while the run goes on
+            if self.runner is None:  # added during the run: its cold start, while the run goes on
                 self.runner = server.factories[replica.batcher.owner.name]()
                 warm(self.runner)
+                cold = getattr(self.runner, "cold_start", None)
+                if cold is not None:  # a runner with nothing real to load sleeps its start-up time
+                    cold()
                 with server.lock:
                     replica.batcher.owner.replica_ready(replica, server.now())
             core = server.core

@@ -134,3 +134,41 @@ def test_scenarios_without_the_new_features_keep_their_bytes_but_gain_a_timeline
     _, summary, timeline = _simulate_step(raw)
     assert "cold_starts" not in summary["deployments"]["m"]
     assert set(timeline["replicas"]) == {4} and len(timeline) == 59
+
+
+def test_the_real_server_autoscales_with_the_same_controller():
+    """A short load step served for real (sleeping replicas): the same HPA scales it up after the
+    step and back down, new replicas serve only after their start-up, and the timeline's shape
+    follows the simulator's."""
+    import dataclasses
+
+    import policies
+    from measure.server import Server, parametric_runners
+    from sim.core.driver import seed_timeline
+    from sim.runner import prepare
+    from traces.scenario import scenario_from_dict
+
+    raw = {**STEP, "duration_s": 9.0, "arrivals": {"kind": "piecewise", "interval_s": 3.0,
+                                                   "rates_rps": [150.0, 900.0, 150.0], "repeat": False}}
+    raw["deployments"] = [{**STEP["deployments"][0], "startup_s": 0.4,
+                           "autoscaling": {**STEP["deployments"][0]["autoscaling"], "sync_period_s": 0.5,
+                                           "scale_down_stabilization_window_s": 1.0}}]
+    scenario = scenario_from_dict(raw)
+    prepared = prepare(scenario)
+    server = Server(dataclasses.replace(scenario, seed=2), policies.create("static", {}),
+                    parametric_runners(scenario, 2), seed=2, labels=None, profiles=prepared.profiles,
+                    predictions=None)
+    requests = server.run()
+    real = seed_timeline(server.core).set_index("time_s")["replicas"]
+    _, _, sim_timeline = _simulate_step(raw, seed=2)
+    sim = sim_timeline.set_index("time_s")["replicas"]
+    for timeline in (real, sim):
+        assert timeline.loc[:2.5].max() == 1
+        assert timeline.loc[3.5:6.0].max() >= 3
+        assert timeline.loc[8.0:].max() == 1
+    assert len(real) == len(sim) == 17  # every 0.5 s
+    served = requests[requests["hop0_start_s"].notna()]
+    starts = server.core.deployments[0].cold_starts
+    assert starts and all(ready - start >= 0.4 for start, ready in starts)
+    first = served.groupby("hop0_replica")["hop0_start_s"].min()
+    assert (first.drop(0) > 3.0).all()  # replicas added in the step serve only after it began
