@@ -86,8 +86,11 @@ def cmd_validate(args) -> int:
     print(f"  arrivals: {scenario.arrivals.kind}, mean {rate:.1f} rps over {scenario.duration_s:g} s "
           f"(warm-up {scenario.warmup_s:g} s), about {rate * scenario.duration_s:.0f} requests")
     print(f"  deadlines (ms): {', '.join(f'{d:g}' for d in scenario.requests.deadline_ms)}")
-    if prepared.bundle is not None:
-        print(f"  bundle: {prepared.bundle.path} ({len(prepared.bundle.variants)} variants)")
+    bundles = {id(b): b for b in [prepared.bundle, *prepared.bundles.values()] if b is not None}
+    for bundle in bundles.values():
+        print(f"  bundle: {bundle.path} ({len(bundle.variants)} variants)")
+    if scenario.stages:
+        print("  stages: " + " > ".join(f"{s.name} ({', '.join(s.deployments)})" for s in scenario.stages))
     for dep in scenario.deployments:
         profile = prepared.profiles[dep.name]
         source = dep.variant or f"{dep.service.kind} service"
@@ -95,6 +98,10 @@ def cmd_validate(args) -> int:
         print(f"  deployment {dep.name}: {source}, {dep.replicas} replica(s), batch <= {dep.max_batch_size}, "
               f"wait {dep.batch_wait_timeout_ms:g} ms, {dep.queue}; p50 at batch 1 "
               f"{profile.percentile_ms(1, 50):.3f} ms; capacity ~{capacity:.0f} rps at full batches")
+        if dep.autoscaling is not None:
+            scaling = dep.autoscaling
+            print(f"    autoscaling: {scaling.policy}, {scaling.min_replicas}..{scaling.max_replicas} replicas, "
+                  f"every {scaling.tick_s:g} s")
     params = ", ".join(f"{k}={v!r}" for k, v in scenario.policy.params.items())
     print(f"  policy: {scenario.policy.name}({params})")
     sys.stdout.flush()

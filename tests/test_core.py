@@ -127,7 +127,7 @@ def test_no_batch_starts_on_a_replica_before_it_is_ready():
         assert start_s - math.floor(start_s - 2.5) >= 2.5 - 1e-9
 
 
-def test_scenarios_without_the_new_features_keep_their_bytes_but_gain_a_timeline(tmp_path):
+def test_a_deployment_without_autoscaling_reports_no_cold_starts_and_a_flat_timeline(tmp_path):
     raw = {**STEP, "deployments": [{k: v for k, v in STEP["deployments"][0].items()
                                     if k not in ("autoscaling", "startup_s")}]}
     raw["deployments"][0]["replicas"] = 4
