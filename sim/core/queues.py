@@ -21,6 +21,11 @@ class FifoQueue(deque):
     def take(self) -> int:
         return self.popleft()[1]
 
+    def take_n(self, n: int) -> list[int]:
+        """The next ``n`` (at most ``len``) in one call: the batch-taking hot path."""
+        pop = self.popleft
+        return [pop()[1] for _ in range(n)]
+
     def oldest_s(self) -> float:
         return self[0][0]
 
@@ -51,6 +56,9 @@ class EdfQueue(list):
         self._taken.add(seq)
         return request
 
+    def take_n(self, n: int) -> list[int]:
+        return [self.take() for _ in range(n)]
+
     def oldest_s(self) -> float:
         by_age, taken = self._by_age, self._taken
         while by_age[0][1] in taken:
@@ -77,8 +85,7 @@ def take_batch(queue: FifoQueue | EdfQueue, max_b: int, now: float, deadlines_s:
     ``drop(request, now, "expired")`` and the next one taken in its place. Both executors batch here.
     """
     if deadlines_s is None:
-        n = min(max_b, len(queue))
-        return [queue.take()] if n == 1 else [queue.take() for _ in range(n)]
+        return queue.take_n(min(max_b, len(queue)))
     batch: list[int] = []
     while queue and len(batch) < max_b:
         request = queue.take()

@@ -72,6 +72,7 @@ class ServingCore(RunState):
         self.view = LiveView(self, executor.now)
         policy.setup(self.view)
         self._fixed = policy.fixed_route()
+        self._fixed_resolved: ResolvedRoute | Reject | None = None  # resolved at the first arrival
         if self._fixed is not None:
             self.arrive = self._arrive_fixed
 
@@ -104,7 +105,9 @@ class ServingCore(RunState):
     def _arrive_fixed(self, i: int, now: float) -> None:
         """``arrive`` for a policy with a fixed route: no per-request call to the policy."""
         self.arrivals_seen = i + 1
-        resolved = self._routes.get(self._fixed) or self.resolve(self._fixed)
+        resolved = self._fixed_resolved
+        if resolved is None:
+            resolved = self._fixed_resolved = self._routes.get(self._fixed) or self.resolve(self._fixed)
         if resolved.__class__ is Reject:
             self.drop(i, now, resolved.reason)
             return
