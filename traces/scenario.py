@@ -22,6 +22,7 @@ from .autoscaling import AutoscalingConfig, parse_autoscaling
 from .checks import as_number, boolean, integer, number, read_utf8, reject_unknown, table, text
 from .distributions import ServiceDistribution, service_from_config
 from .errors import InputError
+from .faults import FaultConfig, parse_faults
 from .limits import Limits
 from .stages import StageConfig, parse_stages
 
@@ -34,8 +35,6 @@ QUEUE_DISCIPLINES = ("fifo", "edf")
 BALANCERS = ("shared", "round_robin", "least_loaded", "power_of_two")
 TOP_KEYS = ("seed", "duration_s", "warmup_s", "bundle", "price_per_replica_hour", "arrivals",
             "requests", "deployments", "stages", "policy", "faults", "limits")
-FAULT_KEYS = ("deployment", "replica", "at_s", "down_s", "mttf_s", "mttr_s", "on_failure")
-ON_FAILURE = ("retry", "fail")
 DEPLOYMENT_KEYS = ("name", "variant", "service", "replicas", "max_batch_size", "batch_wait_timeout_ms",
                    "queue", "max_queue_size", "drop_expired", "balancer", "slow_spells",
                    "idle_classes", "service_order", "autoscaling", "startup_s", "bundle")
@@ -86,24 +85,6 @@ class RequestsConfig:
 
     deadline_ms: tuple[float, ...]
     weights: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class FaultConfig:
-    """A replica crash and its recovery: scheduled (``at_s`` for ``down_s``) on one replica, or
-    random on every replica of the deployment (exponential times with means ``mttf_s``, ``mttr_s``).
-    Requests in the crashed replica's batch are retried on the deployment or fail (``on_failure``)."""
-
-    deployment: str
-    replica: int = 0
-    at_s: float | None = None
-    down_s: float | None = None
-    mttf_s: float | None = None
-    mttr_s: float | None = None
-    on_failure: str = "retry"
-
-    def resolved(self) -> dict:
-        return {k: getattr(self, k) for k in FAULT_KEYS if getattr(self, k) is not None}
 
 
 @dataclass(frozen=True)
@@ -297,7 +278,7 @@ def scenario_from_dict(raw: dict, base_dir: Path = Path("."), source: Path | Non
         arrivals=process, arrivals_cfg=arrivals_cfg,
         requests=_requests(table(raw, "requests", "")),
         deployments=deployments, policy=_policy(table(raw, "policy", "")), source=source,
-        faults=_faults(raw.get("faults", []), deployments),
+        faults=parse_faults(raw.get("faults", []), deployments),
         stages=parse_stages(raw.get("stages"), [d.name for d in deployments]),
         limits=limits_mod.limits_from_config(table(raw, "limits", "", required=False)),
     )
@@ -367,33 +348,6 @@ def _deployments(items: Any, base_dir: Path) -> tuple[DeploymentConfig, ...]:
             bundle=_path(text(cfg, "bundle", where), base_dir) if "bundle" in cfg else None,
             service_cfg=service_cfg,
         ))
-    return tuple(out)
-
-
-def _faults(items: Any, deployments: tuple[DeploymentConfig, ...]) -> tuple[FaultConfig, ...]:
-    if not isinstance(items, list):
-        raise InputError("faults", "must be a list of [[faults]] tables")
-    names = {d.name: d for d in deployments}
-    out = []
-    for index, cfg in enumerate(items):
-        where = f"faults[{index}]"
-        if not isinstance(cfg, dict):
-            raise InputError(where, "must be a table")
-        reject_unknown(cfg, FAULT_KEYS, where)
-        name = text(cfg, "deployment", where, choices=names)
-        scheduled, random = "at_s" in cfg or "down_s" in cfg, "mttf_s" in cfg or "mttr_s" in cfg
-        if scheduled == random:
-            raise InputError(where, "needs either at_s and down_s (a scheduled crash) or mttf_s and mttr_s (random crashes)")
-        fault = FaultConfig(
-            deployment=name, replica=integer(cfg, "replica", where, default=0, low=0),
-            at_s=number(cfg, "at_s", where, low=0) if scheduled else None,
-            down_s=number(cfg, "down_s", where, low=0, strict=True) if scheduled else None,
-            mttf_s=number(cfg, "mttf_s", where, low=0, strict=True) if random else None,
-            mttr_s=number(cfg, "mttr_s", where, low=0, strict=True) if random else None,
-            on_failure=text(cfg, "on_failure", where, default="retry", choices=ON_FAILURE))
-        if fault.replica >= names[name].replicas:
-            raise InputError(f"{where}.replica", f"deployment {name!r} has replicas 0..{names[name].replicas - 1}")
-        out.append(fault)
     return tuple(out)
 
 

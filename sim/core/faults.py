@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from traces.scenario import FaultConfig
+    from traces.faults import FaultConfig
 
     from .serving import ServingCore
 
