@@ -1,9 +1,11 @@
 """Fidelity: the simulator's predictions against the real server on the same arrivals.
 
 In one go on this machine: (1) a fresh latency and accuracy profile of the variants used (a new
-bundle, measured now, with the zoo's trained models); (2) for each load level and each of two
-scenarios, one deployment with dynamic batching and a two-stage cascade, `measure serve` and
-`simulate run` on the same scenario and seed; (3) a table of p50, p95, p99 latency and hit rate,
+bundle, measured now, with the zoo's trained models); (2) for each load level and each scenario
+(`single`: one deployment with dynamic batching; `cascade`: a two-stage cascade; `pipeline`: the
+same two models as two pipeline stages; `autoscale`: one deployment under a step in load, which
+HPA answers with a second replica that pays its real cold start, then removes), `measure serve`
+and `simulate run` on the same scenario and seed; (3) a table of p50, p95, p99 latency and hit rate,
 real vs simulated, with relative errors (percentage points for the hit rate), and how fast the real
 replicas served against the profile (``service_ratios``: 1.00 means at the profiled speed).
 
@@ -57,13 +59,14 @@ MAX_BATCH, TIMEOUT_MS = 8, 2.0
 THRESHOLD = 0.999
 IDLE_GAPS_MS = [0.0, 1.0, 3.0, 10.0, 30.0]
 SINGLE_REPLICAS = 1  # on 2 cores: one for the replica, one for the front end (dispatcher, batchers)
+AUTOSCALE_PEAK = 1.6  # the autoscale scenario's step, at load 1, over one replica's capacity
 
 
 def profile_toml(zoo: Path, runs: int, kind: str | None = None) -> str:
     """All three variants, or (``kind``) only those of one scenario."""
     text = _PROFILE.format(zoo=zoo, runs=runs, gaps=IDLE_GAPS_MS)
     if kind is not None:
-        wanted = {"single": [SINGLE], "cascade": [FAST, SLOW]}[kind]
+        wanted = {"single": [SINGLE], "autoscale": [SINGLE], "cascade": [FAST, SLOW], "pipeline": [FAST, SLOW]}[kind]
         head, *blocks = text.split("[[variants]]")
         text = head + "".join("[[variants]]" + b for b in blocks
                               if any(f'model = "{v.split("/")[0]}"' in b for v in wanted))
@@ -110,6 +113,22 @@ deadline_ms = {deadline_ms:.3f}
            f'idle_classes = {str(idle_classes).lower()}\n')
     if kind == "single":
         return head + f'[[deployments]]\nname = "m"\nvariant = "{SINGLE}"\nreplicas = {SINGLE_REPLICAS}\n{dep}[policy]\nname = "static"\n'
+    if kind == "autoscale":  # a step to 1.6x one replica's capacity and back: HPA adds the second
+        low, high = rate_rps * 0.3 / AUTOSCALE_PEAK, rate_rps
+        arrivals = (f'[arrivals]\nkind = "piecewise"\ninterval_s = {duration_s / 3:g}\n'
+                    f'rates_rps = [{low:.3f}, {high:.3f}, {low:.3f}]\nrepeat = false\n')
+        head = head[:head.index("[arrivals]")] + arrivals + head[head.index("[requests]"):]
+        return head + (f'[[deployments]]\nname = "m"\nvariant = "{SINGLE}"\nreplicas = 1\n{dep}'
+                       f'[deployments.autoscaling]\npolicy = "hpa"\nmin_replicas = 1\nmax_replicas = 2\n'
+                       f'target_average_value = {MAX_BATCH}\nsync_period_s = 1.0\n'
+                       f'scale_down_stabilization_window_s = {duration_s / 6:g}\n'
+                       f'[policy]\nname = "static"\n')
+    if kind == "pipeline":  # the two variants of the cascade in series, one stage each
+        stages = (f'[[deployments]]\nname = "slow"\nvariant = "{SLOW}"\nreplicas = 1\n{dep}'
+                  f'[[deployments]]\nname = "fast"\nvariant = "{FAST}"\nreplicas = 1\n{dep}'
+                  '[[stages]]\nname = "first"\ndeployments = ["fast"]\n'
+                  '[[stages]]\nname = "second"\ndeployments = ["slow"]\n')
+        return head + stages + '[policy]\nname = "static"\npipeline = ["fast", "slow"]\n'
     # The first replica gets a core of its own, the next shares the front end's. Sharing slowed the
     # slow stage 1.2-1.5x (runs/fid14, fid15: its p95 and p99 then 17-65% above the simulator's)
     # and slows the fast one 1.0-1.5x (runs/fid16: tails within 27%), so the slow stage goes first.
@@ -124,6 +143,13 @@ def capacity_and_deadline(bundle: TraceBundle, kind: str) -> tuple[float, float]
     if kind == "single":
         p = profile(SINGLE)
         return p.throughput_rps(MAX_BATCH, SINGLE_REPLICAS), 3.0 * p.percentile_ms(MAX_BATCH, 50)
+    if kind == "autoscale":  # "load" is the step's peak over one replica's capacity, times AUTOSCALE_PEAK
+        p = profile(SINGLE)
+        return p.throughput_rps(MAX_BATCH, 1) * AUTOSCALE_PEAK, 3.0 * p.percentile_ms(MAX_BATCH, 50)
+    if kind == "pipeline":
+        fast, slow = profile(FAST), profile(SLOW)
+        capacity = min(fast.throughput_rps(MAX_BATCH), slow.throughput_rps(MAX_BATCH))
+        return capacity, 3.0 * (fast.percentile_ms(MAX_BATCH, 50) + slow.percentile_ms(MAX_BATCH, 50))
     table = PredictionTable.from_bundle(bundle, [FAST, SLOW])
     onward = float((table.confidence[FAST] < THRESHOLD).mean())
     fast, slow = profile(FAST), profile(SLOW)
@@ -210,13 +236,40 @@ def table(out: Path, bundle: TraceBundle, names: list[str], seed: int) -> str:
             cells.append(", ".join(f"{x:.1f}%" for x in spread) + f", {hit_spread:.2f} pts")
         else:
             cells.append("-")
-        row = f"| {kind} | {load} | {raw['arrivals']['rate_rps']:.0f} | {raw['requests']['deadline_ms']:.1f} | "
+        rate = raw["arrivals"].get("rate_rps") or max(raw["arrivals"]["rates_rps"])  # a step: its peak
+        row = f"| {kind} | {load} | {rate:.0f} | {raw['requests']['deadline_ms']:.1f} | "
         predict.append(row + " | ".join(cells) + " |")
         checks = [_errors(out / f"{name}-sim-hot" / f"seed-{seed}", real),
                   _errors(out / f"{name}-replay" / f"seed-{seed}", runs[0]),
                   _errors(out / f"{name}-timeline" / f"seed-{seed}", runs[0])]
         engine.append(row + " | ".join(checks) + " |")
-    return "Prediction from the fresh profile:\n\n" + "\n".join(predict) + "\n\nEngine check:\n\n" + "\n".join(engine)
+    text = "Prediction from the fresh profile:\n\n" + "\n".join(predict) + "\n\nEngine check:\n\n" + "\n".join(engine)
+    scaled = [name for name in names if name.startswith("autoscale-")]
+    return text + ("\n\n" + scaling_table(out, scaled, seed) if scaled else "")
+
+
+def scaling_table(out: Path, names: list[str], seed: int) -> str:
+    """Replicas over time, real against simulated: the first scale-up and the last scale-down
+    (s), the mean provisioned replicas, the replica-seconds, and the cold starts (count, mean s)."""
+    import pandas as pd
+
+    rows = ["| scenario | load | first scale-up s real / sim | last scale-down s real / sim | mean replicas "
+            "real / sim | replica-s real / sim | cold starts real / sim (mean s) |", "|---" * 7 + "|"]
+    for name in names:
+        cells = []
+        for run in (out / f"{name}-real" / f"seed-{seed}", out / f"{name}-sim" / f"seed-{seed}"):
+            timeline = pd.read_parquet(run / "timeline.parquet")
+            stats = json.loads((run / "summary.json").read_text())["deployments"]["m"]
+            up = timeline.loc[timeline["replicas"] > 1, "time_s"]
+            down = timeline.loc[(timeline["replicas"].diff() < 0), "time_s"]
+            cells.append((up.min() if len(up) else float("nan"), down.max() if len(down) else float("nan"),
+                          timeline["replicas"].mean(), stats["replica_seconds"], stats.get("cold_starts", 0),
+                          stats.get("cold_start_seconds", 0.0) / max(stats.get("cold_starts", 0), 1)))
+        (r, m) = cells
+        kind, load = name.rsplit("-", 1)
+        rows.append(f"| {kind} | {load} | {r[0]:.1f} / {m[0]:.1f} | {r[1]:.1f} / {m[1]:.1f} | {r[2]:.2f} / {m[2]:.2f} "
+                    f"| {r[3]:.1f} / {m[3]:.1f} | {r[4]} ({r[5]:.2f}) / {m[4]} ({m[5]:.2f}) |")
+    return "Autoscaling, replicas over time:\n\n" + "\n".join(rows)
 
 
 def replay(out: Path, name: str, seed: int) -> None:
@@ -316,6 +369,11 @@ def run_cells(out: Path, args, loads: list[float], names: list[str]) -> str:
         bundle_dir = out / "bundle"
         if measure_main(["all", str(out / "profile.toml"), "--out", str(bundle_dir)]) != 0:
             sys.exit("fresh profile failed")
+        if "autoscale" in args.scenarios.split(","):  # the simulator's cold starts: timed here, now
+            (out / "startup-profile.toml").write_text(profile_toml(Path(args.zoo).resolve(), args.timed_runs, "autoscale"))
+            if measure_main(["startup", str(out / "startup-profile.toml"), "--out", str(bundle_dir),
+                             "--repeats", "3"]) != 0:
+                sys.exit("start-up timing failed")
     bundle = TraceBundle.load(bundle_dir)
     for kind in args.scenarios.split(","):
         capacity, deadline = capacity_and_deadline(bundle, kind)  # rates and deadlines from the first profile
