@@ -119,7 +119,14 @@ def kill_mid_run(proc: subprocess.Popen, out: Path, sig: signal.Signals) -> tupl
         assert proc.poll() is None, f"the run ended before it started writing: {proc.communicate()}"
         assert time.monotonic() < deadline, "no staging directory appeared"
         time.sleep(0.02)
-    time.sleep(0.3)  # into the simulation proper
+    def spooling() -> bool:  # into the simulation proper: its first requests are in the spool
+        return any(part.name.startswith("servesim-requests-") for p in leftovers(out)
+                   if p.name.startswith(f".{out.name}.spool-{proc.pid}-") and p.is_dir() for part in p.iterdir())
+
+    while not spooling():  # a busy machine may take longer than any fixed sleep to get there
+        assert proc.poll() is None, "the run finished before it could be killed; lengthen the scenario"
+        assert time.monotonic() < deadline, "no requests reached the spool"
+        time.sleep(0.02)
     assert proc.poll() is None, "the run finished before it could be killed; lengthen the scenario"
     proc.send_signal(sig)
     proc.communicate(timeout=60)
