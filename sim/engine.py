@@ -148,7 +148,7 @@ class Simulation:
         if base + delay != end_s:
             delay = self._delay(end_s)
         event = replica.ticket = Timeout(self.env, delay)
-        event.callbacks.append(replica.completed)
+        event.callbacks.append(replica.completed_at)
         if end_s < self.next_event_s:
             self.next_event_s = base + delay
 

@@ -64,16 +64,15 @@ class Replica:
         if overlap > 0:
             self.busy_s += overlap
 
-    def completed(self, ticket: object) -> None:
-        """The batch of ``ticket`` ended now (a SimPy timeout calls this with itself)."""
-        self.completed_at(ticket, self.batcher.executor.now())
-
-    def completed_at(self, ticket: object, now: float, confidences: list[float] | None = None) -> None:
-        """The batch of ``ticket`` ended at ``now``; ``confidences`` are the runner's, per request
+    def completed_at(self, ticket: object, now: float | None = None, confidences: list[float] | None = None) -> None:
+        """The batch of ``ticket`` ended at ``now`` (None: the executor's now; a SimPy timeout
+        calls this with itself as the ticket); ``confidences`` are the runner's, per request
         (None: the prediction table's). Ignored if a crash has orphaned the batch."""
         if ticket is not self.ticket:
             return
         batcher = self.batcher
+        if now is None:
+            now = batcher.executor.now()
         batch, self.batch, self.ticket = self.batch, None, None
         self.free_s = now
         started_s = self.started_s

@@ -30,7 +30,7 @@ class Executor(Protocol):
 
     def start_batch(self, replica: "Replica", batch: list[int], now: float) -> None:
         """Run ``batch`` on ``replica`` from ``now``; report its end with ``replica.completed_at``
-        (or, from a SimPy timeout set as ``replica.ticket``, ``replica.completed``)."""
+        (a SimPy timeout set as ``replica.ticket`` can be its callback as it is)."""
 
     def start_replica(self, replica: "Replica", now: float) -> None:
         """Bring up a replica a plan added (load, build, warm up); report with
