@@ -47,6 +47,7 @@ def test_every_request_visits_every_stage_in_order_and_the_stages_add_up():
     done = requests[~requests["dropped"]]
     assert len(done) > 3000
     assert (done["hop0_deployment"] == "s0").all() and (done["hop1_deployment"] == "s1").all()
+    assert (done["hop0_stage"] == "stage0").all() and (done["hop1_stage"] == "stage1").all()
     assert (done["hop1_enqueue_s"] == done["hop0_finish_s"]).all()  # the next stage at the instant it left
     assert (done["hop1_start_s"] >= done["hop1_enqueue_s"]).all()
     total = done["stage0_latency_ms"] + done["stage1_latency_ms"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -80,6 +81,9 @@ class RequestTable:
         os.chmod(target, 0o666 & ~_UMASK)  # an ordinary output file, not the private mode of a temp file
 
 
+_NAME_COLUMN = re.compile(r"hop\d+_(deployment|stage)|stage\d+_deployment")
+
+
 class RequestSpool:
     """Writes table chunks to Parquet row groups as a run retires them (see the module docstring).
 
@@ -122,6 +126,9 @@ class RequestSpool:
             index = schema.get_field_index(name)
             if index >= 0:
                 schema = schema.set(index, pa.field(name, kind))
+        for index, field in enumerate(schema):  # names of a hop nobody in this chunk reached: still text
+            if field.type == pa.null() and _NAME_COLUMN.fullmatch(field.name):
+                schema = schema.set(index, pa.field(field.name, pa.string()))
         return schema
 
     def write(self, chunk) -> None:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def stage_columns(log: "RequestLog", frame: dict, lo: int, hi: int, spans, hop_deps, dropped):
-    """A pipeline's columns per stage s: ``stage{s}_sample_id``, the deployment the request left
+    """A pipeline's columns: each hop's ``hop{k}_stage``, and per stage s: ``stage{s}_sample_id``, the deployment the request left
     the stage from (``stage{s}_deployment``), the time it spent there (``stage{s}_latency_ms``,
     from its arrival for the first stage, so the stages add up to the latency) and whether that
     deployment was right (``stage{s}_correct``); ``pred`` is the last stage's answer and
@@ -25,6 +25,9 @@ def stage_columns(log: "RequestLog", frame: dict, lo: int, hi: int, spans, hop_d
     finishes = [log._take(cols.finish_s, spans) for cols in log.hops]
     enqueues = [log._take(cols.enqueue_s, spans) for cols in log.hops]
     arrival = log.work.arrival_s[lo:hi]
+    stage_names = np.array(list(names) + [None], dtype=object)  # index -1: a hop not reached
+    for k, dep in enumerate(hop_deps):
+        frame[f"hop{k}_stage"] = stage_names[stage_of[dep]]
     all_known, all_right = np.ones(n, dtype=bool), np.ones(n, dtype=bool)
     pred = np.full(n, None, dtype=object)
     for s_index, table in enumerate(tables):
