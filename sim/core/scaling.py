@@ -44,8 +44,9 @@ class Watch:
         self._enqueued, self._last_s = 0, 0.0
 
     def start(self) -> None:
+        self._due_s = self.tick_s  # ticks keep to their grid, however late a real timer fires
         if self.tick_s < self.core.duration_s:
-            self.core.executor.call_at(self.tick_s, self.tick)
+            self.core.executor.call_at(self._due_s, self.tick)
 
     def tick(self, _event: object = None) -> None:
         core, dep = self.core, self.dep
@@ -61,8 +62,9 @@ class Watch:
                 dep.set_replicas(desired, now)
         waiting, _, ready = dep.load()
         core.timeline.append((now, dep.name, dep.provisioned, ready, waiting, dep.in_flight, rate))
-        if now + self.tick_s < core.duration_s:
-            core.executor.call_at(now + self.tick_s, self.tick)
+        self._due_s += self.tick_s
+        if self._due_s < core.duration_s:
+            core.executor.call_at(self._due_s, self.tick)
 
 
 def timeline_frame(rows: list[tuple]) -> pd.DataFrame:

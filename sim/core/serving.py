@@ -268,6 +268,7 @@ class ServingCore(RunState):
         for dep in self.deployments:
             Watch(self, dep).start()
         interval = self.scenario.policy.plan_interval_s
+        self._plan_due_s = interval  # plans keep to their grid, however late a real timer fires
         if interval > 0 and type(self.policy).plan is not Policy.plan and interval < self.duration_s:
             self.executor.call_at(interval, self._plan_tick)
 
@@ -275,9 +276,9 @@ class ServingCore(RunState):
         now = self.executor.now()
         for action in self.policy.plan(self.view) or ():
             self.apply(action, now)
-        interval = self.scenario.policy.plan_interval_s
-        if now + interval < self.duration_s:
-            self.executor.call_at(now + interval, self._plan_tick)
+        self._plan_due_s += self.scenario.policy.plan_interval_s
+        if self._plan_due_s < self.duration_s:
+            self.executor.call_at(self._plan_due_s, self._plan_tick)
 
     def apply(self, action: PlanAction, now: float) -> None:
         dep = self.deployment(action.deployment)
