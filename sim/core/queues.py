@@ -86,11 +86,19 @@ def take_batch(queue: FifoQueue | EdfQueue, max_b: int, now: float, deadlines_s:
     """
     if deadlines_s is None:
         return queue.take_n(min(max_b, len(queue)))
-    batch: list[int] = []
-    while queue and len(batch) < max_b:
+    batch = queue.take_n(min(max_b, len(queue)))
+    if not batch or min([deadlines_s[r] for r in batch]) > now:
+        return batch  # nobody expired: the common case, in one pass
+    kept: list[int] = []
+    for request in batch:  # the rare batch with expired requests: drop them, take the next in their place
+        if deadlines_s[request] <= now:
+            drop(request, now, "expired")
+        else:
+            kept.append(request)
+    while queue and len(kept) < max_b:
         request = queue.take()
         if deadlines_s[request] <= now:
             drop(request, now, "expired")
         else:
-            batch.append(request)
-    return batch
+            kept.append(request)
+    return kept
