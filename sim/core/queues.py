@@ -86,15 +86,22 @@ def take_batch(queue: FifoQueue | EdfQueue, max_b: int, now: float, deadlines_s:
     """
     if deadlines_s is None:
         return queue.take_n(min(max_b, len(queue)))
-    batch = queue.take_n(min(max_b, len(queue)))
-    if not batch or min([deadlines_s[r] for r in batch]) > now:
-        return batch  # nobody expired: the common case, in one pass
+    n = min(max_b, len(queue))
     kept: list[int] = []
-    for request in batch:  # the rare batch with expired requests: drop them, take the next in their place
-        if deadlines_s[request] <= now:
-            drop(request, now, "expired")
-        else:
-            kept.append(request)
+    if n == 1:  # one request (batches of one are the most common of all)
+        request = queue.take()
+        if deadlines_s[request] > now:
+            return [request]
+        drop(request, now, "expired")
+    elif n > 1:
+        batch = queue.take_n(n)
+        if min([deadlines_s[r] for r in batch]) > now:
+            return batch  # nobody expired: the common case, in one pass
+        for request in batch:  # the rare batch with expired requests: drop them, take others in their place
+            if deadlines_s[request] <= now:
+                drop(request, now, "expired")
+            else:
+                kept.append(request)
     while queue and len(kept) < max_b:
         request = queue.take()
         if deadlines_s[request] <= now:
