@@ -78,7 +78,7 @@ class Replica:
         started_s = self.started_s
         batcher.recent.append((now, now - started_s, len(batch)))
         lo, hi = batcher.window_s
-        overlap = min(now, hi) - max(started_s, lo)  # _account, inlined on this hot path
+        overlap = (now if now < hi else hi) - (started_s if started_s > lo else lo)  # _account, inlined
         if overlap > 0:
             self.busy_s += overlap
         if lo <= started_s < hi:
