@@ -7,7 +7,8 @@ with simulated time: a timer is a SimPy timeout, a batch takes a service time sa
 bundle. The real server (``measure.server``) answers with the wall clock: a timer thread, and a
 worker thread per replica that runs the batch on a real model. Either one reports back by calling
 the core: ``Replica.completed_at`` when a batch ends, ``Deployment.replica_ready`` when a new
-replica has started, and the callbacks it was given by ``call_at`` when their time comes.
+replica has started, and the callbacks it was given by ``call_at`` when their time comes. The real
+server makes each of these calls under one lock, so the core never sees two at once.
 
 A callback given to ``call_at`` takes one argument (the executor's event, or None) and ignores it,
 so that the SimPy executor can hang it on a timeout without a wrapper.
@@ -33,8 +34,8 @@ class Executor(Protocol):
         (a SimPy timeout set as ``replica.ticket`` can be its callback as it is)."""
 
     def start_replica(self, replica: "Replica", now: float) -> None:
-        """Bring up a replica a plan added (load, build, warm up); report with
-        ``replica.batcher.deployment.replica_ready(replica, time)`` once it can serve."""
+        """Bring up a replica added after the start (load, build, warm up). True: it serves at
+        once; False: report ``replica.batcher.owner.replica_ready(replica, time)`` once it can."""
 
     def stop_replica(self, replica: "Replica") -> None:
         """A replica left for good (removed by a plan): release what runs it."""
