@@ -171,3 +171,39 @@ def test_the_real_server_autoscales_with_the_same_controller():
     assert starts and all(ready - start >= 0.4 for start, ready in starts)
     first = served.groupby("hop0_replica")["hop0_start_s"].min()
     assert (first.drop(0) > 3.0).all()  # replicas added in the step serve only after it began
+
+
+def test_hpa_in_a_run_takes_the_decisions_computed_by_hand(tmp_path):
+    """A scripted load the core's observations can be worked out for: a request every 0.125 s
+    from 0.0625 s, one replica busy for the whole run with the first of them (a 100 s service),
+    and replicas added by HPA that never get ready (a 1000 s start-up). At the tick at t s, 8t
+    requests have arrived: 1 in service, 8t - 1 waiting. HPA (target 2 waiting per replica,
+    tolerance 0.1, no scale-up window) proposes ceil((8t - 1) / 2); its one scale-up policy adds at
+    most 1 pod per 1 s period (the change one period ago no longer counts), so from 1 replica the
+    count goes 2, 3, 4, ... up to max_replicas = 6, then stays."""
+    from conftest import replay_arrivals
+    from sim.runner import prepare, run_seed
+    from traces.scenario import scenario_from_dict
+
+    duration_s = 9.0
+    arrivals = [0.0625 + 0.125 * k for k in range(int(duration_s * 8))]
+    raw = {"duration_s": duration_s, "arrivals": replay_arrivals(tmp_path / "t.csv", arrivals, duration_s),
+           "requests": {"deadline_ms": 1e9}, "policy": {"name": "static"},
+           "deployments": [{"name": "m", "service": {"kind": "deterministic", "mean_ms": 100_000.0},
+                            "drop_expired": False, "startup_s": 1000.0,
+                            "autoscaling": {"policy": "hpa", "max_replicas": 6, "target_average_value": 2,
+                                            "sync_period_s": 1.0,
+                                            "scale_up_policies": [{"type": "Pods", "value": 1, "period_s": 1.0}]}}]}
+    _, _, _, timeline = run_seed(prepare(scenario_from_dict(raw)), 1)
+    by_hand = []
+    replicas = 1
+    for t in range(1, 9):
+        waiting = 8 * t - 1
+        proposal = math.ceil(waiting / 2)
+        if abs(waiting / (2 * replicas) - 1) > 0.1:
+            replicas = min(proposal, replicas + 1, 6)
+        by_hand.append((float(t), replicas, 1, waiting, 1))
+    got = list(timeline[["time_s", "replicas", "ready_replicas", "queue_length", "in_flight"]]
+               .itertuples(index=False, name=None))
+    assert got == by_hand
+    assert timeline["arrival_rate_rps"].tolist() == [8.0] * 8
