@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 if importlib.util.find_spec("measure") is None:  # measure/ is not an installed package
@@ -207,3 +208,34 @@ def test_hpa_in_a_run_takes_the_decisions_computed_by_hand(tmp_path):
                .itertuples(index=False, name=None))
     assert got == by_hand
     assert timeline["arrival_rate_rps"].tolist() == [8.0] * 8
+
+
+@pytest.mark.parametrize("controller", [
+    {"policy": "hpa", "target_average_value": 2, "sync_period_s": 1.0},
+    {"policy": "ray-serve", "target_ongoing_requests": 2, "metrics_interval_s": 1.0, "upscale_delay_s": 2.0},
+    {"policy": "kpa", "container_concurrency_target": 2},
+    {"policy": "infaas", "hardware": "cpu"},
+], ids=lambda c: c["policy"])
+def test_every_autoscaler_answers_an_overload_in_a_run(tmp_path, controller):
+    """The overload of the test above, for each controller: each ends at max_replicas, decides only
+    on its own ticks, and the added replicas (never ready) are paid for from when they were added."""
+    from conftest import replay_arrivals
+    from sim.runner import prepare, run_seed
+    from traces.scenario import scenario_from_dict
+
+    duration_s = 20.0
+    arrivals = [0.0625 + 0.125 * k for k in range(int(duration_s * 8))]
+    raw = {"duration_s": duration_s, "arrivals": replay_arrivals(tmp_path / "t.csv", arrivals, duration_s),
+           "requests": {"deadline_ms": 1e9}, "policy": {"name": "static"},
+           "deployments": [{"name": "m", "service": {"kind": "deterministic", "mean_ms": 100_000.0},
+                            "drop_expired": False, "startup_s": 1000.0,
+                            "autoscaling": {"max_replicas": 4, **controller}}]}
+    scenario = scenario_from_dict(raw)
+    _, _, summary, timeline = run_seed(prepare(scenario), 1)
+    tick_s = scenario.deployments[0].autoscaling.tick_s
+    assert np.allclose(np.diff(timeline["time_s"]), tick_s)
+    assert timeline["replicas"].iloc[-1] == 4 and (timeline["ready_replicas"] == 1).all()
+    assert timeline["replicas"].is_monotonic_increasing
+    stats = summary["deployments"]["m"]
+    assert stats["cold_starts"] == 3 and stats["misses_during_cold_start"] == 0  # nothing is late: no deadline
+    assert stats["replica_seconds"] > duration_s  # the starting replicas are paid for
