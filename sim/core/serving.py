@@ -86,21 +86,9 @@ class ServingCore(RunState):
     def arrive(self, i: int, now: float) -> None:
         """Request ``i`` arrives at ``now``: the policy routes it to its first hop, or rejects it."""
         self.arrivals_seen = i + 1
-        log = self.log  # i < log.limit: the executor makes room before the arrival that needs it
         route = self.policy.route(Request(i, self.arrival_times[i], self.deadline_classes_ms[self.deadline_class[i]],
                                           self.sample[i]), self.view)
-        resolved = self._routes.get(route) or self.resolve(route)
-        if resolved.__class__ is Reject:
-            self.drop(i, now, resolved.reason)
-        else:
-            j = i & log.mask
-            log.route[j] = resolved
-            first = resolved.stages[0][0]
-            hop0 = log.hops[0]
-            hop0.deployment[j] = first.index
-            hop0.enqueue_s[j] = now
-            if not first.submit(i, now):
-                self.drop(i, now, "queue_full")
+        self._admit(i, now, self._routes.get(route) or self.resolve(route))
 
     def _arrive_fixed(self, i: int, now: float) -> None:
         """``arrive`` for a policy with a fixed route: no per-request call to the policy."""
@@ -108,10 +96,14 @@ class ServingCore(RunState):
         resolved = self._fixed_resolved
         if resolved is None:
             resolved = self._fixed_resolved = self._routes.get(self._fixed) or self.resolve(self._fixed)
+        self._admit(i, now, resolved)
+
+    def _admit(self, i: int, now: float, resolved: "ResolvedRoute | Reject") -> None:
+        """Request ``i`` joins its route's first hop, or is dropped (a rejection, a full queue)."""
         if resolved.__class__ is Reject:
             self.drop(i, now, resolved.reason)
             return
-        log = self.log
+        log = self.log  # i < log.limit: the executor makes room before the arrival that needs it
         j = i & log.mask
         log.route[j] = resolved
         first = resolved.stages[0][0]
