@@ -47,11 +47,20 @@ def read_results(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def group_axes(frame: pd.DataFrame, policy_axis: str) -> list[str]:
-    """The axes other than the policy and the seed: the summary columns start at ``requests``."""
+def sweep_axes(frame: pd.DataFrame) -> list[str]:
+    """The grid's axes except the seed: as the sweep recorded them (``frame.attrs["axes"]``), else
+    the columns between ``run_id`` and ``seed`` (a sweep writes the axes there, in order, and the
+    summary's metrics after the seed, sorted by name)."""
+    recorded = frame.attrs.get("axes")
+    if recorded:
+        return [a for a in recorded if a not in NOT_AXES and a in frame]
     columns = list(frame.columns)
-    axes = columns[: columns.index("requests")] if "requests" in columns else []
-    return [a for a in axes if a not in NOT_AXES and a != policy_axis]
+    return [c for c in columns[: columns.index("seed")] if c not in NOT_AXES] if "seed" in columns else []
+
+
+def group_axes(frame: pd.DataFrame, policy_axis: str) -> list[str]:
+    """The axes other than the policy and the seed: the groups a policy is compared within."""
+    return [a for a in sweep_axes(frame) if a != policy_axis]
 
 
 def _groups(frame: pd.DataFrame, by: list[str]):

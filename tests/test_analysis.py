@@ -11,7 +11,7 @@ from scipy import stats
 
 from analysis.stats import mean_interval, paired_difference
 from analysis.study import main as study_main
-from analysis.study import pivot_table, policy_table, versus_table
+from analysis.study import group_axes, pivot_table, policy_table, sweep_axes, versus_table
 
 
 def test_mean_interval_is_the_student_t_interval():
@@ -52,6 +52,20 @@ def _results() -> pd.DataFrame:
                              "accuracy": 0.97, "ontime_accuracy": level - 0.02 + seed / 1000,
                              "latency_ms.p99": 10.0 * seed})
     return pd.DataFrame(rows)
+
+
+def test_groups_are_the_sweep_axes_not_the_metrics_before_requests(tmp_path):
+    """A sweep writes run_id, the axes, seed, then the metrics sorted by name (``accuracy`` and
+    ``completed`` come before ``requests``): only the axes group, read back from the file too."""
+    frame = _results()[["run_id", "workload", "policy", "seed", "accuracy", "hit_rate", "latency_ms.p99",
+                        "ontime_accuracy", "requests"]]
+    frame.loc[frame["seed"] == 2, "accuracy"] = 0.5   # a metric that differs by seed must not split groups
+    assert group_axes(frame, "policy") == ["workload"]
+    frame.attrs["axes"] = ["policy", "workload", "seed"]
+    frame.to_parquet(tmp_path / "results.parquet")
+    back = pd.read_parquet(tmp_path / "results.parquet")
+    assert sweep_axes(back) == ["policy", "workload"] and group_axes(back, "policy") == ["workload"]
+    assert len(policy_table(back).splitlines()) == 2 + 4
 
 
 def test_policy_table_groups_by_the_other_axes():
