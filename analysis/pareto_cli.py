@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 from traces.errors import InputError
 
+from .runs import markdown_table
+
 if TYPE_CHECKING:  # numpy and pandas are imported where used, so that `analyse --help` stays fast
     import numpy as np
     import pandas as pd
@@ -126,12 +128,6 @@ def select(frame: pd.DataFrame, where: list[str], results: str) -> pd.DataFrame:
     return chosen
 
 
-def sweep_axes(frame: "pd.DataFrame") -> list[str]:  # TEMP shim until protocol.py imports study's
-    from .study import sweep_axes as axes
-
-    return axes(frame)
-
-
 def grid_points(frame: pd.DataFrame, objectives: list[Objective], by: str, results: str) -> pd.DataFrame:
     """One row per grid point: its axis values, ``seeds`` (runs averaged) and each objective's mean."""
     import pandas as pd
@@ -150,6 +146,8 @@ def grid_points(frame: pd.DataFrame, objectives: list[Objective], by: str, resul
         name = row["run_id"] if "run_id" in frame else f"row {frame.index[missing][0]}"
         empty = ", ".join(c for c in columns if pd.isna(row[c]))
         raise InputError(f"{results} run {name}", f"has no value (NaN) for {empty}; leave such runs out with --where")
+    from .study import sweep_axes
+
     keys = [by] + [a for a in sweep_axes(frame) if a != by]
     grouped = frame.groupby(keys, sort=False, dropna=False)
     points = grouped[columns].mean()
@@ -161,17 +159,11 @@ def _number(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.6g}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    def line(cells):
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-    return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)])
-
-
 def _points_table(points: pd.DataFrame, columns: list[str], by: str, varying: list[str], on_front) -> str:
     rows = [[*(str(points.at[i, c]) for c in [by, *varying]), str(points.at[i, "seeds"]),
              *(_number(points.at[i, c]) for c in columns), "yes" if on_front[k] else ""]
             for k, i in enumerate(points.index)]
-    return _table([by, *varying, "seeds", *columns, "on front"], rows)
+    return markdown_table([by, *varying, "seeds", *columns, "on front"], rows)
 
 
 def _hypervolume_table(values: np.ndarray, masks: dict, on_front, reference, maximize, by: str) -> str:
@@ -186,7 +178,7 @@ def _hypervolume_table(values: np.ndarray, masks: dict, on_front, reference, max
         volume = hypervolume(values[mask], reference, maximize)
         share = volume / total if total > 0 else math.nan
         rows.append([str(name), str(int(mask.sum())), str(int(on_front[mask].sum())), _number(volume), _number(share)])
-    return _table([by, "points", "on front", "hypervolume", "share of all"], rows)
+    return markdown_table([by, "points", "on front", "hypervolume", "share of all"], rows)
 
 
 def _ratio_table(values: np.ndarray, masks: dict, maximize, by: str) -> str:
@@ -194,7 +186,7 @@ def _ratio_table(values: np.ndarray, masks: dict, maximize, by: str) -> str:
 
     rows = [[str(a), *("-" if a == b else _number(dominance_ratio(values[masks[a]], values[masks[b]], maximize))
                        for b in masks)] for a in masks]
-    return _table([f"{by} (row dominates column)", *map(str, masks)], rows)
+    return markdown_table([f"{by} (row dominates column)", *map(str, masks)], rows)
 
 
 def _reference_text(columns: list[str], values: np.ndarray, reference, source: str, maximize) -> str:
