@@ -145,6 +145,9 @@ class ContentHashes:
         config["seed"] = point["seed"]
         bundle = self.bundle_used(scenario)
         config["bundle"] = None if bundle is None else self.bundle(bundle)
+        for resolved, deployment in zip(config["deployments"], scenario.deployments):
+            if deployment.bundle is not None:  # a pipeline stage's own bundle: its contents, not its path
+                resolved["bundle"] = self.bundle(deployment.bundle)
         if config["arrivals"].get("kind") == "replay":
             config["arrivals"]["path"] = self.file(scenario.arrivals.path)
         return _digest({"point": point, "scenario": config})[:ID_HEX]

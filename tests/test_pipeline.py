@@ -5,6 +5,7 @@ servers against Jackson's product form."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from conftest import simulate
 from traces.errors import InputError
 
 EXP = {"kind": "exponential"}
+REPO = Path(__file__).resolve().parents[1]
 
 
 def tandem(rate_rps, mean_ms=(2.0, 3.0), duration_s=60.0, warmup_s=5.0):
@@ -167,3 +169,14 @@ def test_a_cascade_inside_a_stage_then_the_next_stage(tmp_path):
     assert (done.loc[~confident, "stage0_deployment"] == "digit-big").all()
     total = done["stage0_latency_ms"] + done["stage1_latency_ms"]
     assert np.allclose(total, done["latency_ms"], rtol=0, atol=1e-9)
+
+
+def test_config_names_every_bundle_by_an_absolute_path(tmp_path, monkeypatch):
+    """config.json is the resolved scenario: a deployment's own bundle, given relative to the
+    scenario file, is written as an absolute path, like the scenario's, whatever the working directory."""
+    from traces.scenario import load_scenario
+
+    monkeypatch.chdir(REPO)
+    config = load_scenario("examples/pipeline.toml").resolved()
+    bundles = [d["bundle"] for d in config["deployments"] if "bundle" in d]
+    assert bundles and all(Path(b).is_absolute() and (Path(b) / "bundle.json").is_file() for b in bundles)

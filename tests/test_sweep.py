@@ -191,6 +191,21 @@ def test_run_ids_follow_contents_not_paths(sweep_file, tmp_path, tiny_bundle):
     assert changed["8.0"] == before["8.0"] and changed["41.0"] != before["40.0"]
 
 
+def test_a_deployments_own_bundle_counts_by_contents_not_path(sweep_file, tmp_path, tiny_bundle):
+    """A deployment may name its own bundle (a pipeline stage's): like the scenario's, its contents
+    decide the run id and where it lives does not."""
+    sweeps = []
+    for name in ("a", "b"):
+        sweeps.append(_copy_study(tmp_path, tmp_path / name, tiny_bundle))
+        base = sweeps[-1].parent / "base.toml"
+        base.write_text(base.read_text().replace('name = "slow"', 'name = "slow"\nbundle = "tiny"'))
+    ids = [t.run_id for t in expand(sweeps[0])]
+    assert ids == [t.run_id for t in expand(sweeps[1])]
+    service = sweeps[1].parent / "tiny" / "service.csv"
+    service.write_text(service.read_text().replace(",2.0\n", ",2.5\n", 1))
+    assert not set(ids) & {t.run_id for t in expand(sweeps[1])}
+
+
 def test_replayed_trace_contents_are_part_of_the_id(sweep_file, tmp_path):
     trace = tmp_path / "trace.txt"
     trace.write_text(" ".join(["60"] * 10) + "\n")

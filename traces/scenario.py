@@ -75,7 +75,7 @@ class DeploymentConfig:
         if self.startup_s is not None:
             out["startup_s"] = self.startup_s
         if self.bundle is not None:
-            out["bundle"] = str(self.bundle)
+            out["bundle"] = str(Path(self.bundle).resolve())
         return out
 
 
@@ -127,7 +127,7 @@ class Scenario:
             "seed": self.seed,
             "duration_s": self.duration_s,
             "warmup_s": self.warmup_s,
-            "bundle": str(self.bundle) if self.bundle else None,
+            "bundle": str(Path(self.bundle).resolve()) if self.bundle else None,
             "price_per_replica_hour": self.price_per_replica_hour,
             "arrivals": arrivals_cfg,
             "requests": {"deadline_ms": list(self.requests.deadline_ms), "weights": list(self.requests.weights)},
