@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-HELP = "effects of one-factor-at-a-time variations of a sweep against its base, paired by seed"
 EXAMPLES = """examples:
   simulate sweep examples/ablation/digits.toml --out runs/ablation-digits --workers 2
   analyse ablation runs/ablation-digits

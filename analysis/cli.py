@@ -1,9 +1,9 @@
 """`analyse`: statistics, Pareto fronts, failure analysis, comparisons, theory and figures of runs.
 
-Each subcommand lives in its own module of ``analysis`` and is imported only when it is called (so
-``analyse stats`` never loads matplotlib). A subcommand module provides:
+Each subcommand lives in its own module of ``analysis``, imported only when it is called (so
+``analyse stats`` never loads matplotlib, and ``analyse --help`` loads none of them); its one-line
+help is in ``SUBCOMMANDS``. The module provides:
 
-- ``HELP``: one line, what it does (lower case, no full stop);
 - ``EXAMPLES``: the text that ends its ``--help``;
 - ``add_arguments(parser)``: its arguments;
 - ``run(args) -> int``: the work; bad input raises ``traces.errors.InputError`` (one line, exit 2).
@@ -18,48 +18,47 @@ import sys
 
 from traces.cli import CommandLine, run_command
 
-# subcommand -> module of ``analysis`` that implements it, in the order ``analyse --help`` lists them
+# subcommand -> (module of ``analysis`` that implements it, its one-line help), in the order
+# ``analyse --help`` lists them. Only the module of the subcommand called is imported.
 SUBCOMMANDS = {
-    "stats": "analysis.protocol_cli",
-    "pareto": "analysis.pareto_cli",
-    "compare": "analysis.compare",
-    "misses": "analysis.misses",
-    "theory": "analysis.theory",
-    "ablation": "analysis.ablation",
-    "figures": "analysis.figures_cli",
+    "stats": ("analysis.protocol_cli",
+              "paired tests of a sweep's policies under a pre-declared protocol, holm-corrected per family"),
+    "pareto": ("analysis.pareto_cli", "pareto fronts, hypervolumes and dominance ratios of a sweep's grid points"),
+    "compare": ("analysis.compare", "two runs paired by seed: each metric's means and paired difference"),
+    "misses": ("analysis.misses", "every deadline miss of a run by its cause (fault, rejected, expired, queued, served)"),
+    "theory": ("analysis.theory", "queueing theory beside the simulated waits per deployment; competitive ratios"),
+    "ablation": ("analysis.ablation", "effects of one-factor-at-a-time variations against their base, paired by seed"),
+    "figures": ("analysis.figures_cli", "figures of a sweep (fronts, baselines, sensitivities, effects, cdfs) or a run"),
 }
 
 EXAMPLES = """examples:
   analyse stats runs/study/results.parquet --protocol analysis/protocol.toml
-  analyse compare runs/demo runs/demo-099
-  analyse misses runs/demo/seed-1
-  analyse figures runs/study --out docs/figures
+  analyse pareto runs/study/results.parquet --objectives ontime_accuracy:max,latency_ms.p99:min
+  analyse compare runs/demo runs/demo-300
+  analyse misses runs/demo
+  analyse figures runs/study --out figures
 """
 
 
-def _load(name: str):
-    return importlib.import_module(SUBCOMMANDS[name])
-
-
-def build() -> CommandLine:
-    modules = {}
-    for name in SUBCOMMANDS:
-        try:
-            modules[name] = _load(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != SUBCOMMANDS[name]:
-                raise
-    examples = {"analyse": EXAMPLES, **{name: module.EXAMPLES for name, module in modules.items()}}
+def build(argv: list[str]) -> CommandLine:
+    """The parser; only the subcommand named in ``argv`` (if any) has its module imported."""
+    called = next((a for a in argv if not a.startswith("-")), None)
+    module = importlib.import_module(SUBCOMMANDS[called][0]) if called in SUBCOMMANDS else None
+    examples = {"analyse": EXAMPLES, **({called: module.EXAMPLES} if module else {})}
     cli = CommandLine("analyse", __doc__.splitlines()[0].split(": ", 1)[1].capitalize(), examples)
-    for name, module in modules.items():
-        parser = cli.command(name, module.HELP)
+    for name, (_, help) in SUBCOMMANDS.items():
+        if name != called:
+            cli.sub.add_parser(name, help=help)
+            continue
+        parser = cli.command(name, help)
         module.add_arguments(parser)
         parser.set_defaults(_run=module.run)
     return cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build().parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build(argv).parser.parse_args(argv)
     return run_command(lambda: args._run(args))
 
 

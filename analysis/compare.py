@@ -29,7 +29,6 @@ from traces.errors import InputError
 
 from .runs import SeedRun, add_out_arguments, check_out, markdown_table, pair_by_seed, read_run, unpaired_note
 
-HELP = "compare two runs paired by seed: means of each metric and their paired difference with its interval"
 EXAMPLES = """examples:
   analyse compare runs/demo runs/demo-099
   analyse compare runs/planner runs/degrade --out runs/planner-vs-degrade

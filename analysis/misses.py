@@ -46,7 +46,6 @@ from traces.errors import InputError
 
 from .runs import SeedRun, add_out_arguments, check_out, markdown_table, pair_by_seed, read_run, unpaired_note
 
-HELP = "classify every deadline miss of a run by its cause (rejected, expired, fault, queued, served)"
 EXAMPLES = """examples:
   analyse misses runs/demo
   analyse misses runs/demo/seed-1

@@ -32,7 +32,6 @@ if TYPE_CHECKING:  # numpy and pandas are imported where used, so that `analyse 
     import numpy as np
     import pandas as pd
 
-HELP = "pareto fronts, hypervolumes and dominance ratios of a sweep's grid points, by policy"
 EXAMPLES = """examples:
   analyse pareto runs/study/results.parquet --objectives ontime_accuracy:max,cost.total:min
   analyse pareto runs/study/results.parquet --objectives ontime_accuracy:max,latency_ms.p99:min \\

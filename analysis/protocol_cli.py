@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-HELP = "paired tests of a sweep's policies under a pre-declared protocol, holm-corrected per family"
 EXAMPLES = """examples:
   analyse stats runs/study/results.parquet
   analyse stats runs/study/results.parquet --protocol my-protocol.toml

@@ -53,7 +53,6 @@ from . import queueing
 from .runs import SeedRun, markdown_table, read_run
 from .stats import Interval, mean_interval
 
-HELP = "queueing theory beside the simulated waits per deployment; competitive ratios of a sweep"
 EXAMPLES = """examples:
   analyse theory runs/mmc                     # M/M/4: Erlang C beside the simulated wait
   analyse theory runs/demo --out runs/demo/theory.md
