@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: demo test bench mutation clean
+.PHONY: demo test bench mutation reproduce clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -25,6 +25,12 @@ bench: $(PY)
 mutation: $(PY)
 	$(PIP) -e '.[dev]'
 	$(PY) bench/mutation.py
+
+# every table and figure the simulator publishes (README, docs/results, docs/figures): the sweeps
+# (resumable, into runs/), then the analyse commands; about NN minutes on 2 cores
+reproduce: $(PY)
+	$(PIP) -e '.[dev]'
+	$(PY) bench/reproduce.py
 
 # caches and build leftovers only; runs/ holds your outputs and is yours to remove
 clean:

@@ -58,12 +58,33 @@ def metric_table(table, protocol) -> str:
     return markdown_table(header, rows)
 
 
+def overview_table(table, protocol) -> str:
+    """One Markdown row per (metric, comparison) across the groups: in how many groups a is
+    significantly above b, significantly below, or neither (Holm-adjusted), and the range of the
+    mean differences and of d_z. It summarises the per-group tables and adds no test of its own."""
+    from .runs import markdown_table
+
+    header = ["metric", "a − b", "groups", "a significantly higher", "a significantly lower", "neither",
+              "a − b (min … max)", "d_z (min … max)"]
+    rows = []
+    for (metric, a, b), rows_ab in table.groupby(["metric", "a", "b"], sort=False):
+        above = int((rows_ab.significant & (rows_ab.mean_diff > 0)).sum())
+        below = int((rows_ab.significant & (rows_ab.mean_diff < 0)).sum())
+        span = lambda col: f"{_num(rows_ab[col].min())} … {_num(rows_ab[col].max())}"  # noqa: E731
+        rows.append([metric, f"{a} − {b}", len(rows_ab), above, below, len(rows_ab) - above - below,
+                     span("mean_diff"), span("cohens_dz")])
+    order = {m: k for k, m in enumerate(protocol.metrics)}
+    rows.sort(key=lambda r: order.get(r[0], len(order)))
+    return markdown_table(header, rows)
+
+
 def report(table, comparisons, protocol) -> str:
     """The Markdown report: the protocol line, one table per metric (primary first), the notes."""
     sizes = table.groupby("metric", sort=False)["p_holm"].count()
     families = ", ".join(f"{m}{' (primary)' if m == protocol.primary_metric else ''}: {sizes.get(m, 0)} tests"
                          for m in protocol.metrics)
-    parts = [f"Protocol {protocol.source}: {protocol.describe()}. Tests per metric: {families}.", ""]
+    parts = [f"Protocol {protocol.source}: {protocol.describe()}. Tests per metric: {families}.", "",
+             "## Overview", "", overview_table(table, protocol), ""]
     for metric in protocol.metrics:
         kind = "primary" if metric == protocol.primary_metric else "secondary"
         parts += [f"## {metric} ({kind})", "", metric_table(table[table.metric == metric], protocol), ""]

@@ -295,6 +295,24 @@ def test_a_seed_twice_for_one_policy_is_refused():
         apply_protocol(pd.concat([frame, frame.iloc[:1]]), _protocol())
 
 
+def test_the_overview_counts_each_comparisons_significant_groups_by_sign():
+    from analysis.protocol_cli import overview_table
+
+    frame = _results()
+    table = apply_protocol(frame, _protocol())
+    table.loc[table.index[0], ["significant", "mean_diff"]] = [True, -0.5]   # one group turned against a
+    lines = overview_table(table, _protocol()).splitlines()
+    assert [line.split(" | ")[0].lstrip("| ") for line in lines[2:]] == ["ontime_accuracy"] * 2 + ["hit_rate"] * 2 \
+        + ["latency_ms.p99"] * 2                                            # primary metric first
+    for line, ((metric, a, b), rows) in zip(lines[2:], table.groupby(["metric", "a", "b"], sort=False)):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        higher = int((rows.significant & (rows.mean_diff > 0)).sum())
+        lower = int((rows.significant & (rows.mean_diff < 0)).sum())
+        assert cells[1] == f"{a} − {b}" and cells[2:6] == [str(len(rows)), str(higher), str(lower),
+                                                            str(len(rows) - higher - lower)]
+    assert "| ontime_accuracy | planner − infaas | 4 | 3 | 1 | 0 |" in lines[2]
+
+
 # --- analyse stats ---
 
 def _write_results(tmp_path: Path, **kwargs) -> Path:
@@ -311,7 +329,8 @@ def test_analyse_stats_prints_the_primary_metric_first_under_the_protocol_line(t
     assert out.startswith(f"Protocol {PACKAGED}: two-sided paired t-test") and "alpha = 0.05" in out
     assert "Holm" in out.splitlines()[0]
     headings = [line for line in out.splitlines() if line.startswith("## ")]
-    assert headings == [f"## {m} ({'primary' if i == 0 else 'secondary'})" for i, m in enumerate(protocol.metrics)]
+    assert headings == ["## Overview"] + [f"## {m} ({'primary' if i == 0 else 'secondary'})"
+                                          for i, m in enumerate(protocol.metrics)]
     assert "a and b are equal on every seed" in out                 # cost.total is the same for every policy
 
 
