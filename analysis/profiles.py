@@ -9,16 +9,20 @@ reader wants them side by side:
   batches of that size sustain (batch size / mean latency). A bigger batch takes longer but serves
   more per second, until the processor is saturated and throughput flattens;
 - **accuracy and confidence** (``accuracy_table``, ``threshold_table``): each variant's accuracy
-  with a 95% Wilson interval (the sample is finite: 540 digits, 872 sentences), how confident it
-  is when right and when wrong, and, for every confidence threshold tau, the share of samples it
-  is at least that confident about (*coverage*: what the first hop of a cascade at tau answers
-  itself) and the accuracy on those (*selective accuracy*). A useful first hop is much more
-  accurate on what it keeps than overall;
+  with a 95% Wilson interval (an evaluation set is finite: the bundled ones hold 540 and 872
+  samples), how confident it is when right and when wrong, and, for every confidence threshold
+  tau, the share of samples it is at least that confident about (*coverage*: what the first hop
+  of a cascade at tau answers itself) and the accuracy on those (*selective accuracy*). A useful
+  first hop is much more accurate on what it keeps than overall;
 - **the price of a compression** (``cost_table``): each precision and pruning method against the
   FP32, unpruned variant of the same model (the *reference*), as the ratio of median latencies at
   batch 1 and 8 (below 1: faster) and the difference in accuracy on the samples both were evaluated
-  on (below 0: less accurate). Quantisation that halves latency for a tenth of a point of accuracy
-  is worth it; pruning that saves nothing on this hardware is not.
+  on (below 0: less accurate), with its paired interval and McNemar's test: two variants that
+  disagree on three samples of 540 are not told apart by them. Quantisation that halves latency
+  for a tenth of a point of accuracy is worth it; pruning that saves nothing on this hardware is not.
+
+Each has a figure (``latency_figure``, ``confidence_figure``, ``cost_figure``) in the style of
+``analysis.figures``: a colour per model, a dash per precision, a marker per pruning method.
 
 Every table carries the variant's parts as columns (``model``, ``precision``, ``pruning``,
 ``device``; a variant id is ``model[-pruning]/precision/device``), so it can be filtered or pivoted
@@ -232,14 +236,14 @@ def latency_figure(latency: pd.DataFrame, percentile: str = "p50_ms", title: str
 
 
 def confidence_figure(bundle: TraceBundle, thresholds: Sequence[float] = THRESHOLDS, title: str = "") -> "Figure":
-    """Three panels per variant line: the confidence CDF (the share of samples below a confidence),
+    """Three panels, one line per variant: the confidence CDF (the share of samples below a confidence),
     and against the threshold tau the coverage and the selective accuracy (``threshold_table``);
     the confidence axes are on a logit scale, which spreads 0.9, 0.99 and 0.999 apart."""
     predictions = _predictions(bundle)
     curve = threshold_table(bundle, thresholds)
     fig, axes = new_figures(1, 3, width_in=12.0, height_in=4.6)
     colors = model_colors(variant_table(bundle))
-    low = min(0.5, float(curve["threshold"].min()))
+    low = max(min(0.5, float(curve["threshold"].min())), 0.01)  # the logit axis cannot reach 0
     for part, rows in predictions.groupby("variant", sort=True):
         style = variant_style(rows.iloc[0], colors)
         x, share = empirical_cdf(np.clip(rows["confidence"].to_numpy(dtype=np.float64), low, _TOP))
