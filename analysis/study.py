@@ -1,7 +1,7 @@
 """Tables of a sweep's results: each policy's metrics with 95% intervals over seeds, and paired
 comparisons of two policies, as Markdown.
 
-    python -m analysis.study runs/study/results.parquet [--pivot ontime_accuracy] [--versus planner:infaas]
+    python -m analysis.study runs/study/results.parquet [--overall] [--pivot ontime_accuracy] [--versus planner:infaas]
                              [--out study.md]
 
 Rows are grouped by every axis of the sweep except the policy axis and the seed (for the study:
@@ -121,9 +121,26 @@ def versus_table(frame: pd.DataFrame, a: str, b: str, policy_axis: str = "policy
     return "\n".join(lines)
 
 
+def overall_table(frame: pd.DataFrame, policy_axis: str = "policy", by: list[str] | None = None) -> str:
+    """One row per policy over every group at once: each metric averaged over the groups within a
+    seed (every policy sees the same groups and seeds), then mean ± 95% half-width over the seeds.
+    Averaging within the seed first keeps the interval about seeds, not about how the groups differ."""
+    by = group_axes(frame, policy_axis) if by is None else by
+    groups = frame[by].drop_duplicates().shape[0] if by else 1
+    header = [policy_axis, "groups", "seeds", *(label for _, label, _ in METRICS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for policy, runs in frame.groupby(policy_axis, sort=False):
+        per_seed = runs.groupby("seed")[[m for m, _, _ in METRICS]].mean()
+        cells = [mean_interval(per_seed[m]).format(d) for m, _, d in METRICS]
+        lines.append("| " + " | ".join([str(policy), str(groups), str(len(per_seed)), *cells]) + " |")
+    return "\n".join(lines)
+
+
 def report(frame: pd.DataFrame, versus: list[tuple[str, str]], policy_axis: str = "policy",
-           pivots: list[str] = ()) -> str:
-    parts = [f"{metric} by policy:\n\n" + pivot_table(frame, metric, policy_axis) + "\n" for metric in pivots]
+           pivots: list[str] = (), overall: bool = False) -> str:
+    parts = ["Every group at once (each seed's mean over the groups):\n\n" + overall_table(frame, policy_axis) + "\n"
+             ] if overall else []
+    parts += [f"{metric} by policy:\n\n" + pivot_table(frame, metric, policy_axis) + "\n" for metric in pivots]
     parts.append(policy_table(frame, policy_axis))
     for a, b in versus:
         parts.append(f"\n{a} against {b}, paired by seed:\n\n" + versus_table(frame, a, b, policy_axis))
@@ -137,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy-axis", default="policy")
     parser.add_argument("--versus", action="append", default=[], metavar="A:B",
                         help="add a paired comparison of policy A against policy B (repeatable)")
+    parser.add_argument("--overall", action="store_true",
+                        help="first a table of each policy over every group at once (seeds' means over the groups)")
     parser.add_argument("--pivot", action="append", default=[], metavar="METRIC",
                         help="add a policy x group table of one metric (e.g. ontime_accuracy; repeatable)")
     parser.add_argument("--out", help="also write the Markdown to this file (atomically; never over a file not "
@@ -161,7 +180,7 @@ def _report_command(args) -> int:
     for metric in args.pivot:
         if metric not in frame:
             raise InputError(f"--pivot {metric}", f"is not a column of {args.results}")
-    text = report(frame, pairs, args.policy_axis, args.pivot)
+    text = report(frame, pairs, args.policy_axis, args.pivot, args.overall)
     if args.out:
         with atomic_file(args.out, force=args.force, marker_line=REPORT_MARKER) as tmp:
             tmp.write_text(REPORT_MARKER + "\n" + text)

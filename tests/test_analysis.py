@@ -11,7 +11,7 @@ from scipy import stats
 
 from analysis.stats import mean_interval, paired_difference
 from analysis.study import main as study_main
-from analysis.study import group_axes, pivot_table, policy_table, sweep_axes, versus_table
+from analysis.study import group_axes, overall_table, pivot_table, policy_table, sweep_axes, versus_table
 
 
 def test_mean_interval_is_the_student_t_interval():
@@ -75,6 +75,18 @@ def test_policy_table_groups_by_the_other_axes():
     assert len(lines) == 2 + 4
     row = next(line for line in lines if line.startswith("| bursty | infaas"))
     assert "| 3 |" in row and "0.9020 ± 0.0025" in row and "20.0 ± 24.8" in row
+
+
+def test_overall_table_averages_groups_within_each_seed_then_intervals_over_seeds():
+    frame = _results()
+    frame.loc[(frame.workload == "bursty") & (frame.policy == "infaas"), "hit_rate"] -= 0.1   # groups differ
+    lines = overall_table(frame).splitlines()
+    assert lines[0] == "| policy | groups | seeds | hit rate | accuracy | on-time accuracy | p99 ms |"
+    infaas = next(line for line in lines if line.startswith("| infaas"))
+    per_seed = [np.mean([0.90 + s / 1000, 0.80 + s / 1000]) for s in (1, 2, 3)]
+    assert f"| 2 | 3 | {mean_interval(per_seed).format(4)} |" in infaas
+    # the interval is about seeds: the 0.1 gap between the groups does not widen it
+    assert mean_interval(per_seed).half_width < mean_interval(frame.loc[frame.policy == "infaas", "hit_rate"]).half_width
 
 
 def test_pivot_table_has_a_row_per_policy_and_a_column_per_group():
