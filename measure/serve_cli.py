@@ -16,7 +16,7 @@ from traces.outputs import check_target
 from traces.provenance import REPO_ROOT  # not measure.harness's: that one imports torch
 from traces.scenario import load_scenario, parse_seeds
 from traces.stages import stage_index
-from traces.summary import legend, summarize, summary_table
+from traces.summary import legend, summary_table
 
 
 def zoo_location(bundle, override: str | None) -> tuple[Path, str]:
@@ -101,7 +101,7 @@ def serve_command(args) -> int:
     prepared = prepare(scenario)
     pin = args.replica == "process" and not args.no_pin
 
-    def run_one(seed, progress, _spool):
+    def run_one(seed, progress, spool):
         factories, labels = runner_factories(prepared, args.zoo, seed, args.replica, pin)
         run_scenario = dataclasses.replace(scenario, seed=seed)
         policy = policies.create(scenario.policy.name, scenario.policy.params)
@@ -109,12 +109,9 @@ def serve_command(args) -> int:
             server = Server(run_scenario, policy, factories, seed=seed, labels=labels[0], profiles=prepared.profiles,
                             predictions=prepared.predictions, stage_predictions=prepared.stage_predictions,
                             stage_labels=labels)
-            requests = server.run(progress)
+            requests = server.run(progress, spool)  # streamed to the spool beside the output, as sim's
         core = server.core
-        summary = summarize(requests, warmup_s=scenario.warmup_s, duration_s=scenario.duration_s,
-                            deployments=core.deployment_stats(scenario.duration_s),
-                            price_per_replica_hour=scenario.price_per_replica_hour, route_hops=core.route_hops)
-        summary = seed_summary(summary, seed, core, scenario.duration_s, requests)
+        summary = seed_summary(server.summary(), seed, core, scenario.duration_s, requests)
         config = seed_config(prepared, run_scenario, executor="real", replicas_run_in=args.replica)
         return config, requests, summary, seed_timeline(core)
 

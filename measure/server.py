@@ -11,6 +11,15 @@ rule exists once. A replica a plan adds really starts: its worker builds and war
 then tells the core it is ready. Times are seconds since ``t0``; a latency counts from the
 *scheduled* arrival; the output has the simulator's columns plus ``dispatch_lag_s``.
 No torch and no SimPy: replicas run whatever callables they are given.
+
+The request log is the simulator's ring (``sim.core.records``), live: it holds only the requests
+in flight, and records what the runners answered and how late each arrival was dispatched. Every
+``RETIRE_ROWS`` arrivals, before it waits for the next one, the dispatcher retires the oldest that
+have ended (or, if the ring is full, makes room as the simulator does) under the lock, which turns
+them into one table chunk; then, with the lock released, it streams the chunk to a Parquet spool
+and the summary's tally, as ``sim.engine`` does. So a long run's memory does not grow with its
+requests, and the lock is held for a few milliseconds at a time (about 1 us a row), not for one
+chunk of the whole ring.
 """
 
 from __future__ import annotations
@@ -32,7 +41,9 @@ from sim.core.workload import STREAMS_BEFORE_DEPLOYMENTS
 from traces.distributions import ServiceDistribution
 from traces.errors import InputError
 from traces.profiles import LatencyProfile, PredictionTable
+from traces.runoutput import RequestSpool, RequestTable
 from traces.scenario import Scenario
+from traces.summary import Tally
 
 from .realtime import BatchRunner, Timers, set_timer_slack, wait_until, warm
 
@@ -43,6 +54,7 @@ SWITCH_S = 2e-4     # GIL switch interval during a run, so spinning threads hand
 STALL_S = 30.0      # after the last arrival: no completion for this long with no batch running
 JOIN_S = 60.0       # how long a replica may take to finish its batch once the run is over
 BLOCK = 8192        # unit variates per draw, as sim.service, so sleep runners replay its stream
+RETIRE_ROWS = 4096  # requests retired at a time, ahead of need: their rows are built under the lock
 
 
 class _UnitBlocks:
@@ -169,14 +181,14 @@ class Server:
         self.t0 = time.perf_counter()
         self.running = False
         self.workers: list[_Worker] = []
-        # the log holds every request (slot == id) and records each hop's confidence as the runner gave it
+        # a live log: it records each hop's confidence and each stage's answer as the runners gave them
         self.core = ServingCore(scenario, policy, self, profiles=profiles, predictions=predictions, seed=seed,
-                                whole_log=True, live_confidence=True, labels=labels,
+                                live_confidence=True, labels=labels, stage_labels=tuple(stage_labels),
                                 stage_predictions=stage_predictions)
-        n = self.core.log.n
-        self.stage_labels = list(stage_labels) or [labels]
-        self.preds: list[list] = [[None] * n for _ in self.core.stage_samples]  # per stage, as it left it
-        self.lag = np.full(n, np.nan)
+        self._retired: deque[dict] = deque()  # chunks the log retired under the lock, not yet streamed
+        self._sinks: tuple = ()  # where they go: the run's spool and the tally
+        self.tally = Tally(keep_values=False)
+        self.requests: RequestTable | None = None  # the finished table, once run
 
     # --- the Executor the core runs on -------------------------------------------------------
     def now(self) -> float:
@@ -211,18 +223,19 @@ class Server:
 
     # --- what replicas report ----------------------------------------------------------------
     def keep_predictions(self, batch: list[int], preds: list, stage: int) -> None:
-        """Under the lock, after the core saw the batch end: the answers of the requests that left
-        the stage here (they ended, or went on to the next stage)."""
+        """Under the lock, after the core saw the batch end: into the log, the answers of the
+        requests that left the stage here (they ended, or went on to the next stage)."""
         log, core = self.core.log, self.core
-        names, stage_of = core.deployment_names, core.stage_of
-        for j, i in enumerate(batch):
-            if log.drop_reason[i] is not None:
+        names, stage_of, mask, answers = core.deployment_names, core.stage_of, log.mask, log.answers[stage]
+        for position, i in enumerate(batch):
+            j = i & mask
+            if log.drop_reason[j] is not None:
                 continue
-            if math.isnan(log.finish_s[i]):
-                now_at = log.hops[log.hop[i]].deployment[i]
+            if math.isnan(log.finish_s[j]):
+                now_at = log.hops[log.hop[j]].deployment[j]
                 if stage_of[names[now_at]] == stage:
                     continue  # a cascade's next hop in this stage answers instead
-            self.preds[stage][i] = preds[j]
+            answers[j] = preds[position]
 
     def fail(self, exc: BaseException) -> None:
         if self._error is None:
@@ -230,9 +243,15 @@ class Server:
         self._failed.set()
 
     # --- running ---------------------------------------------------------------------------
-    def run(self, progress: Callable[[float], None] | None = None) -> pd.DataFrame:
-        core = self.core
-        core.log.ensure_hops(1)
+    def run(self, progress: Callable[[float], None] | None = None, spool_dir=None) -> RequestTable:
+        """Serve the scenario; returns the requests table, on disk (in ``spool_dir``, default the
+        temporary directory; ``to_pandas()`` loads it). ``summary()`` then gives the summary."""
+        core, log = self.core, self.core.log
+        spool = RequestSpool(log.context.arrow_types(), spool_dir)
+        log.sinks = [self._retired.append]  # streamed by the dispatcher once it lets go of the lock
+        self._sinks = (spool.write, self.tally.add)
+        log.ensure_hops(1)
+        log.empty_chunk()  # the first chunk's imports and set-up, before the clock starts
         switch, slack = sys.getswitchinterval(), None
         try:
             slack = set_timer_slack(1)
@@ -257,35 +276,61 @@ class Server:
                 set_timer_slack(slack)
         if self._error is not None:
             raise self._error
-        return self._results()
+        log.retire_all()
+        self._stream()
+        self.requests = spool.close(log.empty_chunk())
+        return self.requests
+
+    def _stream(self) -> None:
+        """Hand the chunks the log retired to the spool and the tally, in order, outside the lock."""
+        while self._retired:
+            chunk = self._retired.popleft()
+            for sink in self._sinks:
+                sink(chunk)
+
+    def summary(self) -> dict:
+        """The run's summary (``traces.summary``) after ``run``: its counts from the tally, the
+        latency and wait distributions read back from the written table."""
+        core, scenario = self.core, self.core.scenario
+        return self.tally.summary(warmup_s=scenario.warmup_s, duration_s=scenario.duration_s,
+                                  deployments=core.deployment_stats(scenario.duration_s),
+                                  price_per_replica_hour=scenario.price_per_replica_hour,
+                                  route_hops=core.route_hops, values_from=self.requests)
 
     def _dispatch(self, progress: Callable[[float], None] | None) -> None:
-        """Each arrival at its scheduled time; ``progress`` gets the schedule's time about once a second."""
-        core = self.core
+        """Each arrival at its scheduled time, its room in the log made before its wait;
+        ``progress`` gets the schedule's time about once a second."""
+        core, log = self.core, self.core.log
         times, t0, arrive = core.arrival_times, self.t0, core.arrive
-        reported = 0.0
+        reported, due = 0.0, min(RETIRE_ROWS, log.limit)
         for i, t in enumerate(times):
+            if i >= due:  # only this thread retires, so only it moves the limit
+                with self.lock:
+                    if i >= log.limit:
+                        log.make_room(i)  # retire what has ended, or grow
+                    else:
+                        log.retire(log.ended_prefix(min(i, log.retired + RETIRE_ROWS)))
+                self._stream()
+                # next when RETIRE_ROWS more may have ended, not at every arrival behind a slow one
+                due = min(log.limit, max(log.retired + RETIRE_ROWS, i + RETIRE_ROWS // 8))
             wait_until(t0 + t, self._failed)
             if self._error is not None:
                 break
             with self.lock:
                 now = time.perf_counter() - t0
-                self.lag[i] = now - t
+                log.dispatch_lag_s[i & log.mask] = now - t
                 arrive(i, now)
             if progress is not None and t - reported >= 1.0:
                 reported = t
                 progress(t)
 
-    def _open(self) -> int:
-        finish = np.frombuffer(self.core.log.finish_s, dtype=np.float64)[:self.core.log.n]
-        return int(np.isnan(finish).sum())
-
     def _drain(self) -> None:
         """Wait until every request finished or was dropped; give up only on a stall."""
         last, since = -1, time.perf_counter()
+        core = self.core
         while self._error is None:
             with self.lock:
-                left = self._open()
+                left = core.log.open_count(core.arrivals_seen)
                 busy = any(d.busy_replicas for d in self.core.deployments)
             if not left:
                 break
@@ -294,40 +339,16 @@ class Server:
             elif time.perf_counter() - since > STALL_S:
                 break
             self._failed.wait(0.05)
-        with self.lock:
-            self.core.log.end_unfinished(max(self.now(), self.core.duration_s))
-
-    def _results(self) -> pd.DataFrame:
-        """The log as a table, with what the runners answered: ``pred`` (the last stage's),
-        ``correct`` (every stage right), a pipeline's ``stage{s}_correct``, and the dispatch lag."""
-        core = self.core
-        n = core.log.n
-        frame = core.log.to_frame()
-        all_right, all_known = np.ones(n, dtype=bool), np.ones(n, dtype=bool)
-        for stage, (preds, labels) in enumerate(zip(self.preds, self.stage_labels)):
-            pred = np.empty(n, dtype=object)
-            for i, p in enumerate(preds):  # element-wise: a prediction may itself be a sequence
-                pred[i] = p
-            known = np.array([p is not None for p in preds], dtype=bool) & (labels is not None)
-            right = np.zeros(n, dtype=bool)
-            if labels is not None:
-                samples = core.stage_samples[stage]
-                for i in np.flatnonzero(known):
-                    right[i] = bool(pred[i] == labels[samples[i]])
-            if core.scenario.stages:
-                frame[f"stage{stage}_correct"] = pd.arrays.BooleanArray(right, ~known)
-            all_right &= right
-            all_known &= known
-        frame["pred"] = pred
-        frame["correct"] = pd.arrays.BooleanArray(all_right & all_known, ~all_known)
-        frame["dispatch_lag_s"] = self.lag
-        return frame
+        if self._error is None:  # then every request has arrived
+            with self.lock:
+                core.log.end_unfinished(max(self.now(), core.duration_s))
 
 
 def serve(scenario: Scenario, policy: Policy, runners: dict[str, Callable[[], BatchRunner]], *, seed: int,
           labels: Sequence | None, profiles: dict[str, LatencyProfile], predictions: PredictionTable | None,
           progress: Callable[[float], None] | None = None) -> tuple[pd.DataFrame, dict]:
-    """Serve ``scenario`` for real; returns (requests frame as sim's + ``dispatch_lag_s``, deployment stats)."""
+    """Serve ``scenario`` for real; returns (the requests table as sim's + ``dispatch_lag_s``, loaded,
+    and the deployment stats)."""
     server = Server(scenario, policy, runners, seed=seed, labels=labels, profiles=profiles, predictions=predictions)
-    frame = server.run(progress)
-    return frame, server.core.deployment_stats(scenario.duration_s)
+    requests = server.run(progress)
+    return requests.to_pandas(), server.core.deployment_stats(scenario.duration_s)

@@ -159,7 +159,7 @@ def test_the_real_server_autoscales_with_the_same_controller():
     server = Server(dataclasses.replace(scenario, seed=2), policies.create("static", {}),
                     parametric_runners(scenario, 2), seed=2, labels=None, profiles=prepared.profiles,
                     predictions=None)
-    requests = server.run()
+    requests = server.run().to_pandas()
     real = seed_timeline(server.core).set_index("time_s")["replicas"]
     _, _, sim_timeline = _simulate_step(raw, seed=2)
     sim = sim_timeline.set_index("time_s")["replicas"]

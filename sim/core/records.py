@@ -8,17 +8,21 @@ columns: request ``i`` sits at slot ``i & mask`` of a capacity that is a power o
 every request from the oldest not yet retired to the newest arrived. When an arrival finds the
 ring full (``limit``), ``make_room`` retires the longest prefix of requests that have all ended
 (finished or dropped), as one table chunk of consecutive ids handed to every sink (the Parquet
-spool, the summary's accumulators); if too few have ended, the ring doubles. A log made with
-``whole=True`` (the real server, whose threads write without a lock) holds every request
-(slot == id) and is turned into one table by ``to_frame``.
+spool, the summary's accumulators); if too few have ended, the ring doubles.
+
+A live log (the real server's, whose context has ``answer_labels``) also records what its runners
+and its clock gave: each hop's confidence, each stage's answer (``answers[stage]``, an object ring
+column per stage, set as a request leaves the stage) and each request's dispatch lag; its ``pred``
+and correctness come from those answers, checked against ``answer_labels``.
 
 The ``requests`` table, one row per arrival: its id, arrival, deadline, sample id and true label
 (null when unknown), route label and hops reached; per hop k the deployment, replica, enqueue,
 start and finish times, batch size and the hop's confidence on the sample (its variant's, from the
 prediction table; the server's runner's own); then retries, finish, latency, whether and why it
 was dropped, its prediction and whether it was correct (the variant it exited at), on time, and
-measured (arrived at or after the warm-up). A hop a request never reached is null in every
-``hop{k}_`` column; replica and batch size are also null where the hop never started service.
+measured (arrived at or after the warm-up); a live log ends with ``dispatch_lag_s``. A hop a
+request never reached is null in every ``hop{k}_`` column; replica and batch size are also null
+where the hop never started service.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ MIN_CAPACITY = 1 << 15   # slots a log starts with (about 0.3 MB a hop)
 _HOP_FIELDS = (("deployment", "q", -1), ("replica", "q", -1), ("enqueue_s", "d", NAN), ("start_s", "d", NAN),
                ("finish_s", "d", NAN), ("batch_size", "q", 0))
 _LOG_FIELDS = (("hop", "q", 0), ("retries", "q", 0), ("finish_s", "d", NAN))
+_LIVE_FIELDS = (("dispatch_lag_s", "d", NAN),)  # a live log's own: how late its arrival was dispatched
 
 
 def _column(typecode: str, default, capacity: int) -> array:
@@ -64,12 +69,16 @@ class TableContext:
     """What turning ring rows into table rows needs besides the rows: names, predictions, labels."""
 
     def __init__(self, deployment_names: list[str], variants: list[str | None], predictions,
-                 warmup_s: float, labels=None, table_outcomes: bool = True, stages=None):
+                 warmup_s: float, labels=None, answer_labels: list | None = None, stages=None):
         """``labels``: true labels in the table's sample order (default: the table's own);
-        ``table_outcomes``: predictions and correctness come from the table (False where the
-        executor records what its runners answered, as the real server does); ``stages``, for a
+        ``answer_labels``, for a live log: per stage, the labels its runners' answers are checked
+        against, in the stage's sample order (None, or missing: unknown); ``stages``, for a
         pipeline: (stage names, each deployment's stage, each stage's prediction table or None)."""
         self.stages = stages
+        if answer_labels is not None:
+            count = len(stages[0]) if stages is not None else 1
+            answer_labels = (list(answer_labels) + [None] * count)[:count]
+        self.answer_labels = answer_labels
         self.names = np.array(list(deployment_names) + [None], dtype=object)  # index -1: no deployment
         self.variants = list(variants)
         self.predictions = predictions
@@ -79,7 +88,7 @@ class TableContext:
         if labels is None and table is not None:
             labels = table.labels
         self.labels = None if labels is None or self.sample_ids is None else np.asarray(labels, dtype=object)
-        self.table_outcomes = table_outcomes and table is not None
+        self.table_outcomes = answer_labels is None and table is not None
 
     def arrow_types(self) -> dict[str, pa.DataType]:
         """Arrow types of the object columns, fixed for every chunk (a chunk of all-null values
@@ -99,6 +108,8 @@ class TableContext:
                 if variant is not None and variant in last.pred:
                     pred = of(last.pred[variant])
                     break
+        if self.answer_labels is not None and self.answer_labels[-1] is not None:
+            pred = of(self.answer_labels[-1])  # a runner answers with its task's labels
         types["pred"] = pred
         return types
 
@@ -106,21 +117,21 @@ class TableContext:
 class RequestLog:
     """Live per-request state in ring columns, retired in order to ``sinks`` (module docstring)."""
 
-    def __init__(self, work, context: TableContext, *, whole: bool = False, live_confidence: bool = False):
+    def __init__(self, work, context: TableContext):
         """``work``: the run's ``sim.core.workload.Workload`` (arrivals, deadline classes, samples)."""
-        self.n = n = work.size
+        self.n = work.size
         self.work = work
         self.context = context
-        self.whole = whole
-        self.live_confidence = live_confidence
+        self.live = live = context.answer_labels is not None  # module docstring
         capacity = MIN_CAPACITY
-        if whole:
-            capacity = 1 << max(0, n - 1).bit_length()
         self.capacity, self.mask = capacity, capacity - 1
-        for name, code, default in _LOG_FIELDS:
+        self._fields = _LOG_FIELDS + (_LIVE_FIELDS if live else ())
+        for name, code, default in self._fields:
             setattr(self, name, _column(code, default, capacity))
         self.route: list = [None] * capacity
         self.drop_reason: list[str | None] = [None] * capacity
+        stages = len(context.stages[0]) if context.stages is not None else 1
+        self.answers: list[list] = [[None] * capacity for _ in range(stages)] if live else []
         self.hops: list[HopColumns] = []
         self.retired = 0                      # requests below this id are in the sinks
         self.limit = capacity                 # the first id with no slot yet
@@ -128,12 +139,12 @@ class RequestLog:
 
     def ensure_hops(self, count: int) -> None:
         while len(self.hops) < count:
-            self.hops.append(HopColumns(self.capacity, self.live_confidence))
+            self.hops.append(HopColumns(self.capacity, self.live))
 
     # --- ring upkeep ---------------------------------------------------------------------------
     def _owned(self):
         """(owner, name, column, default) of every numeric ring column."""
-        fields = [(self, name, getattr(self, name), default) for name, _, default in _LOG_FIELDS]
+        fields = [(self, name, getattr(self, name), default) for name, _, default in self._fields]
         for cols in self.hops:
             fields.extend((cols, name, column, default) for name, column, default in cols.arrays())
         return fields
@@ -156,13 +167,25 @@ class RequestLog:
             out.extend(column[a:b])
         return out
 
+    def _objects(self) -> list[list]:
+        """Every object ring column: route, drop reason, then each stage's answers."""
+        return [self.route, self.drop_reason, *self.answers]
+
+    def _open(self, upto: int) -> np.ndarray:
+        """The ids in [retired, upto) that have not ended (of those with a slot: below ``limit``)."""
+        lo = self.retired
+        return np.flatnonzero(np.isnan(self._take(self.finish_s, self._spans(lo, min(upto, self.limit))))) + lo
+
     def ended_prefix(self, upto: int) -> int:
         """The first id in [retired, upto) that has not ended (``upto`` if all have)."""
-        lo = self.retired
-        if upto <= lo:
-            return lo
-        open_ = np.flatnonzero(np.isnan(self._take(self.finish_s, self._spans(lo, upto))))
-        return lo + int(open_[0]) if open_.size else upto
+        if upto <= self.retired:
+            return self.retired
+        open_ = self._open(upto)
+        return int(open_[0]) if open_.size else upto
+
+    def open_count(self, upto: int) -> int:
+        """How many requests in [retired, upto) have not ended."""
+        return int(self._open(upto).size)
 
     def make_room(self, i: int) -> None:
         """Give request ``i`` (the next arrival) a slot: retire what has ended, or grow."""
@@ -182,11 +205,13 @@ class RequestLog:
             grown = _column(column.typecode, default, capacity)
             np.frombuffer(grown, dtype=_np_type(column))[new] = np.frombuffer(column, dtype=_np_type(column))[old]
             setattr(owner, name, grown)
-        for name in ("route", "drop_reason"):
-            column, grown = getattr(self, name), [None] * capacity
+        moved = []
+        for column in self._objects():
+            grown = [None] * capacity
             for o, g in zip(old.tolist(), new.tolist()):
                 grown[g] = column[o]
-            setattr(self, name, grown)
+            moved.append(grown)
+        self.route, self.drop_reason, *self.answers = moved
         self.capacity, self.mask = capacity, capacity - 1
         self.limit = self.retired + capacity
 
@@ -203,17 +228,15 @@ class RequestLog:
             values = np.frombuffer(column, dtype=_np_type(column))
             for a, b in spans:
                 values[a:b] = default
-        for column in (self.route, self.drop_reason):
+        for column in self._objects():
             for a, b in spans:
                 column[a:b] = [None] * (b - a)
         self.retired = upto
         self.limit = upto + self.capacity
 
     def end_unfinished(self, end_s: float, reason: str = "unfinished") -> list[int]:
-        """Drop every request not yet ended at ``end_s``; returns their ids."""
-        lo = self.retired
-        open_ = np.flatnonzero(np.isnan(self._take(self.finish_s, self._spans(lo, self.n)))) + lo
-        ids = open_.tolist()
+        """Drop every request not yet ended at ``end_s`` (all have arrived); returns their ids."""
+        ids = self._open(self.n).tolist()
         for i in ids:
             j = i & self.mask
             self.drop_reason[j] = reason
@@ -226,12 +249,6 @@ class RequestLog:
     def empty_chunk(self) -> dict:
         """A chunk of no rows with every column (for a run without requests)."""
         return self._rows(self.retired, self.retired, [])
-
-    def to_frame(self) -> pd.DataFrame:
-        """Every request as one table (a ``whole`` log, before anything was retired)."""
-        if self.retired:
-            raise RuntimeError("to_frame after requests were retired")
-        return pd.DataFrame(self._rows(0, self.n, self._spans(0, self.n)))
 
     # --- table rows ----------------------------------------------------------------------------
     def _rows(self, lo: int, hi: int, spans) -> dict:
@@ -289,10 +306,16 @@ class RequestLog:
             from .stage_table import stage_columns
 
             pred, correct = stage_columns(self, frame, lo, hi, spans, hop_deps, dropped)
+        if self.live:
+            from .stage_table import answered_columns
+
+            pred, correct = answered_columns(self, frame, lo, hi, spans)
         frame["pred"] = pred
         frame["correct"] = correct
         frame["hit"] = ~dropped & (latency_ms <= deadline)
         frame["measured"] = arrival >= ctx.warmup_s
+        if self.live:
+            frame["dispatch_lag_s"] = take(self.dispatch_lag_s, spans)
         return frame
 
     def _confidence(self, dep: np.ndarray, sample: np.ndarray) -> np.ndarray:

@@ -45,16 +45,17 @@ class ServingCore(RunState):
 
     def __init__(self, scenario: Scenario, policy: Policy, executor: Executor, *,
                  profiles: dict[str, LatencyProfile], predictions: PredictionTable | None, seed: int,
-                 whole_log: bool = False, live_confidence: bool = False, labels=None, stage_predictions: tuple = ()):
+                 live_confidence: bool = False, labels=None, stage_labels: tuple = (), stage_predictions: tuple = ()):
         """``live_confidence``: cascades exit on the confidences the executor reports with each
-        batch (the real server's runners), not on the prediction table's."""
+        batch (the real server's runners), not on the prediction table's, and the log records its
+        runners' answers, checked against ``stage_labels`` (``sim.core.workload.RunState``)."""
         self.scenario = scenario
         self.policy = policy
         self.executor = executor
         self.duration_s = scenario.duration_s
         self.profiles = profiles
-        RunState.__init__(self, scenario, seed, predictions, whole_log=whole_log, live_confidence=live_confidence,
-                          labels=labels, stage_predictions=stage_predictions)
+        RunState.__init__(self, scenario, seed, predictions, live_confidence=live_confidence, labels=labels,
+                          stage_labels=stage_labels, stage_predictions=stage_predictions)
         self.stages = tuple((s.name, s.deployments) for s in scenario.stages) or (
             ("", tuple(d.name for d in scenario.deployments)),)  # the view's stages: one without [[stages]]
         self.stage_of = stage_index(scenario.stages, [d.name for d in scenario.deployments])

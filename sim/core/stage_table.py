@@ -1,6 +1,9 @@
-"""A pipeline's columns of the requests table, per stage: its sample, the deployment a request
-left it from, the time spent in it, and whether that deployment was right (``sim.core.records``
-calls this for a scenario with ``[[stages]]``)."""
+"""The requests table's outcome columns per stage (``sim.core.records`` calls these).
+
+A pipeline's columns (a scenario with ``[[stages]]``): each stage's sample, the deployment a
+request left it from, the time spent in it, and whether that deployment was right, from the
+bundle's prediction tables. A live log's outcomes (the real server's) come instead from the
+answers its runners gave, per stage, checked against the labels the server was given."""
 
 from __future__ import annotations
 
@@ -63,4 +66,25 @@ def stage_columns(log: "RequestLog", frame: dict, lo: int, hi: int, spans, hop_d
         all_known &= known
         all_right &= right
         pred = stage_pred
+    return pred, pd.arrays.BooleanArray(all_right & all_known, ~all_known)
+
+
+def answered_columns(log: "RequestLog", frame: dict, lo: int, hi: int, spans):
+    """A live log's outcomes, from its runners' answers: ``pred`` is the last stage's, a
+    pipeline's ``stage{s}_correct`` each stage's answer against its label, and ``correct`` that
+    every stage was right (null where an answer or the labels are unknown)."""
+    n, ctx = hi - lo, log.context
+    all_right, all_known = np.ones(n, dtype=bool), np.ones(n, dtype=bool)
+    pred = np.full(n, None, dtype=object)
+    samples = (log.work.sample_index, *log.work.stage_sample_index)  # each stage's, by request
+    for stage, (column, labels) in enumerate(zip(log.answers, ctx.answer_labels)):
+        pred = np.fromiter(log._take_list(column, spans), dtype=object, count=n)  # an answer may be a sequence
+        known = np.array([p is not None for p in pred], dtype=bool) & (labels is not None)
+        right = np.zeros(n, dtype=bool)
+        for row in np.flatnonzero(known).tolist():
+            right[row] = bool(pred[row] == labels[samples[stage][lo + row]])
+        if ctx.stages is not None:
+            frame[f"stage{stage}_correct"] = pd.arrays.BooleanArray(right, ~known)
+        all_right &= right
+        all_known &= known
     return pred, pd.arrays.BooleanArray(all_right & all_known, ~all_known)

@@ -116,9 +116,11 @@ class RunState:
     the policies' ``policies.view.LiveView`` reads the same names from either.
     """
 
-    def __init__(self, scenario: Scenario, seed: int, predictions, *, whole_log: bool = False,
-                 live_confidence: bool = False, labels=None, stage_predictions: tuple = ()):
-        """``stage_predictions``: a pipeline's prediction table per stage (the first is ``predictions``)."""
+    def __init__(self, scenario: Scenario, seed: int, predictions, *, live_confidence: bool = False,
+                 labels=None, stage_labels: tuple = (), stage_predictions: tuple = ()):
+        """``stage_predictions``: a pipeline's prediction table per stage (the first is ``predictions``);
+        ``live_confidence``: the executor reports its runners' confidences and answers, which the
+        log records and checks against ``stage_labels`` (per stage; default ``labels`` for the first)."""
         def usable(table):
             return table if table is not None and table.sample_ids.size else None
 
@@ -143,7 +145,7 @@ class RunState:
         stage_of = stage_index(scenario.stages, [d.name for d in scenario.deployments])
         context = TableContext([d.name for d in scenario.deployments], [d.variant for d in scenario.deployments],
                                self.predictions, scenario.warmup_s, labels=labels,
-                               table_outcomes=not live_confidence,
+                               answer_labels=(list(stage_labels) or [labels]) if live_confidence else None,
                                stages=([s.name for s in scenario.stages], [stage_of[d.name] for d in scenario.deployments],
                                        self.stage_predictions) if scenario.stages else None)
-        self.log = RequestLog(work, context, whole=whole_log, live_confidence=live_confidence)
+        self.log = RequestLog(work, context)
