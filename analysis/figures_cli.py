@@ -7,16 +7,16 @@ A sweep (``simulate sweep --out SWEEP_DIR``: ``results.parquet``, one row per ru
 ``runs/<run id>/`` with each run's output) is read through its axes, and each figure is made when
 the axes it needs vary:
 
-==========================  ==================================  =================================
+==========================  ==================================  =========================================
 figure                      needs                               one file per value of
-==========================  ==================================  =================================
+==========================  ==================================  =========================================
 ``pareto``                  two grid points or more             the workload axes
 ``baseline``                a policy axis and a deadline axis   the other axes
 ``threshold``               an axis named ``*threshold``        the other axes, given a policy axis
 ``workload``                a ``workload``/``load`` axis        the other axes
-``effects``                 ``--protocol``                      each of its metrics
+``effects``                 ``--protocol``                      each of its metrics with a defined test
 ``latency-cdf``             the runs' ``requests.parquet``      every axis but the policy
-==========================  ==================================  =================================
+==========================  ==================================  =========================================
 
 Without a policy axis (e.g. a threshold sweep of one cascade), the other axes' values become the
 series of a figure instead of separate files. A run directory (``simulate run --out DIR``, or one
@@ -246,12 +246,19 @@ def _plan_effects(plan: Plan, sweep: Sweep, protocol_path: str | None) -> None:
     if protocol_path is None:
         plan.skip("effects", "no --protocol given (e.g. --protocol analysis/protocol.toml)")
         return
-    from .plots_sweep import effects_figure, label
+    from .plots_sweep import effects_defined, effects_figure, label
     from .protocol import apply_protocol, load_protocol
 
     protocol = load_protocol(protocol_path)
     effects = apply_protocol(sweep.results, protocol)
     for metric in protocol.metrics:
+        if not effects_defined(effects, metric):
+            rows = effects[effects["metric"] == metric]
+            why = ("every paired difference is 0" if (rows["mean_diff"] == 0).all()
+                   else "no paired difference varies over seeds")
+            plan.skip(f"effects_{safe(metric)}.png", f"every test of {metric} is undefined ({why}), so there "
+                      f"is no interval or significance to draw; `analyse stats` lists its {len(rows)} rows")
+            continue
         plan.add(f"effects_{safe(metric)}.png",
                  f"paired differences in {metric} with 95% intervals ({protocol.source})",
                  lambda metric=metric: effects_figure(effects, metric, f"paired differences: {label(metric)}"))
