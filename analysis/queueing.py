@@ -20,16 +20,9 @@ arrivals (Ca^2 = 1) it is the Pollaczek-Khinchine M/G/1 result, exact again. Pas
 grows without bound: the functions here return ``inf`` there, never a negative number.
 
 A dynamic batcher adds a wait of its own: a batch that opens on an idle replica leaves when
-``b`` requests wait or the first has waited the timeout ``T``, whichever comes first. With Poisson
-arrivals the arrivals after the first in ``[0, t]`` number N(t) ~ Poisson(lambda t) and the batch
-closes at tau = min(T, time of the (b-1)-th of them). The requests of a batch wait, together,
-
-    E[sum of waits] = int_0^T sum_{k=0}^{b-2} (k + 1) P(N(t) = k) dt
-                    = sum_{k=0}^{b-2} (k + 1) P(N(T) >= k + 1) / lambda
-
-(before t, the k arrivals so far and the first request are all still waiting, as long as k <= b - 2),
-and a batch holds E[K] = 1 + sum_{k=1}^{b-1} P(N(T) >= k) requests, so a request waits
-``batch_formation_wait_ms`` = E[sum] / E[K] on average. With no timeout this is (b - 1) / (2 lambda).
+``b`` requests wait or the first has waited the timeout ``T``, whichever comes first; a request
+waits ``batch_formation_wait_ms`` for it on average under Poisson arrivals (derived in
+``traces.batching``, which the policies share; with no timeout this is (b - 1) / (2 lambda)).
 
 **Batching deployments** (``batching_wait``): a replica serves up to ``b`` waiting requests at once,
 so the queue has no single service unit, and no closed form; the estimate splits the Allen-Cunneen
@@ -65,7 +58,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+
+from traces.batching import batch_formation_wait_ms  # derived there, shared with the policies
 
 
 def erlang_c(servers: int, offered_load: float) -> float:
@@ -119,20 +113,6 @@ def squared_cv(values) -> float:
     if x.size < 2 or x.mean() == 0:
         return math.nan
     return float(x.var() / x.mean() ** 2)
-
-
-def batch_formation_wait_ms(rate_rps: float, max_batch_size: int, timeout_ms: float) -> float:
-    """Mean wait (ms) of a request for its batch to close, when the batch opens on an idle replica
-    under Poisson arrivals of ``rate_rps``: the derivation is in the module docstring. 0 for batches
-    of one or no timeout; ``timeout_ms = inf`` waits for full batches."""
-    if max_batch_size <= 1 or timeout_ms <= 0 or rate_rps <= 0:
-        return 0.0
-    mean_arrivals = rate_rps * timeout_ms / 1000.0
-    k = np.arange(max_batch_size - 1)                   # 0 .. b-2
-    reached = stats.poisson.sf(k, mean_arrivals)        # P(N(T) >= k + 1); 1 when T is infinite
-    total_s = float(((k + 1) * reached).sum()) / rate_rps
-    mean_size = 1.0 + float(reached.sum())              # 1 + sum_{k=1}^{b-1} P(N(T) >= k)
-    return 1000.0 * total_s / mean_size
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,17 @@ expected accuracy whose predicted latency fits the time the request has left.
 - Expected accuracy and coverage (the share of requests the first stage answers) of every
   (pair, tau) come from the bundle's per-sample predictions.
 - Load is accounted for at plan time (every ``refresh_s`` of simulated time): with the current
-  arrival rate lambda, an option is *sustainable* when every stage keeps its utilisation under
-  ``max_utilization`` if all traffic took it: lambda on the first stage, (1 - coverage) lambda on
-  the second, each at the batch size its batcher forms at that rate. For each pair only its most
-  accurate sustainable tau is kept; options are sorted by expected accuracy.
+  arrival rate lambda, an option is *sustainable* when every stage keeps its utilisation (the
+  share of its replicas' time kept busy) under ``max_utilization`` if all traffic took it: lambda
+  on the first stage, (1 - coverage) lambda on the second, each at the batch its batcher forms at
+  that rate (``policies.estimates``, from the batcher's rule). The cap is a guard on latency, not
+  on stability: behind a dynamic batcher the queue stays stable up to the capacity at full
+  batches, but the tail grows long before (two ResNet-18 INT8 replicas at 0.7 of that capacity
+  serve a p95 of 3x their p95 service time, with 92% of their time busy); a cap on the
+  full-batch load instead let the planner send them most of 600 requests/s and cost it 4.4 (20 ms)
+  and 2.3 (40 ms) points of on-time accuracy against ``oracle-static`` (``bench/shapes.py``,
+  two-large). For each pair only its most accurate sustainable tau is kept; options are sorted by
+  expected accuracy.
 - A single deployment that is not sustainable for all the traffic stays in the list (``mix``,
   default on) but may only take a request it can start at once: fewer waiting than the batch it
   forms and a replica free. So an accurate model that cannot carry the load still serves what it
@@ -18,10 +25,10 @@ expected accuracy whose predicted latency fits the time the request has left.
   on-time accuracy, level with `infaas`), without building a queue that would make its own
   requests and the cascades' second stages late.
 - Per request, the prediction for a deployment is the profiled p``q`` service time of the batch
-  it forms at the rate this policy has been sending it (stage two counted at its expected share)
-  plus the queueing delay of its current queue (``policies.estimates``); a cascade must fit with
-  both stages (its worst case). The first option that fits wins; when none does, the deployment
-  with the lowest predicted latency. The per-request work is a scan of a short, precomputed list.
+  it forms at the rate this policy has been sending it (stage two counted at its expected share;
+  the batch from the batcher's rule, ``policies.estimates``) plus the queueing delay of its
+  current queue; a cascade must fit with both stages (its worst case). The first option that
+  fits wins; when none does, the deployment with the lowest predicted latency. The per-request work is a scan of a short, precomputed list.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import numpy as np
 from traces.errors import InputError
 
 from .base import Policy, Route
-from .estimates import DeploymentModel, utilization
+from .estimates import DeploymentModel, TrafficMeter, utilization
 from .params import Fraction, NonNegative, Percentile, Positive, Range
 from .registry import register
 
@@ -88,14 +95,17 @@ class Planner(Policy):
                         pair.append(_Option(Route.cascade([fast, slow], [tau]), self._index[fast], self._index[slow],
                                             float(np.where(exits, ok_fast, ok_slow).mean()), float(exits.mean()), tau))
                     self._cascades.append(pair)
-        self._last_s = view.now_s
-        self._routed = [0.0] * len(deps)
+        self._meter = TrafficMeter(len(deps), view.now_s)
         self._replan(view)
 
     def _utilization(self, view, index: int, rate_rps: float) -> float:
-        name = self._models[index].name
-        return utilization(self._models[index].profile, rate_rps, view.replicas(name), view.max_batch_size(name),
-                           view.batch_wait_timeout_ms(name))
+        """At plan time; remembered until the next plan (every cascade's first stage asks at lambda)."""
+        key = (index, rate_rps)
+        if key not in self._busy:
+            model = self._models[index]
+            self._busy[key] = utilization(model.profile, rate_rps, view.replicas(model.name),
+                                          view.max_batch_size(model.name), view.batch_wait_timeout_ms(model.name))
+        return self._busy[key]
 
     def _sustainable(self, view, option: _Option, rate_rps: float) -> bool:
         if self._utilization(view, option.first, rate_rps) > self.max_utilization:
@@ -104,11 +114,10 @@ class Planner(Policy):
 
     def _replan(self, view) -> None:
         now = view.now_s
-        span = now - self._last_s
-        self._last_s = now
         rate = view.arrival_rate_rps(self.rate_window_s) if now > 0 else 0.0
         self.rate_rps = rate
         options = []
+        self._busy: dict[tuple[int, float], float] = {}
         for single in self._singles:
             # a single that cannot carry all the traffic may still take a request it can start at
             # once (no queue, a replica free), so idle capacity of accurate models is not wasted
@@ -123,17 +132,14 @@ class Planner(Policy):
         self._options = options
         # each deployment's batch and service estimate at the rate this policy has been sending it
         # (stage two counted at its expected share); before any traffic, at what the best option would
-        routed = self._routed
-        if span > 0 and sum(routed) > 0:
-            stage_rate = [c / span for c in routed]
-        else:
+        stage_rate = self._meter.take_rates(now)
+        if stage_rate is None:
             stage_rate = [0.0] * len(self._models)
             if options:
                 best = options[0]
                 stage_rate[best.first] = rate
                 if best.second >= 0:
                     stage_rate[best.second] = (1 - best.coverage) * rate
-        self._routed = [0.0] * len(self._models)
         for index, model in enumerate(self._models):
             model.update(view, stage_rate[index])
 
@@ -144,7 +150,7 @@ class Planner(Policy):
     # --- per request -------------------------------------------------------------------------
     def route(self, request, view):
         now = view.now_s
-        if now - self._last_s >= self.refresh_s:
+        if now - self._meter.since_s >= self.refresh_s:
             self._replan(view)
         left = request.deadline_ms - (now - request.arrival_s) * 1000.0
         models = self._models
@@ -166,13 +172,13 @@ class Planner(Policy):
                     second = predicted[j] = models[j].latency_ms(view)
                 total += second
             if total <= left:
-                routed = self._routed
-                routed[i] += 1.0
+                counts = self._meter.counts
+                counts[i] += 1.0
                 if j >= 0:
-                    routed[j] += 1.0 - option.coverage
+                    counts[j] += 1.0 - option.coverage
                 return option.route
         best = min(self._fallback, key=lambda k: predicted[k] if predicted[k] >= 0 else models[k].latency_ms(view))
-        self._routed[best] += 1.0
+        self._meter.counts[best] += 1.0
         return self._singles[best].route
 
     def describe(self) -> list[dict]:

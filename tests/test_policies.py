@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 import policies
@@ -94,6 +96,25 @@ def test_infaas_counts_queueing_delay():
     view = FakeView(deps, two_model_table())
     infaas = make("infaas", view)
     assert infaas.route(request(20), view).label == "slow"  # fast has 41 ms of queue ahead
+
+
+def test_infaas_ranks_cost_by_replica_time_per_request_at_full_batches():
+    # 'flat' takes 5 ms for a batch of any size up to 8 (0.625 ms a request); 'steep' 2 ms for one
+    # request but 2 ms more for each (16 ms for 8: 2 ms a request). The batch-1 latency says 'steep'.
+    deps = {"flat": {"ms": 5.0, "max_batch_size": 8}, "steep": {"ms": 2.0, "per_item_ms": 2.0, "max_batch_size": 8}}
+    view = FakeView(deps, None)
+    assert make("infaas", view).route(request(50), view).label == "flat"
+
+
+def test_infaas_sends_a_deployment_no_more_than_95_percent_of_its_capacity():
+    # 'fast' serves 500 requests/s (2 ms, batches of one): a 0.25 s window may send it 0.95 x 125
+    deps = {"fast": {"ms": 2.0}, "slow": {"ms": 10.0}}
+    view = FakeView(deps, None)
+    infaas = make("infaas", view)
+    routed = [infaas.route(request(100, arrival_s=view.now_s), view).label for _ in range(130)]
+    assert routed.count("fast") == math.ceil(0.95 * 500 * 0.25) and set(routed[119:]) == {"slow"}
+    view.now_s += 0.25  # a new window: 'fast' again
+    assert infaas.route(request(100, arrival_s=view.now_s), view).label == "fast"
 
 
 def test_autotuner_picks_highest_throughput_that_fits():
@@ -249,3 +270,55 @@ def test_declared_ranges_and_their_words():
     at_least = Annotated[int, Range(2)]
     assert describe(at_least) == "an integer >= 2" and matches(2, at_least) and not matches(1, at_least)
     assert not matches(2.0, at_least)
+
+
+# --- degrade around a policy that needs no help, and under overload (simulated) ------------------
+
+STUDY_DEPLOYMENTS = [  # examples/study/base.toml's three deployments
+    {"name": name, "variant": variant, "max_batch_size": 16, "batch_wait_timeout_ms": 1.0}
+    for name, variant in (("small", "cnn-small-kd/fp32/cpu"), ("medium", "mobilenet_v2/int8/cpu"),
+                          ("large", "resnet18/int8/cpu"))]
+
+
+def _study_run(tmp_path, name: str, policy: str, rate_rps: float, deadline_ms: float):
+    """``simulate run`` of the study's deployments for 5 s; (requests.parquet bytes, summary)."""
+    import json
+
+    from sim.cli import main
+
+    lines = [f"duration_s = 5.0\nwarmup_s = 1.0\nseed = 3\n\n[arrivals]\nkind = \"poisson\"\nrate_rps = {rate_rps}\n\n"
+             f"[requests]\ndeadline_ms = {deadline_ms}\n\n[policy]\n{policy}\n"]
+    for d in STUDY_DEPLOYMENTS:
+        lines.append("[[deployments]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in d.items()))
+    scenario = tmp_path / f"{name}.toml"
+    scenario.write_text("\n".join(lines))
+    out = tmp_path / name
+    assert main(["run", str(scenario), "--out", str(out)]) == 0
+    seed = out / "seed-3"
+    return (seed / "requests.parquet").read_bytes(), json.loads((seed / "summary.json").read_text())
+
+
+def test_degrade_overrides_nothing_where_its_inner_policy_meets_every_deadline(tmp_path):
+    alone, alone_summary = _study_run(tmp_path, "planner", 'name = "planner"', 300.0, 40.0)
+    wrapped, summary = _study_run(tmp_path, "degrade", 'name = "degrade"\ninner = "planner"', 300.0, 40.0)
+    assert alone_summary["hit_rate"] == 1.0
+    assert summary["policy"]["overrides"] == {}
+    assert wrapped == alone
+
+
+def test_degrade_spreads_its_step_downs_over_the_deployments_that_can_take_them(tmp_path):
+    import pandas as pd
+
+    _, summary = _study_run(tmp_path, "degrade", 'name = "degrade"\ninner = "static-large"', 600.0, 20.0)
+    requests = pd.read_parquet(tmp_path / "degrade" / "seed-3" / "requests.parquet")
+    stepped = requests.loc[requests["route"] != "large", "route"].value_counts()
+    assert summary["policy"]["overrides"]["step_down"] == stepped.sum() > 1000
+    assert len(stepped) == 2 and stepped.min() > 0.1 * stepped.sum(), stepped  # both small and medium, neither alone
+
+
+def test_degrade_keeps_what_its_inner_planner_predicted_to_fit():
+    view = FakeView(FAST_SLOW, two_model_table(), rate_rps=20.0)
+    degrade = make("degrade", view, inner="planner")
+    for deadline in (5, 15, 30):
+        assert degrade.route(request(deadline), view).label == make("planner", view).route(request(deadline), view).label
+    assert degrade.report()["overrides"] == {}
