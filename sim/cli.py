@@ -19,6 +19,7 @@ from sim.core.prepare import Prepared
 from traces.scenario import load_scenario, parse_seeds
 from traces.summary import legend, summary_table
 
+from .cluster import CONNECT_TIMEOUT_S
 from .runner import first_route, prepare, run_seeds
 
 BUNDLED_DATA = Path(__file__).resolve().parents[1] / "traces" / "data"
@@ -140,7 +141,7 @@ def cmd_sweep(args) -> int:
     from .sweep import run_sweep
 
     frame = run_sweep(args.sweep, args.out, executor=args.executor, workers=args.workers, address=args.address,
-                      force=args.force, progress=True)
+                      force=args.force, progress=True, connect_timeout_s=args.connect_timeout)
     print(f"{len(frame)} runs; results in {Path(args.out) / 'results.parquet'}")
     axes = [a for a in frame.attrs.get("axes", []) if a != "seed"]
     shown = [c for c in ("hit_rate", "accuracy", "ontime_accuracy", "latency_ms.p99") if c in frame.columns]
@@ -180,7 +181,9 @@ warns (on stderr, exit status still 0) where the offered load exceeds what a dep
   simulate sweep examples/study/study.toml --out runs/study
   simulate sweep examples/study/study.toml --out runs/study --workers 2     # again: resumes
   simulate sweep examples/study/study.toml --out runs/study --force         # after an edit: reuses matching runs
-  simulate sweep examples/study/study.toml --out runs/study --executor ray --address auto""",
+  simulate sweep examples/study/study.toml --out runs/study --executor ray --workers 2  # a private Ray instance
+  simulate sweep examples/study/study.toml --out runs/study --executor ray --address auto      # a running cluster
+  simulate sweep examples/study/study.toml --out runs/study --executor ray --address 10.0.0.5:6379""",
     "list": """examples:
   simulate list
   simulate list my-bundles/ runs/                    # bundles (directories with bundle.json) found there""",
@@ -208,11 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--force", action="store_true",
                        help="replace an --out holding a different sweep (its finished runs that match are reused)")
     sweep.add_argument("--executor", choices=("local", "ray"), default="local",
-                       help="local worker processes (default) or a Ray cluster (needs the 'dist' extra)")
+                       help="local worker processes (default) or Ray (needs the 'dist' extra): without --address "
+                       "a private Ray instance started here, loopback only, that never joins a running cluster")
     sweep.add_argument("--workers", type=int,
-                       help="local worker processes, or the CPUs of a private Ray instance (default: all cores)")
-    sweep.add_argument("--address", help="with --executor ray: the address of an existing Ray cluster "
-                       "(default: a private local instance of its own)")
+                       help="local worker processes, or the CPUs of the private Ray instance (default: all cores)")
+    sweep.add_argument("--address", help="with --executor ray: join the Ray cluster at HOST:PORT (what `ray status` "
+                       "prints on its head), or 'auto' for one running on this machine; its nodes need Ray and the "
+                       "project's dependencies, nothing shared (docs/sweeps.md)")
+    sweep.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S, metavar="SECONDS",
+                       help="give up on a cluster that does not answer within this many seconds "
+                       f"(default {CONNECT_TIMEOUT_S:g})")
     sweep.set_defaults(func=cmd_sweep)
     listing = _sub("list", "list bundles, their variants, and the policies")
     listing.add_argument("bundles", nargs="*", help="directories to search (default: the bundled traces)")

@@ -14,8 +14,11 @@ infaas = { "policy" = { name = "infaas", accuracy_floor = 0.9 } }
 ```
 Each run writes ``runs/<run id>/`` (the run output) and one row of ``results.parquet`` (the axis
 values plus every summary metric, flattened). Local processes by default; ``--executor ray`` runs
-the same tasks on a Ray cluster (a private, loopback-only one unless ``--address`` names one).
-Results do not depend on the executor: every run is seeded by its own seed axis value.
+the same tasks on Ray (a private, loopback-only instance unless ``--address`` names a cluster).
+Results do not depend on the executor: every run is seeded by its own seed axis value. The driver
+resolves every path a run reads (bundles, a replayed trace, the bundled default bundle) to an
+absolute one before any run starts, so where a worker runs, or from which directory, changes
+nothing.
 
 Why run ids are content hashes: a sweep resumed after its base scenario changed used to return the
 old results. A run's id is now a hash of what decides its result: the axis point, the seed, the
@@ -55,6 +58,7 @@ import pandas as pd
 
 from traces.checks import reject_unknown, table
 from traces.errors import InputError
+from traces.arrivals import Replay
 from traces.outputs import MARKER, atomic_output, check_target, sweep_leftovers, write_marker
 from sim.core.prepare import bundled_bundle_for
 from traces.runoutput import write_run
@@ -62,6 +66,7 @@ from traces.scenario import Scenario, read_toml, scenario_from_dict, set_path
 from traces.summary import flatten
 from traces.tables import find_table
 
+from .cluster import CONNECT_TIMEOUT_S
 from .workers import Executor
 
 RECORD = "sweep.json"
@@ -73,10 +78,11 @@ ID_HEX = 16                      # run and sweep ids: the first 16 hex digits of
 class Task:
     run_id: str
     point: dict            # axis name -> value label
-    raw: dict              # the scenario, overrides applied
+    raw: dict              # the scenario, overrides applied, every path it reads absolute
     base_dir: str
     seed: int
     sweep: str = ""        # the sweep file, to name it in errors raised while running
+    inputs: tuple[str, ...] = ()  # the bundle directories and trace files the run reads (absolute)
 
 
 def _label(value) -> str:
@@ -132,11 +138,13 @@ class ContentHashes:
         measured = [d.variant for d in scenario.deployments if d.variant is not None]
         if not measured:
             return None
-        if scenario.bundle is not None:
-            return scenario.bundle
-        if measured[0] not in self._defaults:
-            self._defaults[measured[0]] = bundled_bundle_for(measured[0])
-        return self._defaults[measured[0]]
+        return scenario.bundle if scenario.bundle is not None else self.bundled(measured[0])
+
+    def bundled(self, variant: str) -> Path | None:
+        """The bundled bundle that measured ``variant`` (``sim.core.prepare.bundled_bundle_for``)."""
+        if variant not in self._defaults:
+            self._defaults[variant] = bundled_bundle_for(variant)
+        return self._defaults[variant]
 
     def run_id(self, scenario: Scenario, point: dict) -> str:
         """The id of the run of ``scenario`` at ``point`` (axis labels and the seed)."""
@@ -224,9 +232,34 @@ def expand(path: str | Path) -> list[Task]:
             ids = [hashes.run_id(scenario, {**point, "seed": seed}) for seed in seeds]
         except InputError as exc:
             raise InputError(f"{path}: point {point}: {exc.where}", exc.problem) from None
+        raw, inputs = absolute_paths(raw, scenario, hashes)
         for seed, run_id in zip(seeds, ids):
-            tasks.append(Task(run_id, {**point, "seed": seed}, raw, str(base_path.parent), seed, str(path)))
+            tasks.append(Task(run_id, {**point, "seed": seed}, raw, str(base_path.parent.resolve()), seed, str(path),
+                              inputs))
     return tasks
+
+
+def absolute_paths(raw: dict, scenario: Scenario, hashes: ContentHashes) -> tuple[dict, tuple[str, ...]]:
+    """``raw`` with every path in it absolute and the bundled default bundle named, and the paths
+    the run reads. Relative paths would otherwise resolve against the working directory of whatever
+    process runs the scenario (on Ray: wherever ``ray start`` was run), and the bundled default
+    against that process's copy of the project."""
+    raw, inputs = copy.deepcopy(raw), []
+
+    def absolute(path: Path, read: bool = True) -> str:
+        inputs.extend([str(Path(path).resolve())] if read else [])
+        return str(Path(path).resolve())
+
+    shared = [d for d in scenario.deployments if d.variant is not None and d.bundle is None]
+    bundle = scenario.bundle if scenario.bundle is not None or not shared else hashes.bundled(shared[0].variant)
+    if bundle is not None:
+        raw["bundle"] = absolute(bundle, read=bool(shared))
+    for entry, deployment in zip(raw.get("deployments") or [], scenario.deployments):
+        if deployment.bundle is not None:
+            entry["bundle"] = absolute(deployment.bundle, read=deployment.variant is not None)
+    if isinstance(scenario.arrivals, Replay):
+        raw["arrivals"]["path"] = absolute(scenario.arrivals.path)
+    return raw, tuple(dict.fromkeys(inputs))
 
 
 def sweep_identity(tasks: list[Task]) -> str:
@@ -241,17 +274,25 @@ def _set(raw: dict, key: str, value, where: str) -> None:
         set_path(raw, key, value, where=f"{where}: {key}")
 
 
-def run_task(task: Task, runs_dir: str) -> str:
-    """Run one grid point (in a worker) and write its run output ``runs_dir/<run id>``."""
-    from .runner import prepare, run_once
+def compute(task: Task, prepare: Callable | None = None):
+    """One run of a grid point: ``(config, requests, summary)``, the parts of its run output.
+    ``prepare`` checks the scenario against its bundle (default ``sim.runner.prepare``; a Ray worker
+    passes one that remembers it for the point's other seeds)."""
+    from . import runner
 
     try:
         scenario = scenario_from_dict(task.raw, base_dir=Path(task.base_dir))
-        config, requests, summary = run_once(prepare(scenario), task.seed)
-        summary["point"] = task.point
-        write_run(Path(runs_dir) / task.run_id, config, requests, summary, force=True)
+        config, requests, summary = runner.run_once((prepare or runner.prepare)(scenario), task.seed)
     except InputError as exc:
         raise InputError(f"{task.sweep}: point {task.point}: {exc.where}", exc.problem) from None
+    summary["point"] = task.point
+    return config, requests, summary
+
+
+def run_task(task: Task, runs_dir: str) -> str:
+    """Run one grid point (in a local worker) and write its run output ``runs_dir/<run id>``."""
+    config, requests, summary = compute(task)
+    write_run(Path(runs_dir) / task.run_id, config, requests, summary, force=True)
     return task.run_id
 
 
@@ -267,12 +308,20 @@ def _stderr(line: str) -> None:
 
 def run_sweep(path: str | Path, out: str | Path, *, executor: str = "local", workers: int | None = None,
               address: str | None = None, progress: bool = False, force: bool = False,
-              log: Callable[[str], None] = _stderr) -> pd.DataFrame:
-    """Run (or resume) a sweep into ``out``; returns the results table, also in ``out/results.parquet``."""
+              connect_timeout_s: float = CONNECT_TIMEOUT_S, log: Callable[[str], None] = _stderr) -> pd.DataFrame:
+    """Run (or resume) a sweep into ``out``; returns the results table, also in ``out/results.parquet``.
+    ``executor="ray"``: on a private local Ray instance of ``workers`` CPUs, or on the cluster at
+    ``address`` (``"auto"``: one running on this machine)."""
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise InputError("--workers", f"must be an integer >= 1, got {workers}")
     if executor not in ("local", "ray"):
         raise InputError("--executor", f"must be local or ray, got {executor!r}")
+    if address is not None and executor != "ray":
+        raise InputError("--address", "names a Ray cluster; it needs --executor ray (local processes take no address)")
+    if address is not None and workers is not None:
+        raise InputError("--workers", "sets the CPUs of a private Ray instance; a cluster at --address has its own")
+    if not connect_timeout_s > 0:
+        raise InputError("--connect-timeout", f"must be a number of seconds > 0, got {connect_timeout_s}")
     tasks = expand(path)
     record = {"identity": sweep_identity(tasks), "runs": len(tasks), "sweep": str(Path(path).resolve())}
     # a file, the cwd, the home directory, a stranger's directory, or (without --force) another
@@ -280,7 +329,7 @@ def run_sweep(path: str | Path, out: str | Path, *, executor: str = "local", wor
     out = check_target(out, force=force, resume="sweep")
     sweep_leftovers(out)
     previous = _read_record(out)
-    execute = Executor(executor, workers, address, progress)
+    execute = Executor(executor, workers, address, progress, connect_timeout_s=connect_timeout_s, log=log)
     resumed = out.is_dir() and any(p.name != MARKER for p in out.iterdir())
     if resumed and previous.get("identity") != record["identity"]:
         if not force:
@@ -289,14 +338,17 @@ def run_sweep(path: str | Path, out: str | Path, *, executor: str = "local", wor
                    f"not this sweep {record['sweep']} (identity {record['identity']})")
             raise InputError(str(out), f"holds {_describe(previous)}, {now}; pass --force to replace it "
                              "(finished runs that still match are kept), or choose another --out")
-        log(f"replacing {_describe(previous)} in {out} with sweep {record['sweep']}")
-        with atomic_output(out, force=True, kind="sweep") as staging:
-            _link_runs(out / "runs", staging / "runs")
-            return _build(staging, record, tasks, execute, log, resumed=True)
-    out.mkdir(parents=True, exist_ok=True)
-    if not resumed:
-        write_marker(out, "sweep")
-    return _build(out, record, tasks, execute, log, resumed=resumed)
+    needed = any(not (out / "runs" / t.run_id / "summary.json").is_file() for t in tasks)
+    with execute.session(needed):  # connected to Ray (or refused) before anything is written
+        if resumed and previous.get("identity") != record["identity"]:
+            log(f"replacing {_describe(previous)} in {out} with sweep {record['sweep']}")
+            with atomic_output(out, force=True, kind="sweep") as staging:
+                _link_runs(out / "runs", staging / "runs")
+                return _build(staging, record, tasks, execute, log, resumed=True)
+        out.mkdir(parents=True, exist_ok=True)
+        if not resumed:
+            write_marker(out, "sweep")
+        return _build(out, record, tasks, execute, log, resumed=resumed)
 
 
 def _read_record(out: Path) -> dict:

@@ -1,9 +1,13 @@
 """Sweeps: grid expansion, parallel and serial runs agree, resumption, bounds, and Ray; run ids
 follow content, stale or foreign outputs are refused, resumes are byte-identical, workers die with
-the driver, and errors raised in workers reach the user as one line."""
+the driver, and errors raised in workers reach the user as one line. Every path a run reads is made
+absolute by the driver, and a batch of runs on shipped copies of its inputs (what a Ray worker does,
+here without Ray or the driver's files) writes the same run outputs as local workers. A real
+cluster: tests/test_ray_cluster.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -21,7 +25,9 @@ import pytest
 
 import sim.sweep
 from sim.cli import main
-from sim.sweep import expand, run_sweep, sweep_identity
+from sim.core.prepare import BUNDLED
+from sim.sweep import expand, run_sweep, run_task, sweep_identity
+from sim.workers import Shipment, run_batch
 from traces.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,6 +119,8 @@ def test_ray_and_local_agree(sweep_file, tmp_path, monkeypatch, capsys):
     # a cluster address in the environment must not be joined (nothing listens there): the
     # sweep starts a private, loopback-only instance of its own
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    (tmp_path / "node-tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "node-tmp"))  # the workers' copies of the inputs go here
     path = sweep_file
     path.write_text(SWEEP.format(extra="").replace("seeds = [1, 2]", "seeds = [3]"))
     local = run_sweep(path, tmp_path / "local", workers=1)
@@ -409,3 +417,61 @@ def test_watchdog_ends_a_worker_whose_parent_died():
 def test_study_sweep_expands(shared_data):
     tasks = expand(REPO / "examples" / "study" / "study.toml")
     assert len(tasks) == 540 and len({t.run_id for t in tasks}) == 540
+
+
+def test_driver_resolves_every_path_and_names_the_default_bundle(sweep_file, tmp_path):
+    base = tmp_path / "base.toml"
+    base.write_text(base.read_text().replace('kind = "poisson"\nrate_rps = 60.0', 'kind = "replay"\npath = "trace.txt"'))
+    (tmp_path / "trace.txt").write_text(" ".join(["60"] * 10) + "\n")
+    task = expand(sweep_file)[0]
+    assert task.raw["arrivals"]["path"] == str((tmp_path / "trace.txt").resolve())
+    assert task.inputs == (str((tmp_path / "tiny").resolve()), str((tmp_path / "trace.txt").resolve()))
+    assert Path(task.base_dir).is_absolute()
+    demo = tmp_path / "demo.toml"   # no bundle key: the bundled bundle with its variants, named
+    demo.write_text((REPO / "examples" / "demo.toml").read_text())
+    sweep_file.write_text(SMALL.replace('base = "base.toml"', 'base = "demo.toml"'))
+    task = expand(sweep_file)[0]
+    assert task.raw["bundle"] == str(BUNDLED / "digits-cpu") and task.inputs == (str(BUNDLED / "digits-cpu"),)
+
+
+def test_a_batch_on_shipped_inputs_writes_what_local_workers_write(sweep_file, tmp_path, monkeypatch):
+    """What a Ray worker does, without Ray: the inputs shipped as bytes, the driver's files gone."""
+    base = tmp_path / "base.toml"
+    base.write_text(base.read_text().replace('kind = "poisson"\nrate_rps = 60.0', 'kind = "replay"\npath = "trace.txt"')
+                    .replace("duration_s = 6.0", "duration_s = 4.0"))
+    (tmp_path / "trace.txt").write_text(" ".join(["60"] * 10) + "\n")
+    tasks = expand(sweep_file)[:4]   # two grid points, two seeds each
+    local = tmp_path / "local"
+    for task in tasks:
+        run_task(task, str(local))
+    shipped = {path: (Shipment.read(path).digest, Shipment.read(path)) for path in tasks[0].inputs}
+    (tmp_path / "tiny").rename(tmp_path / "elsewhere")   # the worker cannot read the driver's files
+    (tmp_path / "trace.txt").unlink()
+    node = tmp_path / "node"
+    node.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(node))
+    results = run_batch(tasks, shipped, fetch=lambda shipment: shipment)
+    assert [r.run_id for r in results] == [t.run_id for t in tasks]
+    for result in results:
+        result.write(tmp_path / "ray" / result.run_id)
+        for name in ("config.json", "requests.parquet", "summary.json"):
+            assert (tmp_path / "ray" / result.run_id / name).read_bytes() == (local / result.run_id / name).read_bytes()
+    # an error inside the batch names the driver's bundle, not the node's copy of it
+    wrong = dataclasses.replace(tasks[0], raw={**tasks[0].raw, "deployments": [
+        {**tasks[0].raw["deployments"][0], "variant": "nope/int8/cpu"}, tasks[0].raw["deployments"][1]]})
+    with pytest.raises(InputError, match="'nope/int8/cpu' is not in bundle " + str(tmp_path / "tiny")) as caught:
+        run_batch([wrong], shipped, fetch=lambda shipment: shipment)
+    assert str(node) not in str(caught.value)
+
+
+def test_ray_options_are_checked_before_anything_runs(sweep_file, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    cases = [(["--address", "127.0.0.1:6379"], "--address: names a Ray cluster; it needs --executor ray"),
+             (["--executor", "ray", "--address", "127.0.0.1:6379", "--workers", "2"], "--workers: sets the CPUs"),
+             (["--executor", "ray", "--connect-timeout", "0"], "--connect-timeout: must be a number of seconds > 0"),
+             (["--executor", "ray", "--address", "nowhere"], "--address nowhere: expected host:port")]
+    for options, line in cases:
+        assert main(["sweep", str(sweep_file), "--out", out, *options]) == 2
+        err = capsys.readouterr().err
+        assert _one_error_line(err, line) and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
