@@ -116,7 +116,8 @@ class ContentHashes:
         return self._files[key]
 
     def bundle(self, path: Path) -> str:
-        """bundle.json and the service and predictions tables, as ``TraceBundle.load`` finds them."""
+        """bundle.json and the service, predictions and startup tables, as ``TraceBundle.load``
+        finds them (a new replica's cold start is drawn from the startup table)."""
         key = Path(path).resolve()
         if key not in self._bundles:
             if not (key / "bundle.json").is_file():
@@ -130,6 +131,12 @@ class ContentHashes:
                 pass  # a latency-only bundle
             else:
                 parts[predictions.name] = self.file(predictions)
+            try:
+                startup = find_table(key, "startup")
+            except InputError:
+                pass  # no start-up times measured
+            else:
+                parts[startup.name] = self.file(startup)
             self._bundles[key] = _digest(parts)
         return self._bundles[key]
 

@@ -214,6 +214,19 @@ def test_a_deployments_own_bundle_counts_by_contents_not_path(sweep_file, tmp_pa
     assert not set(ids) & {t.run_id for t in expand(sweeps[1])}
 
 
+def test_a_bundles_startup_table_is_part_of_the_id(sweep_file, tmp_path, tiny_bundle):
+    """A new replica's cold start is drawn from the bundle's startup table: editing it must not
+    reuse the runs made with the old one."""
+    sweep = _copy_study(tmp_path, tmp_path / "a", tiny_bundle)
+    bundle = sweep.parent / "tiny"
+    without = [t.run_id for t in expand(sweep)]
+    startup = bundle / "startup.csv"
+    startup.write_text("variant,startup_s\nslow/fp32/cpu,2.0\nslow/fp32/cpu,2.5\n")
+    first = [t.run_id for t in expand(sweep)]
+    startup.write_text("variant,startup_s\nslow/fp32/cpu,4.0\nslow/fp32/cpu,4.5\n")
+    assert not set(first) & {t.run_id for t in expand(sweep)} and not set(without) & set(first)
+
+
 def test_replayed_trace_contents_are_part_of_the_id(sweep_file, tmp_path):
     trace = tmp_path / "trace.txt"
     trace.write_text(" ".join(["60"] * 10) + "\n")
