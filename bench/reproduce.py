@@ -4,7 +4,9 @@
     python bench/reproduce.py --dry-run # print the commands, run nothing
     python bench/reproduce.py --only figures,stats   # some steps (their sweeps must be on disk)
 
-It runs the sweeps (into ``runs/``, resumable: a second call reuses every finished run) and then
+It runs the sweeps (into ``runs/``, resumable: a second call reuses every finished run; with
+``--force``, so a sweep whose scenario or data changed is rebuilt, keeping the runs that still
+match, and only ever over a sweep of ours) and then
 the ``analyse`` commands that turn them into the published tables (``docs/results/``) and figures
 (``docs/figures/``), each through the command a user would type, so every number published comes
 from a command in the repository. Each output is written atomically and replaces only an earlier
@@ -47,11 +49,11 @@ def steps() -> list[Step]:
     simulate, analyse = _tool("simulate"), _tool("analyse")
     study = "runs/study/results.parquet"
     return [
-        Step("study", "the policy study: 540 runs", (simulate, "sweep", "examples/study/study.toml", "--out", "runs/study")),
+        Step("study", "the policy study: 540 runs", (simulate, "sweep", "examples/study/study.toml", "--out", "runs/study", "--force")),
         Step("threshold", "cascade-threshold sweep: 80 runs",
-             (simulate, "sweep", "examples/threshold/threshold.toml", "--out", "runs/threshold")),
+             (simulate, "sweep", "examples/threshold/threshold.toml", "--out", "runs/threshold", "--force")),
         Step("ablation", "one-factor-at-a-time ablation",
-             (simulate, "sweep", "examples/ablation/digits.toml", "--out", "runs/ablation")),
+             (simulate, "sweep", "examples/ablation/digits.toml", "--out", "runs/ablation", "--force")),
         Step("tables", "the study tables (docs/results/study.md)",
              (sys.executable, "-m", "analysis.study", study, "--overall",
               "--pivot", "ontime_accuracy", "--pivot", "hit_rate",
