@@ -23,7 +23,10 @@ The report has a Markdown table per factor (the base's means over its seeds, the
 each level) and an overview: the largest effect of each factor on each metric, the largest of all
 in bold. ``--out DIR`` writes ``ablation.md``, ``ablation.csv`` (one row per factor, level and
 metric) and ``ablation-FACTOR.png`` per factor (each level's effect on the five metrics with its
-interval, the base at zero), whole or not at all (``traces.outputs.atomic_output``).
+interval, the base at zero), whole or not at all (``traces.outputs.atomic_output``). A level is
+called better or worse where its 95% interval excludes zero, one interval at a time: over many
+levels x metrics a few such verdicts are chance, which the report says (no correction for multiple
+comparisons here; ``analyse stats`` makes corrected claims).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from traces.errors import InputError
 from .compare import METRICS as COMPARE_METRICS, Metric
 from .runs import markdown_table
 from .stats import Interval, PairedDifference, mean_interval, paired_difference
-from .study import read_results, sweep_axes
+from .study import read_results, runs_by_seed, select_where, sweep_axes
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -83,7 +86,8 @@ class Effect:
 
     @property
     def verdict(self) -> str:
-        """better / worse where the 95% interval of the difference excludes zero, else unclear."""
+        """better / worse where the 95% interval of the difference excludes zero, else unclear (one
+        interval at a time: not adjusted for the many levels x metrics of an ablation)."""
         interval = self.difference.difference
         if not math.isfinite(interval.half_width) or abs(interval.mean) <= interval.half_width:
             return "unclear"
@@ -123,13 +127,7 @@ def select_runs(frame: pd.DataFrame, axis: str, where: list[str], source: str) -
     axes = sweep_axes(frame)
     if axis not in frame:
         raise InputError(f"--axis {axis}", f"is not a column of {source}; its axes are {axes}")
-    for item in where:
-        name, sep, value = item.partition("=")
-        if not sep or name not in axes or name == axis:
-            raise InputError(f"--where {item}", f"expected AXIS=VALUE with AXIS one of {[a for a in axes if a != axis]}")
-        frame = frame[frame[name].astype(str) == value]
-        if frame.empty:
-            raise InputError(f"--where {item}", f"no runs have {name} = {value!r}")
+    frame = select_where(frame, where, source, columns=[a for a in axes if a != axis])
     for other in axes:
         values = list(dict.fromkeys(frame[other].astype(str)))
         if other != axis and len(values) > 1:
@@ -145,14 +143,6 @@ def select_runs(frame: pd.DataFrame, axis: str, where: list[str], source: str) -
     return frame
 
 
-def _by_seed(runs: pd.DataFrame, label: str, source: str) -> pd.DataFrame:
-    twice = runs["seed"][runs["seed"].duplicated()]
-    if not twice.empty:
-        raise InputError(source, f"variation {label!r} has seed {int(twice.iloc[0])} more than once; "
-                         "expected one run per variation and seed")
-    return runs.set_index("seed")
-
-
 def ablation_effects(frame: pd.DataFrame, axis: str = "variation", base: str = "base",
                      source: str = "results") -> Ablation:
     """The paired effect of every ``FACTOR=LEVEL`` value of ``axis`` on every metric against ``base``."""
@@ -163,10 +153,10 @@ def ablation_effects(frame: pd.DataFrame, axis: str = "variation", base: str = "
     parsed = {label: parse_variation(label) for label in labels if label != base}
     if not parsed:
         raise InputError(source, f"the {axis} axis has only the base {base!r}; expected FACTOR=LEVEL variations too")
-    base_runs = _by_seed(frame[frame[axis].astype(str) == base], base, source)
+    base_runs = runs_by_seed(frame[frame[axis].astype(str) == base], f"variation {base!r}", source)
     effects = []
     for label, (factor, level) in parsed.items():
-        runs = _by_seed(frame[frame[axis].astype(str) == label], label, source)
+        runs = runs_by_seed(frame[frame[axis].astype(str) == label], f"variation {label!r}", source)
         seeds = sorted(set(runs.index) & set(base_runs.index))
         for metric in METRICS:
             a, b = runs.loc[seeds, metric.key].to_numpy(), base_runs.loc[seeds, metric.key].to_numpy()
@@ -220,6 +210,9 @@ def report(ablation: Ablation) -> str:
              "(level − base), ± the 95% Student-t half-width, then on how many seeds it came out higher/lower "
              "and the paired t-test's p. Higher is better for hit rate and both accuracies, lower for p99 "
              "latency and cost.", "",
+             "Better/worse (the figures' colours, ablation.csv's verdict) means that level's 95% interval "
+             "excludes 0, unadjusted for multiple comparisons: over this many levels x metrics, a few such "
+             "verdicts are expected by chance alone.", "",
              "Largest mean effect of each factor (the level in brackets; the largest per metric in bold):", "",
              overview_table(ablation), ""]
     for factor in ablation.factors():
@@ -312,8 +305,7 @@ def run(args) -> int:
     frame = select_runs(read_results(results), args.axis, args.where, str(results))
     ablation = ablation_effects(frame, args.axis, args.base, str(results))
     text = report(ablation)
-    print(text, end="")
-    if args.out:
+    if args.out:  # everything is built and written before anything is printed
         from .figures import save_figure
 
         figures = {f"ablation-{factor}.png": factor_figure(ablation, factor) for factor in ablation.factors()}
@@ -322,5 +314,7 @@ def run(args) -> int:
             effects_frame(ablation).to_csv(staging / "ablation.csv", index=False)
             for name, figure in figures.items():
                 save_figure(figure, staging / name)
+    print(text, end="")
+    if args.out:
         print(f"wrote {args.out}/ (ablation.md, ablation.csv, {', '.join(figures)})")
     return 0

@@ -13,8 +13,10 @@ are left out and named.
 
 ``--out DIR`` also writes ``compare.md`` (the same Markdown) and ``latency_cdf.png``: the empirical
 CDFs of the latency of the completed measured requests of A and of B, each pooled over the paired
-seeds, with the deadline marked when every request of both runs has the same one. The directory
-appears whole or not at all; an earlier report of ours is replaced only with ``--force``.
+seeds (``plots_runs.seeds_latencies``, as ``analyse figures`` reads them), with the deadline
+marked when every measured request of both runs has the same one. The directory
+appears whole or not at all, before the report is printed; an earlier report of ours is replaced
+only with ``--force``.
 """
 
 from __future__ import annotations
@@ -105,27 +107,15 @@ def report(pairs: list[tuple[SeedRun, SeedRun]], names: tuple[str, str], note: s
     return "\n".join(lines)
 
 
-def completed_latencies_ms(runs: list[SeedRun]) -> tuple[np.ndarray, np.ndarray]:
-    """The latencies of the completed measured requests of ``runs``, pooled, and every measured
-    request's deadline (to tell whether they share one)."""
-    latencies, deadlines = [], []
-    for run in runs:
-        frame = run.read_requests(["measured", "dropped", "latency_ms", "deadline_ms"])
-        measured = frame["measured"].to_numpy(dtype=bool)
-        done = measured & ~frame["dropped"].to_numpy(dtype=bool)
-        latencies.append(frame["latency_ms"].to_numpy(dtype=np.float64)[done])
-        deadlines.append(frame["deadline_ms"].to_numpy(dtype=np.float64)[measured])
-    return np.concatenate(latencies), np.concatenate(deadlines)
-
-
 def latency_figure(pairs: list[tuple[SeedRun, SeedRun]], names: tuple[str, str]):
-    """CDFs of A's and B's completed latencies, pooled over the paired seeds."""
+    """CDFs of A's and B's measured, completed latencies (``plots_runs.seeds_latencies``), pooled
+    over the paired seeds, with the deadline marked when every measured request of both has the same one."""
     from .figures import latency_cdf_figure
+    from .plots_runs import seeds_latencies
 
-    lat_a, dl_a = completed_latencies_ms([a for a, _ in pairs])
-    lat_b, dl_b = completed_latencies_ms([b for _, b in pairs])
-    deadlines = np.unique(np.concatenate([dl_a, dl_b]))
-    deadline = float(deadlines[0]) if deadlines.size == 1 else None
+    lat_a, deadline_a = seeds_latencies([a for a, _ in pairs])
+    lat_b, deadline_b = seeds_latencies([b for _, b in pairs])
+    deadline = deadline_a if deadline_a == deadline_b else None
     labels = _labels(names)
     seeds = ", ".join(str(a.seed) for a, _ in pairs)
     title = f"latency of completed requests (seed{'s' if len(pairs) > 1 else ''} {seeds})"
@@ -153,14 +143,15 @@ def run(args) -> int:
     names = (args.run_a, args.run_b)
     runs_a, runs_b = read_run(args.run_a), read_run(args.run_b)
     pairs = pair_by_seed(runs_a, runs_b, f"{args.run_a} and {args.run_b}")
-    text = report(pairs, names, unpaired_note(runs_a, runs_b, names))
-    print(text, end="")
-    if args.out:
+    text = report(pairs, names, unpaired_note([r.seed for r in runs_a], [r.seed for r in runs_b], names))
+    if args.out:  # everything is built before anything is written, and written before it is printed
         from .figures import save_figure
 
         figure = latency_figure(pairs, names)
         with atomic_output(args.out, force=args.force, kind="report") as staging:
             (staging / "compare.md").write_text(text)
             save_figure(figure, staging / "latency_cdf.png")
+    print(text, end="")
+    if args.out:
         print(f"wrote {args.out}/ (compare.md, latency_cdf.png)")
     return 0

@@ -11,14 +11,17 @@ dropped, or completed late) gets exactly one cause, the first of these that appl
 1. ``fault`` (lost to a fault): dropped because its replica crashed (``replica_failed``), or sent
    back to the queue by a crash (``retries > 0``) and then dropped or late. The crash comes first
    because it is the root cause: the wait or the expiry that followed is its consequence.
-2. ``rejected``: refused by a full queue (``queue_full``, at arrival or when a cascade passed it
+2. ``unfinished`` (unfinished at the end): still queued or in service when the run ended
+   (``drop_reason`` ``unfinished``), e.g. stranded in a queue whose replicas an outage took.
+   Nothing refused it, so it is not a rejection: the run ended before it was served.
+3. ``rejected``: refused by a full queue (``queue_full``, at arrival or when a cascade passed it
    on) or by the policy (``rejected``, ``shed`` or any other reason the policy gives).
-3. ``expired`` (expired in queue): dropped when its batch formed after its deadline
+4. ``expired`` (expired in queue): dropped when its batch formed after its deadline
    (``drop_expired``).
-4. ``queued`` (queued too long): completed late, and its time not in service (latency minus the
+5. ``queued`` (queued too long): completed late, and its time not in service (latency minus the
    service time of every hop: queueing and waiting for a batch to fill) is at least its time in
    service.
-5. ``served`` (served too slowly): completed late, mostly in service.
+6. ``served`` (served too slowly): completed late, mostly in service.
 
 For each cause: how many, their share of the measured arrivals, and how late the completed ones
 were (median, p95 and max of latency - deadline). For a pipeline, the late requests are also
@@ -54,6 +57,7 @@ EXAMPLES = """examples:
 
 CAUSES = (  # in order of precedence: a miss takes the first that applies
     ("fault", "lost to a fault", "dropped as replica_failed, or retried after a crash and then dropped or late"),
+    ("unfinished", "unfinished at the end", "still queued or in service when the run ended (unfinished)"),
     ("rejected", "rejected", "refused by a full queue (queue_full) or by the policy (rejected, shed, ...)"),
     ("expired", "expired in queue", "dropped when its batch formed after its deadline (drop_expired)"),
     ("queued", "queued too long", "completed late; time not in service >= time in service"),
@@ -127,6 +131,7 @@ def classify(requests: pd.DataFrame, stage_names: Sequence[str] | None = None) -
     wait = latency - service
 
     conditions = [(reason == "replica_failed") | retried,
+                  dropped & (reason == "unfinished"),
                   dropped & (reason != "expired"),
                   dropped & (reason == "expired"),
                   ~dropped & (wait >= service - TIE_MS),
@@ -300,16 +305,17 @@ def run(args) -> int:
     if args.versus:
         other = read_run(args.versus)
         pairs = pair_by_seed(first, other, f"--versus {args.versus}")
-        note = unpaired_note(first, other, (args.run, args.versus))
+        note = unpaired_note([r.seed for r in first], [r.seed for r in other], (args.run, args.versus))
         b = run_misses(args.versus, [pb for _, pb in pairs])
         a = result if len(pairs) == len(first) else run_misses(args.run, [pa for pa, _ in pairs])
         text += "\n" + versus_report(a, b, note) + "\n" + run_report(b)
         tables.append(b.misses.assign(run=args.versus))
-    print(text, end="")
-    if args.out:
+    if args.out:  # written before anything is printed
+        table = pd.concat(tables, ignore_index=True)[["run", "seed", *MISS_COLUMNS]]
         with atomic_output(args.out, force=args.force, kind="report") as staging:
             (staging / "misses.md").write_text(text)
-            table = pd.concat(tables, ignore_index=True)
-            table[["run", "seed", *MISS_COLUMNS]].to_csv(staging / "misses.csv", index=False)
+            table.to_csv(staging / "misses.csv", index=False)
+    print(text, end="")
+    if args.out:
         print(f"wrote {args.out}/ (misses.md, misses.csv)")
     return 0

@@ -7,7 +7,8 @@ A sweep's results table (``simulate sweep``) has one row per run. Here a *point*
 (every axis value except the seed) with each objective averaged over its seeds. ``--by`` names the
 column that sorts points into groups (methods; default the ``policy`` axis), so the points of one
 policy are its settings across the other axes (deadlines, workloads, loads). ``--where`` keeps only
-the rows where a column has a value, e.g. one workload, before anything is averaged.
+the rows where a column has a value, e.g. one workload, before anything is averaged
+(``analysis.study.select_where``: ``requests.deadline_ms=10`` matches the label ``"10.0"``).
 
 The report (Markdown): every point, with its group and whether it is on the front of all points;
 each group's hypervolume against one reference point shared by all groups (``--reference``, or by
@@ -97,34 +98,15 @@ def parse_reference(text: str, objectives: list[Objective]) -> np.ndarray:
     return np.array(values)
 
 
-def _column(frame: pd.DataFrame, column: str, option: str, results: str) -> None:
-    if column not in frame:
-        raise InputError(option, f"{column!r} is not a column of {results} (columns: {', '.join(frame.columns)})")
+def _column(frame: pd.DataFrame, column: str, option: str, results: str, numeric: bool = False) -> None:
+    """``InputError`` unless ``column`` is one of ``frame``'s, in one short line: the nearest columns
+    (difflib), else a few of the numeric metric columns (``numeric``) or of all columns."""
+    if column in frame:
+        return
+    from .study import column_hint, metric_columns
 
-
-def select(frame: pd.DataFrame, where: list[str], results: str) -> pd.DataFrame:
-    """The rows where every ``COLUMN=VALUE`` holds: a numeric column compares as a number, any
-    other as text (a sweep's axis values are stored as their labels, e.g. ``"20.0"``)."""
-    import numpy as np
-    import pandas as pd
-
-    keep = pd.Series(True, index=frame.index)
-    for item in where:
-        column, sep, value = item.partition("=")
-        if not sep or not column:
-            raise InputError(f"--where {item}", "expected COLUMN=VALUE")
-        _column(frame, column, f"--where {item}", results)
-        if pd.api.types.is_numeric_dtype(frame[column]):
-            try:
-                keep &= np.isclose(frame[column].astype(float), float(value), rtol=1e-12, atol=0.0)
-            except ValueError:
-                raise InputError(f"--where {item}", f"column {column!r} holds numbers; {value!r} is not one") from None
-        else:
-            keep &= frame[column].astype(str) == value
-    chosen = frame[keep]
-    if chosen.empty:
-        raise InputError(f"--where {' '.join(where)}", f"selects no rows of {results}")
-    return chosen
+    hint = column_hint(column, metric_columns(frame) if numeric else list(frame.columns))
+    raise InputError(option, f"{column!r} is not a column of {results}; {hint}")
 
 
 def grid_points(frame: pd.DataFrame, objectives: list[Objective], by: str, results: str) -> pd.DataFrame:
@@ -136,7 +118,7 @@ def grid_points(frame: pd.DataFrame, objectives: list[Objective], by: str, resul
     _column(frame, by, f"--by {by}", results)
     columns = [o.column for o in objectives]
     for column in columns:
-        _column(frame, column, f"--objectives {column}", results)
+        _column(frame, column, f"--objectives {column}", results, numeric=True)
         if not pd.api.types.is_numeric_dtype(frame[column]) or pd.api.types.is_bool_dtype(frame[column]):
             raise InputError(f"--objectives {column}", f"column {column!r} of {results} is not numeric")
     missing = frame[columns].isna().any(axis=1)
@@ -145,8 +127,9 @@ def grid_points(frame: pd.DataFrame, objectives: list[Objective], by: str, resul
         name = row["run_id"] if "run_id" in frame else f"row {frame.index[missing][0]}"
         empty = ", ".join(c for c in columns if pd.isna(row[c]))
         raise InputError(f"{results} run {name}", f"has no value (NaN) for {empty}; leave such runs out with --where")
-    from .study import sweep_axes
+    from .study import check_one_run_per_seed, sweep_axes
 
+    check_one_run_per_seed(frame, results)
     keys = [by] + [a for a in sweep_axes(frame) if a != by]
     grouped = frame.groupby(keys, sort=False, dropna=False)
     points = grouped[columns].mean()
@@ -242,13 +225,13 @@ def report(points: pd.DataFrame, objectives: list[Objective], by: str, reference
 def run(args) -> int:
     from traces.outputs import atomic_file, check_file_target
 
-    from .study import read_results
+    from .study import read_results, select_where
 
     if args.out:  # checked before the results are read
         check_file_target(args.out, force=args.force, marker_line=REPORT_MARKER)
     objectives = parse_objectives(args.objectives)
     reference = None if args.reference is None else parse_reference(args.reference, objectives)
-    frame = select(read_results(args.results), args.where, args.results)
+    frame = select_where(read_results(args.results), args.where, args.results)
     points = grid_points(frame, objectives, args.by, args.results)
     header = f"Pareto analysis of {args.results}" + (f", where {', '.join(args.where)}" if args.where else "") + "."
     text = report(points, objectives, args.by, reference, header)

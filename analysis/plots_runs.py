@@ -8,7 +8,8 @@ arriving in each bin. The warm-up, whose requests the summary leaves out, is sha
 
 ``measured_latencies`` picks what a latency CDF should show: the requests that count (arrived in
 the measurement window) and were completed; a dropped request has no latency, and its miss is in
-the hit rate, not in the CDF.
+the hit rate, not in the CDF. ``seeds_latencies`` pools them over seeds, with the deadline to mark
+when the measured requests share one.
 """
 
 from __future__ import annotations
@@ -42,12 +43,14 @@ def measured_latencies(requests: pd.DataFrame) -> np.ndarray:
 
 def seeds_latencies(runs: Sequence["SeedRun"]) -> tuple[np.ndarray, float | None]:
     """The measured, completed latencies of several seeds pooled, and the deadline (ms) when every
-    request of them had the same one (else None)."""
+    measured request of them had the same one (else None): the one reader of latency CDFs, for
+    ``analyse figures`` and ``analyse compare`` alike."""
     parts, deadlines = [], set()
     for run in runs:
         requests = run.read_requests(LATENCY_COLUMNS)
         parts.append(measured_latencies(requests))
-        deadlines.update(np.unique(requests["deadline_ms"].dropna().to_numpy(dtype=np.float64)).tolist())
+        measured = requests.loc[requests["measured"].to_numpy(dtype=bool), "deadline_ms"]
+        deadlines.update(np.unique(measured.dropna().to_numpy(dtype=np.float64)).tolist())
     pooled = np.concatenate(parts) if parts else np.zeros(0)
     return pooled, (deadlines.pop() if len(deadlines) == 1 else None)
 

@@ -165,11 +165,10 @@ def accuracy_difference(bundle: TraceBundle, variant: str, reference: str, level
     paired = paired_difference(mine, theirs, level)
     gained, lost = paired.wins, paired.losses
     p_value = float(mcnemar([[0, gained], [lost, 0]], exact=True).pvalue) if gained + lost else 1.0
-    interval = paired.difference
-    half = 0.0 if np.isnan(interval.half_width) else interval.half_width
-    return {"accuracy_diff": interval.mean, "accuracy_diff_low": interval.mean - half,
-            "accuracy_diff_high": interval.mean + half, "gained": gained, "lost": lost, "p_mcnemar": p_value,
-            "paired_samples": int(common.size)}
+    interval = paired.difference  # one paired sample has no interval: its bounds stay NaN, not zero-wide
+    return {"accuracy_diff": interval.mean, "accuracy_diff_low": interval.mean - interval.half_width,
+            "accuracy_diff_high": interval.mean + interval.half_width, "gained": gained, "lost": lost,
+            "p_mcnemar": p_value, "paired_samples": int(common.size)}
 
 
 def cost_table(bundle: TraceBundle, batch_sizes: Sequence[int] = COST_BATCH_SIZES) -> pd.DataFrame:

@@ -30,7 +30,8 @@ from traces.checks import reject_unknown, text
 from traces.errors import InputError
 from traces.scenario import read_toml
 
-from .study import sweep_axes
+from .runs import unpaired_note
+from .study import runs_by_seed, sweep_axes
 from .stats import PairedTests, holm, paired_tests
 
 __all__ = ["COLUMNS", "Protocol", "Comparison", "load_protocol", "paired_tests", "holm", "apply_protocol",
@@ -182,15 +183,6 @@ def _check(frame: pd.DataFrame, protocol: Protocol) -> None:
                                  f"no runs of {name!r}; the {protocol.policy_axis} axis has {known}")
 
 
-def _side(group: pd.DataFrame, policy_axis: str, policy: str, label: str) -> pd.DataFrame:
-    runs = group[group[policy_axis] == policy]
-    twice = runs["seed"][runs["seed"].duplicated()]
-    if not twice.empty:
-        raise InputError(f"results {label or 'table'}", f"{policy!r} has seed {twice.iloc[0]} more than once; "
-                         "expected one run per seed and grid point")
-    return runs.set_index("seed")
-
-
 def protocol_tests(frame: pd.DataFrame, protocol: Protocol) -> list[Comparison]:
     """Every (metric, comparison, group) of the protocol, primary metric first, with its paired tests."""
     _check(frame, protocol)
@@ -203,22 +195,17 @@ def protocol_tests(frame: pd.DataFrame, protocol: Protocol) -> list[Comparison]:
         for a, b in protocol.comparisons:
             for key, group in groups:
                 label = group_label(axes, key)
-                left = _side(group, protocol.policy_axis, a, label)
-                right = _side(group, protocol.policy_axis, b, label)
+                where = f"results {label or 'table'}"
+                left = runs_by_seed(group[group[protocol.policy_axis] == a], repr(a), where)
+                right = runs_by_seed(group[group[protocol.policy_axis] == b], repr(b), where)
                 seeds = left.index.intersection(right.index).sort_values()
                 tests = paired_tests(left.loc[seeds, metric], right.loc[seeds, metric], protocol.alpha,
                                      protocol.power_target)
-                unpaired = _unpaired_note(left.index, right.index, a, b)
+                unpaired = unpaired_note(left.index, right.index, (a, b))
                 if unpaired:
                     tests = PairedTests(**{**asdict(tests), "notes": (unpaired, *tests.notes)})
                 out.append(Comparison(metric, a, b, label, tests))
     return out
-
-
-def _unpaired_note(left: pd.Index, right: pd.Index, a: str, b: str) -> str:
-    parts = [f"only {name} has seed(s) {sorted(only)}" for name, only in
-             ((a, set(left) - set(right)), (b, set(right) - set(left))) if only]
-    return "; ".join(parts) + " (left out)" if parts else ""
 
 
 def tests_frame(comparisons: list[Comparison], protocol: Protocol) -> pd.DataFrame:

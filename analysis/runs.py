@@ -20,7 +20,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import pandas as pd
 
@@ -129,12 +129,13 @@ def pair_by_seed(a: list[SeedRun], b: list[SeedRun], where: str) -> list[tuple[S
     return pairs
 
 
-def unpaired_note(a: list[SeedRun], b: list[SeedRun], names: tuple[str, str]) -> str:
-    """A sentence naming the seeds only one of the runs has (left out of a paired comparison), or ''."""
-    seeds_a, seeds_b = {r.seed for r in a}, {r.seed for r in b}
+def unpaired_note(a: Iterable[int], b: Iterable[int], names: tuple[str, str]) -> str:
+    """A sentence naming the seeds only one side has (left out of a paired comparison), or ''.
+    ``a`` and ``b`` are the two sides' seeds (e.g. ``[r.seed for r in runs]``)."""
+    seeds_a, seeds_b = {int(s) for s in a}, {int(s) for s in b}
     parts = [f"only in {name}: {sorted(only)}" for name, only in zip(names, (seeds_a - seeds_b, seeds_b - seeds_a))
              if only]
-    return f"Seeds left out (not in both runs): {'; '.join(parts)}." if parts else ""
+    return f"Seeds left out of the pairing: {'; '.join(parts)}." if parts else ""
 
 
 def add_out_arguments(parser, files: str) -> None:

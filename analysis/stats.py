@@ -11,8 +11,18 @@ Shapiro-Wilk (are the differences normal enough for the t-test?) and Levene (do 
 vary alike?); and the power of the t-test at the observed d_z, with the seeds a study would need to
 detect an effect of that size. Power computed from the observed effect is a function of the
 p-value and no evidence of its own; the seeds needed are what it is for, to plan the next study.
-A case where a test is undefined (too few pairs, no variance) gives NaN and a note, never an error
-or a stream of warnings. ``holm`` adjusts a family of p-values for multiple comparisons.
+A case where a test is undefined (too few pairs, no difference on any seed, Shapiro-Wilk without
+spread) gives NaN and a note, never an error or a stream of warnings. ``holm`` adjusts a family of
+p-values for multiple comparisons.
+
+Both ``paired_difference`` and ``paired_tests`` compute the differences one way
+(``paired_differences``: pairs with a NaN left out, rounded to 12 significant digits of the
+largest value, so that float noise such as 0.3 - (0.1 + 0.2) is neither a gap nor a spread) and
+take the t-test's p-value from one function (``t_test``), with one rule where the differences do
+not vary. The same non-zero gap on every seed gives t = ±inf and p = 0 (scipy's answer, and the
+only one consistent with the zero-width interval that excludes 0: a deterministic gap, such as the
+cost of two fixed configurations, is certain); no gap on any seed gives NaN (0 / 0: no test
+applies, and ``holm`` leaves it out of the family).
 """
 
 from __future__ import annotations
@@ -42,13 +52,16 @@ class Interval:
 
 
 def mean_interval(values, level: float = 0.95) -> Interval:
-    """Student-t interval of the mean of ``values`` (nan values are left out)."""
+    """Student-t interval of the mean of ``values`` (nan values are left out); equal values have a
+    zero-width interval at their value."""
     x = np.asarray(values, dtype=np.float64)
     x = x[np.isfinite(x)]
     if x.size == 0:
         return Interval(math.nan, math.nan, 0)
     if x.size == 1:
         return Interval(float(x[0]), math.nan, 1)
+    if np.ptp(x) == 0:  # exactly: the float mean and deviation of equal values need not be x[0] and 0
+        return Interval(float(x[0]), 0.0, int(x.size))
     half = stats.t.ppf(0.5 + level / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
     return Interval(float(x.mean()), float(half), int(x.size))
 
@@ -63,20 +76,44 @@ class PairedDifference:
     losses: int    # pairs where a < b
 
 
-def paired_difference(a, b, level: float = 0.95) -> PairedDifference:
-    """Paired comparison of two equally long sequences (one value per seed each)."""
+DIFFERENCE_DIGITS = 12  # differences are rounded to 12 significant digits, so 0.3 - 0.1 ties 0.2 - 0.0
+
+
+def paired_differences(a, b) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``a`` and ``b`` (paired by position, one sequence each) without the pairs holding a NaN, and
+    their differences ``a - b`` rounded to ``DIFFERENCE_DIGITS`` significant digits of the largest
+    absolute value of either. ``ValueError`` for sequences of different shapes."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"paired values must match in length, got {a.size} and {b.size}")
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired values must be two sequences of one length, got {a.shape} and {b.shape}")
     keep = np.isfinite(a) & np.isfinite(b)
-    d = a[keep] - b[keep]
+    a, b = a[keep], b[keep]
+    scale = float(np.max(np.abs(np.concatenate([a, b])), initial=0.0))
+    d = a - b
+    if scale > 0:
+        d = np.round(d, DIFFERENCE_DIGITS - int(math.ceil(math.log10(scale))))
+    return a, b, d
+
+
+def t_test(d: np.ndarray) -> tuple[float, float]:
+    """The paired t-test of the differences ``d`` against 0: (t, two-sided p), scipy's
+    ``ttest_1samp``. Fewer than 2 differences: NaN. No spread: t = ±inf and p = 0 for the same
+    non-zero gap on every seed, NaN when every difference is 0 (the module docstring says why)."""
     if d.size < 2:
-        p = math.nan
-    elif np.ptp(d) == 0:  # no spread: identical runs (p = 1), or the same non-zero gap every time (p = 0)
-        p = 1.0 if d[0] == 0 else 0.0
-    else:
-        p = float(stats.ttest_1samp(d, 0.0).pvalue)
-    return PairedDifference(mean_interval(d, level), p, int((d > 0).sum()), int((d < 0).sum()))
+        return math.nan, math.nan
+    if np.ptp(d) == 0:
+        return (math.copysign(math.inf, d[0]), 0.0) if d[0] != 0 else (math.nan, math.nan)
+    result = stats.ttest_1samp(d, 0.0)
+    return float(result.statistic), float(result.pvalue)
+
+
+def paired_difference(a, b, level: float = 0.95) -> PairedDifference:
+    """Paired comparison of two equally long sequences (one value per seed each): the mean of the
+    differences (``paired_differences``: NaN pairs left out, rounded) with its Student-t interval,
+    the t-test's p (``t_test``: 0 for the same non-zero gap on every seed, NaN for none), wins and
+    losses."""
+    _, _, d = paired_differences(a, b)
+    return PairedDifference(mean_interval(d, level), t_test(d)[1], int((d > 0).sum()), int((d < 0).sum()))
 
 
 # --- the tests of one paired sample, as a pre-declared protocol reports them (analysis.protocol) ---
@@ -90,20 +127,20 @@ EFFECT_LABELS = ((0.2, "negligible"), (0.5, "small"), (0.8, "medium"), (math.inf
 # pairs with them: exact for the handful of seeds a study has, asymptotic only beyond.
 WILCOXON = {"zero_method": "wilcox", "method": "auto"}
 FEW_SEEDS = 10        # seeds needed for power: tried one by one up to here, solved for beyond
-DIFFERENCE_DIGITS = 12  # differences are rounded to 12 significant digits, so 0.3 - 0.1 ties 0.2 - 0.0
 
 
 def effect_label(d: float) -> str:
     """Cohen's label for a standardised effect ``d``: negligible, small, medium or large (by |d|)."""
     if math.isnan(d):
         return "n/a"
-    return next(label for bound, label in EFFECT_LABELS if abs(d) < bound)
+    return next((label for bound, label in EFFECT_LABELS if abs(d) < bound), EFFECT_LABELS[-1][1])
 
 
 @dataclass(frozen=True)
 class PairedTests:
-    """Every test of one paired sample (a and b per seed). NaN where a test is undefined, and
-    ``notes`` says why (too few pairs, no variance, a library warning)."""
+    """Every test of one paired sample (a and b per seed). NaN where a test is undefined (too few
+    pairs, no gap on any seed, a library warning), t and d_z ±inf where every seed shows the same
+    gap (``t_test``); ``notes`` says which."""
 
     n: int
     mean_a: float
@@ -111,7 +148,7 @@ class PairedTests:
     mean_diff: float          # mean of a - b
     ci_low: float             # Student-t interval of the mean difference at level 1 - alpha
     ci_high: float
-    t_stat: float             # paired t-test (scipy.stats.ttest_rel), two-sided
+    t_stat: float             # paired t-test (``t_test``), two-sided
     p_t: float
     w_stat: float             # Wilcoxon signed-rank (scipy.stats.wilcoxon, ``WILCOXON``), two-sided
     p_wilcoxon: float
@@ -124,32 +161,24 @@ class PairedTests:
     notes: tuple[str, ...] = ()
 
 
-def _rounded(d: np.ndarray, scale: float) -> np.ndarray:
-    if scale == 0:
-        return d
-    return np.round(d, DIFFERENCE_DIGITS - int(math.ceil(math.log10(scale))))
-
-
 def paired_tests(a, b, alpha: float = 0.05, power_target: float = 0.8) -> PairedTests:
-    """All tests of ``a`` against ``b``, paired by position; pairs with a NaN on either side are left out."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired values must be two sequences of one length, got {a.shape} and {b.shape}")
-    keep = np.isfinite(a) & np.isfinite(b)
-    a, b = a[keep], b[keep]
+    """All tests of ``a`` against ``b``, paired by position; pairs with a NaN on either side are left
+    out, and the differences are rounded (``paired_differences``). The same non-zero gap on every
+    seed has t = ±inf, p = 0, d_z = ±inf, power 1 at 2 seeds (the limits; ``t_test``); no gap on
+    any seed leaves every test NaN."""
+    total = np.asarray(a).size
+    a, b, d = paired_differences(a, b)
     notes: list[str] = []
-    if not keep.all():
-        notes.append(f"{int((~keep).sum())} pair(s) with a missing value left out")
-    scale = float(np.max(np.abs(np.concatenate([a, b])), initial=0.0))
-    d = _rounded(a - b, scale)
+    if d.size < total:
+        notes.append(f"{total - d.size} pair(s) with a missing value left out")
     n = int(d.size)
     spread = n >= 2 and np.ptp(d) > 0
     interval = mean_interval(d, 1 - alpha)
     with warnings.catch_warnings(record=True) as caught, np.errstate(all="ignore"):
         warnings.simplefilter("always")
-        t_stat, p_t = _t_test(a, b, n, spread, notes)
+        t_stat, p_t = _t_test(d, notes)
         w_stat, p_w = _wilcoxon(d, notes)
-        dz = float(d.mean() / d.std(ddof=1)) if spread else math.nan
+        dz = float(d.mean() / d.std(ddof=1)) if spread else t_stat  # the limit, like t: ±inf or NaN
         shapiro_p = _shapiro(d, spread, notes)
         levene_p = _levene(a, b, notes)
         power, seeds = _power(dz, n, alpha, power_target, notes)
@@ -165,15 +194,14 @@ def _mean(x: np.ndarray) -> float:
     return float(x.mean()) if x.size else math.nan
 
 
-def _t_test(a: np.ndarray, b: np.ndarray, n: int, spread: bool, notes: list[str]) -> tuple[float, float]:
-    if n < 2:
-        notes.append(f"paired t-test, d_z and power need 2 pairs, have {n}")
-        return math.nan, math.nan
-    if not spread:
-        notes.append("the differences have no variance: paired t-test, d_z, power and Shapiro-Wilk undefined")
-        return math.nan, math.nan
-    result = stats.ttest_rel(a, b)
-    return float(result.statistic), float(result.pvalue)
+def _t_test(d: np.ndarray, notes: list[str]) -> tuple[float, float]:
+    """``t_test``, with a note where it is undefined or at its limit (no gap at all: one note later)."""
+    if d.size < 2:
+        notes.append(f"paired t-test, d_z and power need 2 pairs, have {d.size}")
+    elif np.ptp(d) == 0 and np.any(d):
+        notes.append("the same difference on every seed (no variance): t and d_z are infinite, p = 0, power 1; "
+                     "Shapiro-Wilk undefined")
+    return t_test(d)
 
 
 def _wilcoxon(d: np.ndarray, notes: list[str]) -> tuple[float, float]:
@@ -215,6 +243,8 @@ def _power(dz: float, n: int, alpha: float, target: float, notes: list[str]) -> 
     fails for the huge effects that need only a few seeds, hence the small ones are tried first)."""
     if math.isnan(dz):
         return math.nan, math.nan
+    if math.isinf(dz):  # the limits: any test of 2 or more seeds rejects an infinite effect
+        return 1.0, 2.0
     from statsmodels.stats.power import TTestPower
 
     power = TTestPower()

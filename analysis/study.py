@@ -7,6 +7,12 @@ comparisons of two policies, as Markdown.
 Rows are grouped by every axis of the sweep except the policy axis and the seed (for the study:
 workload and deadline); within a group there is one row per policy, in the sweep's order.
 
+This module also holds what every analysis of a results table shares: ``read_results`` (which
+refuses a table with two runs of one grid point and seed: every statistic here assumes one run
+per seed, and a table of two sweeps appended would otherwise be averaged or paired silently),
+``sweep_axes``, ``runs_by_seed`` (one policy's runs indexed by seed, for every paired comparison)
+and ``select_where`` (``--where COLUMN=VALUE``).
+
 ``--out`` writes the same Markdown under a first line that marks it as ours (``REPORT_MARKER``),
 atomically (``traces.outputs.atomic_file``): a report of ours is replaced only with ``--force``,
 any other file never.
@@ -15,10 +21,13 @@ any other file never.
 from __future__ import annotations
 
 import argparse
+import difflib
 import math
 import sys
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
 from traces.cli import run_command, version_text
@@ -44,6 +53,85 @@ def read_results(path: str | Path) -> pd.DataFrame:
     for column in ("seed",) + tuple(m for m, _, _ in METRICS):
         if column not in frame:
             raise InputError(f"{path} column {column!r}", "is missing; expected a `simulate sweep` results table")
+    check_one_run_per_seed(frame, str(path))
+    return frame
+
+
+def check_one_run_per_seed(frame: pd.DataFrame, source: str) -> None:
+    """``InputError`` naming the axis values and the seed of the first grid point that has more
+    than one run on one seed (the axes are ``sweep_axes``)."""
+    keys = [*sweep_axes(frame), "seed"]
+    sizes = frame.groupby(keys, sort=False, dropna=False).size()
+    twice = sizes[sizes > 1]
+    if not twice.empty:
+        key = twice.index[0] if isinstance(twice.index[0], tuple) else (twice.index[0],)
+        point = "".join(f"{axis}={value}, " for axis, value in zip(keys, key[:-1]))
+        raise InputError(source, f"has {int(twice.iloc[0])} runs of {point}seed {key[-1]}; expected one run per "
+                         "grid point and seed (a sweep's results.parquet)")
+
+
+def runs_by_seed(runs: pd.DataFrame, what: str, where: str) -> pd.DataFrame:
+    """``runs`` (one policy's, in one group) indexed by seed, for pairing with another's on the same
+    seeds; ``InputError(where, ...)`` naming ``what`` and the seed when a seed occurs twice."""
+    twice = runs["seed"][runs["seed"].duplicated()]
+    if not twice.empty:
+        raise InputError(where, f"{what} has seed {twice.iloc[0]} more than once; expected one run per grid "
+                         "point and seed")
+    return runs.set_index("seed")
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """The numeric (not boolean) columns of a results table other than its axes, seed and run id."""
+    skip = {*sweep_axes(frame), *NOT_AXES}
+    return [c for c in frame.columns if c not in skip and pd.api.types.is_numeric_dtype(frame[c])
+            and not pd.api.types.is_bool_dtype(frame[c])]
+
+
+def column_hint(name: str, candidates: Sequence[str]) -> str:
+    """A short phrase for an unknown column ``name``: the nearest of ``candidates`` (difflib, or
+    those containing it), else the first few of them."""
+    candidates = [str(c) for c in candidates]
+    close = list(dict.fromkeys([*difflib.get_close_matches(name, candidates, n=3, cutoff=0.6),
+                                *(c for c in candidates if name.lower() in c.lower())]))[:3]
+    if close:
+        return f"did you mean {' or '.join(close)}?"
+    shown = ", ".join(candidates[:6])
+    return f"it has {shown}" + (f", ... ({len(candidates)} in all)" if len(candidates) > 6 else "")
+
+
+def _value_matches(column: pd.Series, value: str) -> pd.Series:
+    """Where ``column`` equals ``value``: as numbers where both read as one (``"10"`` matches
+    ``"10.0"`` and ``10.0``), else as text."""
+    matches = column.astype(str) == value
+    try:
+        number = float(value)
+    except ValueError:
+        return matches
+    if pd.api.types.is_bool_dtype(column):
+        return matches
+    cells = pd.to_numeric(column, errors="coerce").to_numpy(dtype=float)
+    return matches | pd.Series(np.isclose(cells, number, rtol=1e-12, atol=0.0), index=column.index)
+
+
+def select_where(frame: pd.DataFrame, items: Sequence[str], source: str,
+                 columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The rows of ``frame`` where every ``COLUMN=VALUE`` of ``items`` holds (``_value_matches``),
+    ``COLUMN`` one of ``columns`` (default: any column). ``InputError`` for a malformed item, an
+    unknown column, or a value no row has (naming the values the column has)."""
+    allowed = list(frame.columns) if columns is None else list(columns)
+    for item in items:
+        column, sep, value = item.partition("=")
+        if not sep or not column:
+            raise InputError(f"--where {item}", "expected COLUMN=VALUE")
+        if column not in allowed:
+            raise InputError(f"--where {item}", f"{column!r} is not a column to select on in {source}; "
+                             + column_hint(column, allowed))
+        keep = _value_matches(frame[column], value)
+        if not keep.any():
+            values = list(dict.fromkeys(frame[column].astype(str)))
+            shown = ", ".join(values[:12]) + (", ..." if len(values) > 12 else "")
+            raise InputError(f"--where {item}", f"no runs of {source} have {column} = {value}; it has {shown}")
+        frame = frame[keep]
     return frame
 
 
@@ -67,7 +155,7 @@ def _groups(frame: pd.DataFrame, by: list[str]):
     if not by:
         yield (), frame
         return
-    yield from frame.groupby(by, sort=False)
+    yield from frame.groupby(by, sort=False, dropna=False)
 
 
 def policy_table(frame: pd.DataFrame, policy_axis: str = "policy", by: list[str] | None = None) -> str:
@@ -107,9 +195,10 @@ def versus_table(frame: pd.DataFrame, a: str, b: str, policy_axis: str = "policy
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for key, group in _groups(frame, by):
         key = key if isinstance(key, tuple) else (key,)
-        left = group[group[policy_axis] == a].set_index("seed")
-        right = group[group[policy_axis] == b].set_index("seed")
-        seeds = left.index.intersection(right.index)
+        where = " ".join(f"{axis}={value}" for axis, value in zip(by, key)) or "results"
+        left = runs_by_seed(group[group[policy_axis] == a], repr(a), where)
+        right = runs_by_seed(group[group[policy_axis] == b], repr(b), where)
+        seeds = left.index.intersection(right.index).sort_values()
         cells = []
         for metric, _, digits in METRICS:
             if metric == "accuracy":

@@ -110,7 +110,8 @@ def test_effects_are_paired_by_seed_as_a_hand_computation(results):
         for metric in METRICS:
             hand, effect = _hand_effect(frame, label, metric), effects[metric]
             assert list(effect.seeds) == hand["seeds"]
-            assert effect.difference.difference.mean == pytest.approx(hand["difference"], rel=1e-12)
+            # the differences are rounded to 12 significant digits of the largest value (stats.DIFFERENCE_DIGITS)
+            assert effect.difference.difference.mean == pytest.approx(hand["difference"], rel=1e-9)
             assert effect.difference.difference.half_width == pytest.approx(hand["half_width"], rel=1e-9)
             assert effect.difference.p_value == pytest.approx(hand["p_value"], rel=1e-9)
             assert (effect.difference.wins, effect.difference.losses) == (hand["higher"], hand["lower"])
@@ -173,6 +174,27 @@ def test_another_axis_must_be_pinned_with_where(results, capsys):
     assert "--where deadline=VALUE" in capsys.readouterr().err
     assert _analyse([str(results), "--where", "deadline=50.0"]) == 0
     assert "| base (mean) | 4 |" in capsys.readouterr().out
+    assert _analyse([str(results), "--where", "deadline=50"]) == 0    # a number matches its label "50.0"
+    assert "| base (mean) | 4 |" in capsys.readouterr().out
+    assert _analyse([str(results), "--where", "deadline=30"]) == 2
+    assert "it has 20.0, 50.0" in capsys.readouterr().err
+
+
+def test_the_report_says_its_verdicts_are_not_adjusted_for_multiple_comparisons(results):
+    text = ablation.report(ablation.ablation_effects(pd.read_parquet(results / "results.parquet")))
+    line = next(line for line in text.splitlines() if line.startswith("Better/worse"))
+    assert "95% interval" in line and "unadjusted for multiple comparisons" in line
+
+
+def test_nothing_is_printed_when_the_report_cannot_be_built(results, tmp_path, capsys, monkeypatch):
+    """--out: the figures are built and the directory written before the report is printed."""
+    def broken(*_):
+        raise InputError("figure", "cannot be drawn")
+
+    monkeypatch.setattr(ablation, "factor_figure", broken)
+    assert _analyse([str(results), "--out", str(tmp_path / "report")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "cannot be drawn" in captured.err and not (tmp_path / "report").exists()
 
 
 # --- bad input ---------------------------------------------------------------------------------
@@ -185,7 +207,7 @@ def _write(directory: Path, frame: pd.DataFrame) -> Path:
 
 @pytest.mark.parametrize("case, needle", [
     ("label", "'int8'"), ("no-base", "--base base"), ("only-base", "only the base"), ("axis", "--axis"),
-    ("twice", "seed 2 more than once"), ("missing", "file not found"), ("metric", "'cost.total'"),
+    ("twice", "2 runs of variation=base, seed 2"), ("missing", "file not found"), ("metric", "'cost.total'"),
     ("text", "must hold numbers"), ("where", "--where nope=1"),
 ])
 def test_bad_input_is_one_line_and_exit_2_and_nothing_written(case, needle, tmp_path, capsys):

@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.stats import mean_interval, paired_difference
+from analysis.stats import mean_interval, paired_difference, paired_tests
 from analysis.study import main as study_main
-from analysis.study import group_axes, overall_table, pivot_table, policy_table, sweep_axes, versus_table
+from analysis.study import (group_axes, overall_table, pivot_table, policy_table, read_results, runs_by_seed,
+                            select_where, sweep_axes, versus_table)
+from traces.errors import InputError
 
 
 def test_mean_interval_is_the_student_t_interval():
@@ -37,9 +39,30 @@ def test_paired_difference_uses_the_pairing():
     got = paired_difference(base + d, base)
     assert got.p_value == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
     assert (got.wins, got.losses) == (3, 1)
-    assert paired_difference(base, base).p_value == 1.0
+    assert math.isnan(paired_difference(base, base).p_value)      # no gap on any seed: no test applies
     with pytest.raises(ValueError):
         paired_difference([1.0, 2.0], [1.0])
+
+
+@pytest.mark.parametrize("a, b, p", [
+    ([1.5, 2.5, 3.5, 4.5], [1.0, 2.0, 3.0, 4.0], 0.0),          # the same gap on every seed: t = inf, p = 0
+    ([0.3, 0.2, 0.4], [0.1, 0.0, 0.2], 0.0),                    # the same gap but for float noise (0.3 - 0.1)
+    ([0.9, 0.8, 0.7], [0.9, 0.8, 0.7], math.nan),               # no gap on any seed: no test applies
+    ([0.3, 0.7, 0.5], [0.1 + 0.2, 0.7, 0.5], math.nan),         # no gap but for float noise
+    ([1.0, 2.5, 2.0, 4.2], [0.9, 2.0, 2.7, 4.0], None),         # an ordinary sample: scipy's t-test
+    ([1.0], [0.5], math.nan),                                   # one pair
+])
+def test_paired_difference_and_paired_tests_follow_one_policy(a, b, p):
+    """The tables (``paired_difference``) and the protocol (``paired_tests``) give one answer: the
+    same rounded differences, the same interval, the same t-test p-value."""
+    diff, tests = paired_difference(a, b), paired_tests(a, b)
+    expected = stats.ttest_rel(a, b).pvalue if p is None else p
+    for got in (diff.p_value, tests.p_t):
+        assert got == pytest.approx(expected, nan_ok=True)
+    assert diff.difference.mean == tests.mean_diff and diff.difference.n == tests.n
+    assert diff.difference.mean - diff.difference.half_width == pytest.approx(tests.ci_low, nan_ok=True)
+    if p == 0.0:   # rounded: exactly no spread, a zero-width interval, as the p-value says
+        assert diff.difference.half_width == 0.0 and tests.ci_low == tests.ci_high
 
 
 def _results() -> pd.DataFrame:
@@ -113,3 +136,97 @@ def test_study_cli(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("error: ") for line in err)
     assert "oracle" in err[1] and "missing.parquet" in err[2]
+
+
+# --- one run per grid point and seed ---------------------------------------------------------
+
+def _duplicated(tmp_path):
+    """The study's table with one run appended twice (as two sweeps' tables appended would have it)."""
+    frame = _results()
+    twice = pd.concat([frame, frame[(frame.workload == "bursty") & (frame.policy == "planner") & (frame.seed == 3)]],
+                      ignore_index=True)
+    twice.attrs["axes"] = ["workload", "policy", "seed"]
+    path = tmp_path / "dup" / "results.parquet"
+    path.parent.mkdir()
+    twice.to_parquet(path)
+    return path, twice
+
+
+def test_read_results_refuses_two_runs_of_one_grid_point_and_seed(tmp_path):
+    path, _ = _duplicated(tmp_path)
+    with pytest.raises(InputError) as caught:
+        read_results(path)
+    assert caught.value.where == str(path)
+    assert "2 runs of workload=bursty, policy=planner, seed 3" in caught.value.problem
+    _results().to_parquet(tmp_path / "ok.parquet")             # the same table without the copy is read
+    assert len(read_results(tmp_path / "ok.parquet")) == len(_results())
+
+
+@pytest.mark.parametrize("argv", [
+    ["--versus", "planner:infaas"],                                  # was a ValueError traceback, exit 1
+    [],                                                              # the tables averaged the copy in
+])
+def test_study_refuses_a_duplicate_run_in_one_line(tmp_path, capsys, argv):
+    path, _ = _duplicated(tmp_path)
+    assert study_main([str(path), *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert captured.err.startswith("error: ") and "policy=planner, seed 3" in captured.err
+
+
+@pytest.mark.parametrize("argv", [
+    ["pareto", "{path}", "--objectives", "ontime_accuracy:max"],     # averaged 4 runs as "seeds 4"
+    ["theory", "{dir}"],                                             # competitive ratios averaged them
+    ["stats", "{path}"],
+    ["ablation", "{path}", "--axis", "policy", "--base", "infaas"],
+])
+def test_every_command_reading_a_results_table_refuses_a_duplicate_run(tmp_path, capsys, argv):
+    from analysis.cli import main as analyse
+
+    path, _ = _duplicated(tmp_path)
+    assert analyse([a.format(path=path, dir=path.parent) for a in argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and "seed 3" in captured.err
+
+
+def test_pairing_a_frame_with_a_seed_twice_is_refused_not_a_traceback(tmp_path):
+    """Frames built in code skip ``read_results``: the shared ``runs_by_seed`` refuses them too."""
+    from analysis.competitive import competitive_ratios
+
+    _, twice = _duplicated(tmp_path)
+    with pytest.raises(InputError, match="'planner' has seed 3 more than once"):
+        versus_table(twice, "planner", "infaas")
+    bound = twice.assign(**{"policy.name": twice.policy.replace({"infaas": "oracle-static"})})
+    with pytest.raises(InputError, match="'planner' has seed 3 more than once"):
+        competitive_ratios(bound)
+    frame = _results()
+    assert runs_by_seed(frame[frame.policy == "planner"].iloc[:3], "x", "here").index.tolist() == [1, 2, 3]
+
+
+# --- --where, and groups with a missing axis value -------------------------------------------
+
+def test_select_where_matches_numbers_whatever_their_spelling():
+    frame = _results().assign(**{"requests.deadline_ms": ["10.0", "20.0", "10.0"] * 4})  # labels, as a sweep stores
+    for value in ("10", "10.0", "1e1", "10.000"):
+        chosen = select_where(frame, [f"requests.deadline_ms={value}"], "results")
+        assert set(chosen["requests.deadline_ms"]) == {"10.0"} and len(chosen) == 8
+    assert len(select_where(frame, ["workload=bursty", "seed=2"], "results")) == 2
+    with pytest.raises(InputError) as caught:
+        select_where(frame, ["requests.deadline_ms=15"], "results")
+    assert caught.value.where == "--where requests.deadline_ms=15" and "10.0, 20.0" in caught.value.problem
+    with pytest.raises(InputError, match="did you mean workload"):
+        select_where(frame, ["workloads=bursty"], "results")
+    with pytest.raises(InputError, match="expected COLUMN=VALUE"):
+        select_where(frame, ["workload"], "results")
+    with pytest.raises(InputError, match="not a column to select on"):
+        select_where(frame, ["seed=1"], "results", columns=["workload"])
+
+
+def test_a_missing_axis_value_is_a_group_of_its_own_not_dropped():
+    frame = _results()
+    frame["workload"] = frame["workload"].replace({"bursty": None})
+    lines = policy_table(frame).splitlines()
+    assert len(lines) == 2 + 4 and sum(line.startswith("| nan | ") or line.startswith("| None | ")
+                                       for line in lines) == 2
+    assert len(versus_table(frame, "planner", "infaas").splitlines()) == 2 + 2
+    assert len(pivot_table(frame, "hit_rate").splitlines()[0].split("|")) == 2 + 3

@@ -238,7 +238,7 @@ def test_competitive_ratios_are_paired_by_seed():
     ratios = competitive_ratios(_results())
     assert ratios.bounds == {"isolation-bound": "iso", "oracle-static": "oracle-static"} and not ratios.missing
     assert ratios.axes == ["workload"]
-    row = {(key, policy): cells for key, policy, _, cells in ratios.rows}
+    row = {(key, policy): cells for key, policy, cells in ratios.rows}
     planner = np.array([0.90, 0.80, 0.85])
     by_hand = planner / np.array([0.95, 1.00, 0.90])
     got = row[(("poisson",), "planner")]["isolation-bound"]
@@ -250,7 +250,9 @@ def test_competitive_ratios_are_paired_by_seed():
     assert oracle.n == 2 and oracle.mean == pytest.approx(np.mean([0.90 / 0.92, 0.80 / 0.84]))
     assert row[(("poisson",), "iso")]["isolation-bound"].mean == 1.0
     text = ratios_report(ratios)
-    assert f"| poisson | planner | 3 | {by_hand.mean():.4f} ± {half:.4f} |" in text
+    # seeds: those each ratio is over, 3 for isolation-bound and 2 for oracle-static (seed 3 scored 0)
+    assert f"| poisson | planner | 3 / 2 | {by_hand.mean():.4f} ± {half:.4f} |" in text
+    assert "| poisson | iso | 3 / 2 | 1.0000 ± 0.0000 |" in text
 
 
 def test_a_missing_bound_is_one_line(tmp_path, capsys):
@@ -304,3 +306,12 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case):
     assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
     if case == "foreign-out":
         assert (tmp_path / "mine.md").read_text() == "my notes\n"
+
+
+def test_a_missing_axis_value_keeps_its_group():
+    frame = _results()
+    frame["workload"] = frame["workload"].replace({"bursty": None})
+    ratios = competitive_ratios(frame)
+    keys = {key for key, _, _ in ratios.rows}
+    assert len(keys) == 2 and ("poisson",) in keys                         # the None group is not dropped
+    assert all(cells["isolation-bound"].n == 3 for _, _, cells in ratios.rows)

@@ -11,7 +11,8 @@ from scipy import stats
 from test_misses import write_seed
 
 from analysis.cli import main as analyse
-from analysis.compare import METRICS, compare_rows, completed_latencies_ms, latency_figure, report
+from analysis.compare import METRICS, compare_rows, latency_figure, report
+from analysis.plots_runs import seeds_latencies
 from analysis.runs import pair_by_seed, read_run
 from traces.errors import InputError
 
@@ -76,9 +77,9 @@ def test_report_names_the_seeds_left_out(tmp_path, capsys):
 def test_latency_cdf_pools_completed_measured_requests_and_marks_a_shared_deadline(tmp_path):
     a, b = write_runs(tmp_path)
     runs = read_run(a)
-    latencies, deadlines = completed_latencies_ms(runs)
+    latencies, deadline = seeds_latencies(runs)                   # the one reader compare and figures share
     assert sorted(latencies) == [1, 2, 2, 3, 4, 6]                # the dropped one and the warm-up left out
-    assert len(deadlines) == 3 * 3                               # every measured request's deadline
+    assert deadline == 50.0
     pairs = pair_by_seed(runs, read_run(b), "test")
     labels = [line.get_label() for line in latency_figure(pairs, ("a", "b")).axes[0].get_lines()]
     assert any(label.startswith("deadline 50") for label in labels)
@@ -116,3 +117,28 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys):
     with pytest.raises(InputError):
         pair_by_seed(read_run(a), read_run(lonely), "x")
     assert report(pair_by_seed(read_run(a), read_run(a), "x"), ("a", "a")).count("0/0") == len(METRICS)
+
+
+def test_the_cdf_is_the_figures_reader_a_request_without_latency_left_out(tmp_path):
+    """compare draws what `analyse figures` draws (``plots_runs.seeds_latencies``): a completed
+    measured request whose latency is missing is left out, not drawn as NaN."""
+    a, b = write_runs(tmp_path)
+    holey = requests([5.0, math.nan])                    # completed, measured, no latency recorded
+    write_seed(a / "seed-2", 2, holey, summary(LEVELS_A[2]))
+    pairs = pair_by_seed(read_run(a), read_run(b), "test")
+    lines = {line.get_label(): line for line in latency_figure(pairs, ("a", "b")).axes[0].get_lines()}
+    drawn = lines[next(label for label in lines if label.startswith("A:"))].get_xdata()
+    expected, _ = seeds_latencies([x for x, _ in pairs])
+    assert np.isfinite(drawn).all() and set(drawn) == set(expected) and 5.0 in set(drawn)
+
+
+def test_out_is_written_before_anything_is_printed(tmp_path, capsys):
+    a, b = write_runs(tmp_path)
+    for seed in (2, 3):          # B's request tables lack the latencies the figure needs
+        path = b / f"seed-{seed}" / "requests.parquet"
+        pd.read_parquet(path).drop(columns="latency_ms").to_parquet(path)
+    assert analyse(["compare", str(a), str(b)]) == 0     # the report alone needs only the summaries
+    capsys.readouterr()
+    assert analyse(["compare", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "latency_ms" in captured.err and not (tmp_path / "cmp").exists()

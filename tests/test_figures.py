@@ -625,3 +625,25 @@ def test_cli_effects_figures_from_a_protocol_skip_a_metric_whose_tests_are_all_u
     printed = capsys.readouterr().out
     assert "skipped effects_cost.total.png: every test of cost.total is undefined (every paired difference is 0)" \
         in printed
+
+
+def test_seeds_latencies_mark_the_deadline_the_measured_requests_share(tmp_path):
+    """The one reader of latency CDFs (figures and compare): the deadline is that of the requests
+    the CDF shows, whatever the warm-up's was; none where the measured ones differ."""
+    from analysis.plots_runs import seeds_latencies
+    from analysis.runs import read_run
+
+    def seed(directory: Path, deadlines: list[float]) -> None:
+        directory.mkdir(parents=True)
+        pd.DataFrame({"latency_ms": [1.0, 2.0, np.nan, 3.0], "measured": [False, True, True, True],
+                      "dropped": [False, False, False, True], "deadline_ms": deadlines}
+                     ).to_parquet(directory / "requests.parquet")
+        (directory / "config.json").write_text("{}")
+        (directory / "summary.json").write_text('{"seed": %d}' % int(directory.name.split("-")[1]))
+
+    seed(tmp_path / "run" / "seed-1", [80.0, 50.0, 50.0, 50.0])          # a warm-up request with another deadline
+    seed(tmp_path / "run" / "seed-2", [50.0, 50.0, 50.0, 50.0])
+    latencies, deadline = seeds_latencies(read_run(tmp_path / "run"))
+    assert sorted(latencies) == [2.0, 2.0] and deadline == 50.0          # the NaN and the dropped one left out
+    seed(tmp_path / "mixed" / "seed-1", [50.0, 50.0, 20.0, 50.0])
+    assert seeds_latencies(read_run(tmp_path / "mixed"))[1] is None

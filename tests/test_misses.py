@@ -259,3 +259,31 @@ def test_end_to_end_on_a_real_run_counts_match_the_summary(tmp_path, capsys):
         assert len(dropped) == summary["dropped"]
         assert mine["cause"].isin(["rejected", "expired", "queued", "served", "fault"]).all()
     assert {"rejected", "expired", "fault"} <= set(rows["cause"])   # the scenario makes each of them happen
+
+
+def test_a_request_left_unfinished_at_the_end_is_not_a_rejection():
+    """An outage strands requests in a queue; the run ends with them unfinished (``drop_reason``
+    ``unfinished``): their own cause, after a fault and before a rejection."""
+    rows = [request(1, hops=[("large", 0, NAN)], dropped_reason="unfinished"),             # stranded in a queue
+            request(2, hops=[("large", 0, NAN)], dropped_reason="unfinished", retries=1),  # a crash came first
+            request(3, hops=[("large", 0, NAN)], dropped_reason="queue_full")]
+    misses = classify(table(rows, hops=1)).set_index("id")
+    assert misses["cause"].to_dict() == {1: "unfinished", 2: "fault", 3: "rejected"}
+    assert misses.loc[1, "deployment"] == "large" and np.isnan(misses.loc[1, "late_ms"])
+    assert CAUSE_NAMES.index("fault") < CAUSE_NAMES.index("unfinished") < CAUSE_NAMES.index("rejected")
+    result = RunMisses("run", misses.reset_index().assign(seed=1), {1: 3}, {1: {}})
+    assert cause_table(result).loc["unfinished", "count"] == 1
+
+
+def test_out_is_written_before_anything_is_printed(tmp_path, capsys, monkeypatch):
+    import traces.outputs
+    from traces.errors import InputError
+
+    def refused(*_, **__):
+        raise InputError("out", "cannot be written")
+
+    good = _run(tmp_path, "good", {1: [request(0, hops=[("m", 40, 20)])]}, {"name": "static"})
+    monkeypatch.setattr(traces.outputs, "atomic_output", refused)
+    assert analyse(["misses", str(good), "--out", str(tmp_path / "report")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "cannot be written" in captured.err

@@ -344,3 +344,43 @@ def test_cli_refuses_a_missing_objective_value_and_a_missing_file(tmp_path, caps
     assert "mid-10.0-1" in err and "cost.total" in err and len(err.strip().splitlines()) == 1
     assert main(["pareto", str(tmp_path / "none.parquet"), "--objectives", "hit_rate:max"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_cli_where_matches_a_numeric_axis_by_value(tmp_path, capsys):
+    """A sweep stores axis values as labels ("40.0"): ``=40`` selects what ``=40.0`` does."""
+    path = write_results(tmp_path)
+    base = ["pareto", str(path), "--objectives", "ontime_accuracy:max,cost.total:min", "--where"]
+    assert main([*base, "requests.deadline_ms=40.0"]) == 0
+    spelled_out = capsys.readouterr().out
+    assert main([*base, "requests.deadline_ms=40"]) == 0
+    short = capsys.readouterr().out
+    assert tables(short)[0] == tables(spelled_out)[0] and len(tables(short)[0]) == 1 + 3
+    assert main([*base, "requests.deadline_ms=15"]) == 2
+    err = capsys.readouterr().err
+    assert "10.0, 40.0" in err and err.count("\n") == 1      # names the values the column has
+
+
+@pytest.mark.parametrize("objective, shown, hidden", [
+    ("nope", "cost.total", "run_id"),                        # the numeric metric columns only
+    ("ontime_acuracy", "did you mean ontime_accuracy", "cost.total"),   # the nearest matches only
+])
+def test_an_unknown_objective_gets_one_short_line(tmp_path, capsys, objective, shown, hidden):
+    rows = pd.read_parquet(write_results(tmp_path))
+    wide = rows.assign(**{f"cascade.stage{k}.hop0.passed_on_share": 0.5 for k in range(40)})  # many columns
+    wide.attrs["axes"] = ["requests.deadline_ms", "policy", "seed"]
+    path = tmp_path / "wide.parquet"
+    wide.to_parquet(path)
+    assert main(["pareto", str(path), "--objectives", f"{objective}:max"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 250, err
+    assert shown in err and hidden not in err
+
+
+def test_grid_points_refuse_two_runs_of_one_point_and_seed(tmp_path):
+    from analysis.pareto_cli import Objective, grid_points
+    from traces.errors import InputError
+
+    frame = pd.read_parquet(write_results(tmp_path))
+    twice = pd.concat([frame, frame.iloc[:1]], ignore_index=True)
+    with pytest.raises(InputError, match="2 runs of requests.deadline_ms=10.0, policy=fast, seed 1"):
+        grid_points(twice, [Objective("ontime_accuracy", True)], "policy", "results")

@@ -167,3 +167,15 @@ def test_the_figures_draw_the_tables_values(bundle, tmp_path):
     path = tmp_path / "confidence.png"
     save_figure(pf.confidence_figure(bundle, title="tiny"), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_one_paired_sample_has_no_interval_not_a_zero_wide_one(tmp_path, bundle):
+    """A variant evaluated on a single sample the reference also has: the difference is known, its
+    interval is not (``paired_difference``'s half-width is NaN), and the bounds say so."""
+    predictions = bundle.predictions
+    lone = predictions[(predictions["variant"] != "m/int8/cpu") | (predictions["sample_id"] == "s0")]
+    one = TraceBundle(meta=bundle.meta, service=bundle.service, predictions=lone)
+    loaded = TraceBundle.load(one.save(tmp_path / "one", fmt="csv"))
+    row = pf.cost_table(loaded).set_index("variant").loc["m/int8/cpu"]
+    assert row["paired_samples"] == 1 and row["accuracy_diff"] == 1.0        # right where the reference was wrong
+    assert math.isnan(row["accuracy_diff_low"]) and math.isnan(row["accuracy_diff_high"])

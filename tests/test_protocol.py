@@ -124,10 +124,17 @@ def test_degenerate_samples_give_nan_and_a_reason_without_warnings():
     rounding = _quiet([0.3, 0.7], [0.1 + 0.2, 0.7])                # 0.3 - (0.1 + 0.2) is not 0 in floats
     assert rounding.mean_diff == 0 and math.isnan(rounding.p_wilcoxon)
     gap = _quiet([1.5, 2.5, 3.5, 4.5, 5.5], [1.0, 2.0, 3.0, 4.0, 5.0])     # the same gap on every seed
-    assert gap.mean_diff == pytest.approx(0.5) and math.isnan(gap.p_t) and math.isnan(gap.cohens_dz)
-    assert math.isnan(gap.shapiro_p) and gap.effect == "n/a"
+    assert gap.mean_diff == pytest.approx(0.5) and (gap.ci_low, gap.ci_high) == (0.5, 0.5)
+    # the t-test's limits, as scipy gives them and as the zero-width interval excluding 0 requires
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                            # scipy warns of the zero variance
+        assert (gap.t_stat, gap.p_t) == (math.inf, 0.0) == tuple(stats.ttest_1samp([0.5] * 5, 0.0))
+    assert gap.cohens_dz == math.inf and gap.effect == "large" and (gap.power, gap.seeds_for_power) == (1.0, 2.0)
+    assert math.isnan(gap.shapiro_p)
     assert gap.p_wilcoxon == pytest.approx(2 / 2**5)                 # all five positive
     assert any("no variance" in note for note in gap.notes)
+    below = _quiet([1.0, 2.0, 3.0], [1.25, 2.25, 3.25])
+    assert (below.t_stat, below.p_t, below.cohens_dz) == (-math.inf, 0.0, -math.inf)
     flat = _quiet([1.0, 1.0, 1.0], [2.0, 2.0, 2.0])
     assert math.isnan(flat.levene_p) and any("Levene" in note for note in flat.notes)
     two = _quiet([1.0, 2.0], [0.5, 1.8])
@@ -254,7 +261,7 @@ def test_a_seed_missing_on_one_side_is_left_out_and_n_says_so():
     a, b = _pair(frame[~gone], "ontime_accuracy", "planner", "infaas", "20.0", "bursty")
     assert table.loc[short & (table.metric == "ontime_accuracy"), "mean_diff"].item() == pytest.approx(np.mean(a - b))
     notes = {c.tests.notes for c in protocol_tests(frame[~gone], _protocol()) if c.tests.notes}
-    assert notes == {("only planner has seed(s) [2] (left out)",)}
+    assert notes == {("Seeds left out of the pairing: only in planner: [2].",)}
 
 
 def test_holm_runs_within_each_family_only():
