@@ -34,6 +34,7 @@ from traces.cli import run_command, version_text
 from traces.errors import InputError
 from traces.outputs import atomic_file, check_file_target
 
+from .runs import markdown_table
 from .stats import mean_interval, paired_difference
 
 METRICS = (("hit_rate", "hit rate", 4), ("accuracy", "accuracy", 4), ("ontime_accuracy", "on-time accuracy", 4),
@@ -162,13 +163,13 @@ def policy_table(frame: pd.DataFrame, policy_axis: str = "policy", by: list[str]
     """One Markdown row per (group, policy): each metric's mean ± 95% half-width over seeds."""
     by = group_axes(frame, policy_axis) if by is None else by
     header = [*by, policy_axis, "seeds", *(label for _, label, _ in METRICS)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for key, group in _groups(frame, by):
         key = key if isinstance(key, tuple) else (key,)
         for policy, runs in group.groupby(policy_axis, sort=False):
             cells = [mean_interval(runs[m]).format(d) for m, _, d in METRICS]
-            lines.append("| " + " | ".join([*map(str, key), str(policy), str(len(runs)), *cells]) + " |")
-    return "\n".join(lines)
+            rows.append([*map(str, key), str(policy), str(len(runs)), *cells])
+    return markdown_table(header, rows)
 
 
 def pivot_table(frame: pd.DataFrame, metric: str, policy_axis: str = "policy", by: list[str] | None = None,
@@ -177,11 +178,11 @@ def pivot_table(frame: pd.DataFrame, metric: str, policy_axis: str = "policy", b
     by = group_axes(frame, policy_axis) if by is None else by
     groups = [(key if isinstance(key, tuple) else (key,), group) for key, group in _groups(frame, by)]
     header = [policy_axis] + [" ".join(map(str, key)) for key, _ in groups]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for policy in frame[policy_axis].drop_duplicates():
         cells = [mean_interval(g.loc[g[policy_axis] == policy, metric]).format(digits) for _, g in groups]
-        lines.append("| " + " | ".join([str(policy), *cells]) + " |")
-    return "\n".join(lines)
+        rows.append([str(policy), *cells])
+    return markdown_table(header, rows)
 
 
 def versus_table(frame: pd.DataFrame, a: str, b: str, policy_axis: str = "policy", by: list[str] | None = None) -> str:
@@ -192,7 +193,7 @@ def versus_table(frame: pd.DataFrame, a: str, b: str, policy_axis: str = "policy
         if name not in known:
             raise InputError(f"--versus {a}:{b}", f"no runs of {name!r}; the {policy_axis} axis has {sorted(known)}")
     header = [*by] + [f"{label}: {a} − {b} (wins/losses, p)" for m, label, _ in METRICS if m != "accuracy"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for key, group in _groups(frame, by):
         key = key if isinstance(key, tuple) else (key,)
         where = " ".join(f"{axis}={value}" for axis, value in zip(by, key)) or "results"
@@ -206,8 +207,8 @@ def versus_table(frame: pd.DataFrame, a: str, b: str, policy_axis: str = "policy
             diff = paired_difference(left.loc[seeds, metric], right.loc[seeds, metric])
             p = "-" if math.isnan(diff.p_value) else f"{diff.p_value:.2g}"
             cells.append(f"{diff.difference.format(digits)} ({diff.wins}/{diff.losses}, p={p})")
-        lines.append("| " + " | ".join([*map(str, key), *cells]) + " |")
-    return "\n".join(lines)
+        rows.append([*map(str, key), *cells])
+    return markdown_table(header, rows)
 
 
 def overall_table(frame: pd.DataFrame, policy_axis: str = "policy", by: list[str] | None = None) -> str:
@@ -217,12 +218,12 @@ def overall_table(frame: pd.DataFrame, policy_axis: str = "policy", by: list[str
     by = group_axes(frame, policy_axis) if by is None else by
     groups = frame[by].drop_duplicates().shape[0] if by else 1
     header = [policy_axis, "groups", "seeds", *(label for _, label, _ in METRICS)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     for policy, runs in frame.groupby(policy_axis, sort=False):
         per_seed = runs.groupby("seed")[[m for m, _, _ in METRICS]].mean()
         cells = [mean_interval(per_seed[m]).format(d) for m, _, d in METRICS]
-        lines.append("| " + " | ".join([str(policy), str(groups), str(len(per_seed)), *cells]) + " |")
-    return "\n".join(lines)
+        rows.append([str(policy), str(groups), str(len(per_seed)), *cells])
+    return markdown_table(header, rows)
 
 
 def report(frame: pd.DataFrame, versus: list[tuple[str, str]], policy_axis: str = "policy",
