@@ -1,7 +1,7 @@
 """`analyse theory`: queueing theory beside the simulation, per deployment; competitive ratios of a sweep.
 
 Given a run output (``simulate run --out DIR``), each deployment is read as a G/G/c queue and its
-mean wait predicted (``analysis.queueing``: Allen-Cunneen, and its batching extension) from what the
+mean wait predicted (``traces.queueing``: Allen-Cunneen, and its batching extension) from what the
 run itself saw:
 
 - **lambda**, the offered rate: requests that joined its queue (a full queue's rejections did not)
@@ -47,9 +47,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from traces import queueing
 from traces.errors import InputError
 
-from . import queueing
 from .runs import SeedRun, markdown_table, read_run
 from .stats import Interval, mean_interval
 

@@ -75,6 +75,10 @@ def steps() -> list[Step]:
               "--protocol", "analysis/protocol.toml")),
         Step("threshold-figures", "the threshold figures (docs/figures/threshold/)",
              (analyse, "figures", "runs/threshold", "--out", "docs/figures/threshold", "--force")),
+        Step("ipa", "IPA's study on its Twitter windows: 120 runs",
+             (simulate, "sweep", "examples/ipa/study.toml", "--out", "runs/ipa", "--force")),
+        Step("ipa-report", "the IPA study's table and figures (docs/results/ipa/)",
+             (sys.executable, "bench/ipa_study.py", "runs/ipa", "--out", "docs/results/ipa", "--force")),
         Step("data", "the sweeps' results tables for the notebooks (docs/data/)",
              (sys.executable, str(Path(__file__).resolve().relative_to(ROOT)), "--copy-results", "docs/data")),
     ]

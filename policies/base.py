@@ -107,8 +107,8 @@ def check_plan_action(action: PlanAction, where: str, max_measured_batch: int | 
                              f"got {action.max_batch_size}")
     if action.batch_wait_timeout_ms is not None and not action.batch_wait_timeout_ms >= 0:
         raise InputError(where, f"batch_wait_timeout_ms must be >= 0, got {action.batch_wait_timeout_ms}")
-    if action.replicas is not None and action.replicas < 1:
-        raise InputError(where, f"replicas must be >= 1, got {action.replicas}")
+    if action.replicas is not None and action.replicas < 0:
+        raise InputError(where, f"replicas must be >= 0, got {action.replicas}")
 
 
 class Request:
@@ -156,6 +156,7 @@ class Policy(abc.ABC):
     (so the registry can name an unknown one), set ``name``, and implement ``route``."""
 
     name: ClassVar[str] = ""
+    needs_plan_interval: ClassVar[bool] = False  # True: it acts only in ``plan``, so a run must set plan_interval_s
 
     def setup(self, view: SystemView) -> None:
         """Called once before the first arrival: check names against the view, precompute routes.

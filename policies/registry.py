@@ -40,16 +40,38 @@ def get(name: str, where: str = "policy.name") -> type[Policy]:
     return _REGISTRY[name]
 
 
+def _initialisers(cls: type) -> list:
+    """The ``__init__``s whose parameters a policy takes: its own, and while one passes
+    ``**params`` on to its base (a variant of a policy with a few parameters of its own), the
+    next one up the MRO."""
+    chain = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        chain.append(init)
+        kinds = {p.kind for p in inspect.signature(init).parameters.values()}
+        if inspect.Parameter.VAR_KEYWORD not in kinds:
+            break
+    return chain
+
+
 def parameters(name: str) -> dict[str, object]:
     """A policy's parameters and their defaults (``inspect.Parameter.empty`` when required)."""
-    signature = inspect.signature(get(name).__init__)
     kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return {p.name: p.default for p in list(signature.parameters.values())[1:] if p.kind in kinds}
+    found: dict[str, object] = {}
+    for init in _initialisers(get(name)):
+        for p in list(inspect.signature(init).parameters.values())[1:]:
+            if p.kind in kinds:
+                found.setdefault(p.name, p.default)
+    return found
 
 
 def annotations(name: str) -> dict[str, object]:
     """A policy's parameter annotations, resolved (its module may use ``from __future__ import annotations``)."""
-    hints = typing.get_type_hints(get(name).__init__, include_extras=True)
+    hints: dict[str, object] = {}
+    for init in reversed(_initialisers(get(name))):
+        hints.update(typing.get_type_hints(init, include_extras=True))
     return {key: hints[key] for key in parameters(name) if key in hints}
 
 

@@ -1,4 +1,4 @@
-"""`simulate`: run, validate and list scenarios, and sweep grids of them.
+"""`simulate`: run, validate and list scenarios, sweep grids of them, and recommend a configuration.
 
 Bad input -> one line on stderr, exit status 2. ``validate`` runs exactly the checks ``run`` runs
 before its first seed (``sim.core.driver.prepare``), and also warns where the offered load exceeds what
@@ -19,6 +19,7 @@ from sim.core.prepare import Prepared
 from traces.scenario import load_scenario, parse_seeds
 from traces.summary import legend, summary_table
 
+from . import recommend
 from .cluster import CONNECT_TIMEOUT_S
 from .runner import first_route, prepare, run_seeds
 
@@ -184,6 +185,7 @@ warns (on stderr, exit status still 0) where the offered load exceeds what a dep
   simulate sweep examples/study/study.toml --out runs/study --executor ray --workers 2  # a private Ray instance
   simulate sweep examples/study/study.toml --out runs/study --executor ray --address auto      # a running cluster
   simulate sweep examples/study/study.toml --out runs/study --executor ray --address 10.0.0.5:6379""",
+    "recommend": recommend.EXAMPLES,
     "list": """examples:
   simulate list
   simulate list my-bundles/ runs/                    # bundles (directories with bundle.json) found there""",
@@ -222,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="give up on a cluster that does not answer within this many seconds "
                        f"(default {CONNECT_TIMEOUT_S:g})")
     sweep.set_defaults(func=cmd_sweep)
+    advice = _sub("recommend", "choose variant, batch size and replicas per stage for a rate and SLA, then simulate it")
+    recommend.add_arguments(advice)
     listing = _sub("list", "list bundles, their variants, and the policies")
     listing.add_argument("bundles", nargs="*", help="directories to search (default: the bundled traces)")
     listing.set_defaults(func=cmd_list)

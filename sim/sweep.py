@@ -282,24 +282,25 @@ def _set(raw: dict, key: str, value, where: str) -> None:
 
 
 def compute(task: Task, prepare: Callable | None = None):
-    """One run of a grid point: ``(config, requests, summary)``, the parts of its run output.
+    """One run of a grid point: ``(config, requests, summary, timeline)``, the parts of its run
+    output (``timeline`` None for the bounds).
     ``prepare`` checks the scenario against its bundle (default ``sim.runner.prepare``; a Ray worker
     passes one that remembers it for the point's other seeds)."""
     from . import runner
 
     try:
         scenario = scenario_from_dict(task.raw, base_dir=Path(task.base_dir))
-        config, requests, summary = runner.run_once((prepare or runner.prepare)(scenario), task.seed)
+        config, requests, summary, timeline = runner.run_seed((prepare or runner.prepare)(scenario), task.seed)
     except InputError as exc:
         raise InputError(f"{task.sweep}: point {task.point}: {exc.where}", exc.problem) from None
     summary["point"] = task.point
-    return config, requests, summary
+    return config, requests, summary, timeline
 
 
 def run_task(task: Task, runs_dir: str) -> str:
     """Run one grid point (in a local worker) and write its run output ``runs_dir/<run id>``."""
-    config, requests, summary = compute(task)
-    write_run(Path(runs_dir) / task.run_id, config, requests, summary, force=True)
+    config, requests, summary, timeline = compute(task)
+    write_run(Path(runs_dir) / task.run_id, config, requests, summary, force=True, timeline=timeline)
     return task.run_id
 
 

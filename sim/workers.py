@@ -165,6 +165,7 @@ class RunResult:
     summary: dict
     requests: bytes     # requests.parquet
     rows: int
+    timeline: bytes | None = None  # timeline.parquet (None for the bounds)
 
     def write(self, directory: Path) -> None:
         """The run output at ``directory``, as a local worker writes it (``write_run``: atomic, with
@@ -172,9 +173,14 @@ class RunResult:
         from traces.outputs import temp_file
         from traces.runoutput import RequestTable, write_run
 
+        import io
+
+        import pandas as pd
+
         path = temp_file("requests", ".parquet")
         path.write_bytes(self.requests)
-        write_run(directory, self.config, RequestTable(path, self.rows), self.summary, force=True)
+        timeline = pd.read_parquet(io.BytesIO(self.timeline)) if self.timeline is not None else None
+        write_run(directory, self.config, RequestTable(path, self.rows), self.summary, force=True, timeline=timeline)
 
 
 _PREPARED: OrderedDict[str, Any] = OrderedDict()   # this worker process's prepared scenarios
@@ -201,11 +207,12 @@ def run_batch(tasks: list, shipped: dict[str, tuple[str, Any]], fetch: Callable[
         raw = _swap(task.raw, local, exact=True)
         key = json.dumps(raw, sort_keys=True, default=str)
         try:
-            config, requests, summary = compute(dataclasses.replace(task, raw=raw), prepare=_prepared(key))
+            config, requests, summary, timeline = compute(dataclasses.replace(task, raw=raw), prepare=_prepared(key))
         except InputError as exc:
             raise InputError(_swap(exc.where, back), _swap(exc.problem, back)) from None
         data = requests.path.read_bytes() if isinstance(requests, RequestTable) else _parquet_bytes(requests)
-        results.append(RunResult(task.run_id, _swap(config, back), _swap(summary, back), data, len(requests)))
+        results.append(RunResult(task.run_id, _swap(config, back), _swap(summary, back), data, len(requests),
+                                 _parquet_bytes(timeline) if timeline is not None else None))
     return results
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis import queueing
+from traces import queueing
 from analysis.cli import main as analyse
 from analysis.competitive import competitive_ratios, ratios_report
 from analysis.runs import read_run

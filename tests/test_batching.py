@@ -282,8 +282,8 @@ def test_a_bad_plan_names_the_policy_and_deployment():
 
     sim = _simulation(scenario(10.0, TINY))
     with pytest.raises(InputError) as info:
-        sim.core.apply(PlanAction("d", replicas=0), 0.0)
-    assert (info.value.where, info.value.problem) == ("policy 'static' plan for 'd'", "replicas must be >= 1, got 0")
+        sim.core.apply(PlanAction("d", replicas=-1), 0.0)
+    assert (info.value.where, info.value.problem) == ("policy 'static' plan for 'd'", "replicas must be >= 0, got -1")
 
 
 def test_a_plan_may_not_batch_beyond_the_measured_sizes(tiny_bundle):

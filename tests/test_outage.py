@@ -132,11 +132,14 @@ def test_every_policy_decides_with_a_dead_deployment(policy, dead):
     view = FakeView(deps, two_model_table(), rate_rps=50.0)
     chosen = policies.create(policy, {"static": {"deployment": "fast"}, "aimd-batching": {"inner": "planner"}}.get(policy, {}))
     chosen.setup(view)
+    stopped: set[str] = set()
     for _ in range(3):
         view.now_s += 1.0
         for action in chosen.plan(view):
-            assert action.replicas is None or action.replicas >= 1
+            if action.replicas is not None:
+                (stopped.add if action.replicas == 0 else stopped.discard)(action.deployment)
         route = chosen.route(request(100.0, arrival_s=view.now_s), view)
+        assert not stopped & {h.deployment for h in route.hops}, "routed to a deployment it scaled to zero"
         if policy in ADAPTIVE:
             assert [h.deployment for h in route.hops] == ["slow" if dead == "fast" else "fast"]
 

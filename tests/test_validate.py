@@ -66,7 +66,7 @@ def test_cascade_over_parametric_names_the_policy_and_the_reason(capsys, tmp_pat
 
 @pytest.mark.parametrize("item, where", [
     ("arrivals.rate_rps=-5", "--set arrivals.rate_rps: "),
-    ("deployments.0.replicas=0", "--set deployments.0.replicas: "),
+    ("deployments.0.replicas=-1", "--set deployments.0.replicas: "),
     ("deployments.fast.max_batch_size=64", "--set deployments.fast.max_batch_size: "),  # found against the bundle
     ("policy.deployment=nosuch", "--set policy.deployment: "),                         # found by the policy
     ("duration_s=1e9", "--set duration_s: arrivals: "),                                # a limit the value broke

@@ -214,6 +214,8 @@ class Replay(ArrivalProcess):
                  rate_scale: float = 1.0, *, where: str = "arrivals"):
         self.path = pathlib.Path(path)
         self.where = where
+        pieces = start_s if isinstance(start_s, list) else None
+        start_s = 0.0 if pieces is not None else start_s
         self.start_s = _num(start_s, f"{where}.start_s")
         self.length_s = None if length_s is None else _num(length_s, f"{where}.length_s", positive=True)
         self.rate_scale = _num(rate_scale, f"{where}.rate_scale", positive=True)
@@ -235,9 +237,34 @@ class Replay(ArrivalProcess):
                 raise InputError(f"{where}.{key}", f"applies only to a timestamps trace; {self.path} is counts")
             self.counts = self._read_counts()
             self.span_s = float(len(self.counts))
+            if pieces is not None:
+                self._join(pieces)
+        elif pieces is not None:
+            raise InputError(f"{where}.start_s", f"a list of starts applies only to a counts trace; {self.path} is timestamps")
         else:
             self.stamps = self._read_stamps(column, unit)
             self.span_s = float(self.stamps[-1])
+
+    def _join(self, starts: list) -> None:
+        """``start_s = [a, b, ...]``: the windows [a, a + length_s), [b, b + length_s), ... played one
+        after another (IPA's fluctuating workload joins two; a window may repeat)."""
+        where = f"{self.where}.start_s"
+        if self.length_s is None:
+            raise InputError(f"{self.where}.length_s", "is required with a list of starts (each window's length)")
+        if not starts or self.length_s != int(self.length_s):
+            raise InputError(where if not starts else f"{self.where}.length_s",
+                             "needs at least one start" if not starts else "must be whole seconds for a counts trace")
+        length = int(self.length_s)
+        parts = []
+        for i, start in enumerate(starts):
+            start = _num(start, f"{where}[{i}]")
+            if start != int(start) or start + length > self.span_s:
+                raise InputError(f"{where}[{i}]", f"window [{start:g}, {start + length:g}) s must start on a whole "
+                                 f"second and lie inside the trace span of {self.span_s:g} s in {self.path}")
+            parts.append(self.counts[int(start):int(start) + length])
+        self.counts = np.concatenate(parts)
+        self.span_s = float(len(self.counts))
+        self.length_s = self.span_s
 
     def _detect(self) -> str:
         suffix = self.path.suffix.lower()

@@ -13,7 +13,7 @@ batch closes at tau = min(T, time of the (b-1)-th of them). So:
   E[sum] / E[K] on average (``batch_formation_wait_ms``). With no timeout this is (b - 1) / (2 lambda).
 
 ``policies.estimates`` builds the batch a loaded deployment forms on the first;
-``analysis.queueing`` adds the second to a request's predicted wait.
+``traces.queueing`` adds the second to a request's predicted wait.
 """
 
 from __future__ import annotations

@@ -220,9 +220,9 @@ def write_into(directory: Path, config: dict, requests: pd.DataFrame | RequestTa
 
 
 def write_run(path: str | Path, config: dict, requests: pd.DataFrame | RequestTable, summary: dict, *,
-              force: bool = False) -> Path:
+              force: bool = False, timeline: pd.DataFrame | None = None) -> Path:
     with atomic_output(Path(path), force=force) as staging:
-        write_into(staging, config, requests, summary)
+        write_into(staging, config, requests, summary, timeline)
     return Path(path)
 
 

@@ -332,7 +332,7 @@ def _deployments(items: Any, base_dir: Path) -> tuple[DeploymentConfig, ...]:
             name=name,
             variant=text(cfg, "variant", where) if has_variant else None,
             service=service_from_config(service_cfg, f"{where}.service") if has_service else None,
-            replicas=integer(cfg, "replicas", where, default=1, low=1),
+            replicas=integer(cfg, "replicas", where, default=1, low=0),  # 0: held for a plan or an autoscaler to start
             max_batch_size=integer(cfg, "max_batch_size", where, default=1, low=1),
             batch_wait_timeout_ms=number(cfg, "batch_wait_timeout_ms", where, default=0.0, low=0),
             queue=text(cfg, "queue", where, default="fifo", choices=QUEUE_DISCIPLINES),

@@ -16,7 +16,7 @@ from typing import Callable
 import pandas as pd
 
 import policies
-from policies.base import Reject, Request, Route
+from policies.base import Policy, Reject, Request, Route
 from traces.errors import InputError
 from traces.outputs import atomic_output, scratch_directory
 from traces.progress import Progress
@@ -75,13 +75,29 @@ def first_route(prepared: Prepared) -> Route | Reject:
     checks it: fails fast on the policy's name, parameters and setup against the deployments,
     and on a route no executor can serve (a cascade over deployments without predictions)."""
     scenario = prepared.scenario
-    dry = dataclasses.replace(scenario, duration_s=min(scenario.duration_s, 1e-6), warmup_s=0.0)
     policy = policies.create(scenario.policy.name, scenario.policy.params)
-    core = ServingCore(dry, policy, _Idle(), profiles=prepared.profiles, predictions=prepared.predictions,
-                       seed=scenario.seed, stage_predictions=prepared.stage_predictions)
+    if policy.needs_plan_interval and not scenario.policy.plan_interval_s > 0:
+        raise InputError("policy.plan_interval_s", f"policy {policy.name!r} acts on a clock: set it > 0 "
+                         "(1 s gives the per-second rate its forecasts read)")
+    core = dry_core(prepared, policy)
     route = policy.route(Request(0, 0.0, max(scenario.requests.deadline_ms), 0), core.view)
     core.resolve(route)
+    if isinstance(policy.fixed_route(), Route) and type(policy).plan is Policy.plan:
+        for hop in route.hops:  # nothing would ever start a replica for it
+            dep = scenario.deployment(hop.deployment)
+            if dep.replicas == 0 and dep.autoscaling is None:
+                raise InputError(f"deployments.{dep.name}.replicas", f"is 0 and nothing starts one (no autoscaling; "
+                                 f"policy {policy.name!r} routes every request there and plans nothing)")
     return route
+
+
+def dry_core(prepared: Prepared, policy: Policy) -> ServingCore:
+    """A core over the prepared scenario that never runs (no arrivals, an idle executor): building
+    it sets ``policy`` up over the live view, so its checks run and it can be asked questions."""
+    scenario = prepared.scenario
+    dry = dataclasses.replace(scenario, duration_s=min(scenario.duration_s, 1e-6), warmup_s=0.0)
+    return ServingCore(dry, policy, _Idle(), profiles=prepared.profiles, predictions=prepared.predictions,
+                       seed=scenario.seed, stage_predictions=prepared.stage_predictions)
 
 
 def seed_config(prepared: Prepared, scenario: Scenario, **extra) -> dict:

@@ -47,6 +47,9 @@ ResNet-18 INT8 (one replica, b = 8, timeout 2 ms, back-to-back service times, no
 estimate is 8% above the simulated mean wait at rho 0.63 and 37% above it at rho 0.98
 (rho_full 0.88), where overflowing batches make the queue-ahead part the rougher one.
 
+They live in ``traces`` because two sides use them: ``analysis theory`` sets them beside a run,
+and the ``ipa`` policy (``policies.ipa_model``) plans each stage's queueing wait with them.
+
 Why the formulas and not only the simulator: they say in one line what the simulation should give
 where theory is exact (a check of the engine), and where it is not, how far queueing alone explains
 what the simulation shows (the rest is batching, slow spells, idle classes, bursts).
@@ -79,6 +82,22 @@ def erlang_c(servers: int, offered_load: float) -> float:
     for k in range(1, servers + 1):
         blocking = offered_load * blocking / (k + offered_load * blocking)
     return servers * blocking / (servers - offered_load * (1.0 - blocking))
+
+
+def wait_quantile_ms(mean_wait_ms: float, wait_probability: float, q: float) -> float:
+    """The q-quantile (0 < q < 1) of the wait in queue when a request waits with probability C and,
+    given that it waits, waits an exponential time of mean Wq / C: exact for M/M/c, where
+    P(W > t) = C exp(-(c mu - lambda) t) and Wq = C / (c mu - lambda), so
+    t_q = (Wq / C) ln(C / (1 - q)), and 0 when C <= 1 - q (most requests do not wait at all).
+    For other queues it carries the Allen-Cunneen mean into an exponential tail: the estimate the
+    ``ipa`` policy plans its stage latencies with."""
+    if not 0 < q < 1:
+        raise ValueError(f"q must be in (0, 1), got {q}")
+    if math.isinf(mean_wait_ms):
+        return math.inf
+    if wait_probability <= 1.0 - q or mean_wait_ms <= 0:
+        return 0.0
+    return mean_wait_ms / wait_probability * math.log(wait_probability / (1.0 - q))
 
 
 def utilisation(rate_rps: float, service_ms: float, servers: int) -> float:
