@@ -12,8 +12,8 @@ import random
 import numpy as np
 import pytest
 
-from policies.ipa_solver import (Infeasible, Option, Plan, _arrays, _bound_prune, _dominated, _Limits, _solve_product,
-                                 _Weights, pareto_front, solve)
+from policies.ipa_milp import _bound_prune, _dominated, _Limits, _solve_product, _Weights
+from policies.ipa_solver import Infeasible, Option, Plan, _arrays, pareto_front, solve
 from traces.errors import InputError
 
 # --- independent references ----------------------------------------------------------------------
