@@ -114,13 +114,14 @@ def check_plan_action(action: PlanAction, where: str, max_measured_batch: int | 
 class Request:
     """What a policy knows of an arriving request."""
 
-    __slots__ = ("id", "arrival_s", "deadline_ms", "sample_index")
+    __slots__ = ("id", "arrival_s", "deadline_ms", "sample_index", "tenant")
 
-    def __init__(self, id: int, arrival_s: float, deadline_ms: float, sample_index: int):
+    def __init__(self, id: int, arrival_s: float, deadline_ms: float, sample_index: int, tenant: str | None = None):
         self.id = id
         self.arrival_s = arrival_s
         self.deadline_ms = deadline_ms
         self.sample_index = sample_index
+        self.tenant = tenant  # the tenant's name in a scenario with [[tenants]], else None
 
 
 class SystemView(Protocol):

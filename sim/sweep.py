@@ -163,8 +163,9 @@ class ContentHashes:
         for resolved, deployment in zip(config["deployments"], scenario.deployments):
             if deployment.bundle is not None:  # a pipeline stage's own bundle: its contents, not its path
                 resolved["bundle"] = self.bundle(deployment.bundle)
-        if config["arrivals"].get("kind") == "replay":
-            config["arrivals"]["path"] = self.file(scenario.arrivals.path)
+        for entry, process in _arrival_tables(config, scenario):
+            if isinstance(process, Replay):  # a replayed trace: its contents, not its path
+                entry["path"] = self.file(process.path)
         return _digest({"point": point, "scenario": config})[:ID_HEX]
 
 
@@ -264,9 +265,17 @@ def absolute_paths(raw: dict, scenario: Scenario, hashes: ContentHashes) -> tupl
     for entry, deployment in zip(raw.get("deployments") or [], scenario.deployments):
         if deployment.bundle is not None:
             entry["bundle"] = absolute(deployment.bundle, read=deployment.variant is not None)
-    if isinstance(scenario.arrivals, Replay):
-        raw["arrivals"]["path"] = absolute(scenario.arrivals.path)
+    for entry, process in _arrival_tables(raw, scenario):
+        if isinstance(process, Replay):
+            entry["path"] = absolute(process.path)
     return raw, tuple(dict.fromkeys(inputs))
+
+
+def _arrival_tables(raw: dict, scenario: Scenario) -> list[tuple[dict, object]]:
+    """(the raw arrivals table, its process): the scenario's, or each tenant's."""
+    if scenario.tenants:
+        return [(entry["arrivals"], tenant.arrivals) for entry, tenant in zip(raw["tenants"], scenario.tenants)]
+    return [(raw["arrivals"], scenario.arrivals)]
 
 
 def sweep_identity(tasks: list[Task]) -> str:
@@ -275,7 +284,11 @@ def sweep_identity(tasks: list[Task]) -> str:
 
 
 def _set(raw: dict, key: str, value, where: str) -> None:
-    if key == "load":
+    if key == "load" and isinstance(raw.get("tenants"), list):  # every tenant's traffic
+        for tenant in raw["tenants"]:
+            if isinstance(tenant, dict):
+                tenant["arrivals"] = scale_load(tenant.get("arrivals", {}), float(value))
+    elif key == "load":
         raw["arrivals"] = scale_load(raw.get("arrivals", {}), float(value))
     else:
         set_path(raw, key, value, where=f"{where}: {key}")

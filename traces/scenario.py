@@ -25,16 +25,17 @@ from .errors import InputError
 from .faults import FaultConfig, parse_faults
 from .limits import Limits
 from .stages import StageConfig, parse_stages
+from .tenants import TenantArrivals, TenantConfig, merged_requests, parse_tenants
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-QUEUE_DISCIPLINES = ("fifo", "edf")
+QUEUE_DISCIPLINES = ("fifo", "edf", "priority", "priority-edf", "fair")
 BALANCERS = ("shared", "round_robin", "least_loaded", "power_of_two")
 TOP_KEYS = ("seed", "duration_s", "warmup_s", "bundle", "price_per_replica_hour", "arrivals",
-            "requests", "deployments", "stages", "policy", "faults", "limits")
+            "requests", "tenants", "deployments", "stages", "policy", "faults", "limits")
 DEPLOYMENT_KEYS = ("name", "variant", "service", "replicas", "max_batch_size", "batch_wait_timeout_ms",
                    "queue", "max_queue_size", "drop_expired", "balancer", "slow_spells",
                    "idle_classes", "service_order", "autoscaling", "startup_s", "bundle")
@@ -110,6 +111,7 @@ class Scenario:
     faults: tuple[FaultConfig, ...] = ()
     limits: Limits = Limits()
     stages: tuple[StageConfig, ...] = ()  # a pipeline's stages, in order (traces.stages); () is one stage
+    tenants: tuple[TenantConfig, ...] = ()  # [[tenants]] (traces.tenants); () is one anonymous tenant
     overrides: tuple[tuple[str, tuple[str, ...]], ...] = ()  # --set keys as typed, with their canonical paths
 
     def deployment(self, name: str) -> DeploymentConfig:
@@ -129,7 +131,8 @@ class Scenario:
             "warmup_s": self.warmup_s,
             "bundle": str(Path(self.bundle).resolve()) if self.bundle else None,
             "price_per_replica_hour": self.price_per_replica_hour,
-            "arrivals": arrivals_cfg,
+            **({"tenants": [t.resolved(self.source.parent if self.source else None) for t in self.tenants]}
+               if self.tenants else {"arrivals": arrivals_cfg}),
             "requests": {"deadline_ms": list(self.requests.deadline_ms), "weights": list(self.requests.weights)},
             "deployments": [d.resolved() for d in self.deployments],
             **({"stages": [s.resolved() for s in self.stages]} if self.stages else {}),
@@ -269,14 +272,27 @@ def scenario_from_dict(raw: dict, base_dir: Path = Path("."), source: Path | Non
     if warmup_s >= duration_s:
         raise InputError("warmup_s", f"must be smaller than duration_s ({duration_s:g}), got {warmup_s:g}")
     bundle = _path(text(raw, "bundle", ""), base_dir) if raw.get("bundle") is not None else None
-    arrivals_cfg = table(raw, "arrivals", "")
-    process = arrivals_mod.from_config(arrivals_cfg, base_dir, where="arrivals")
+    tenants: tuple[TenantConfig, ...] = ()
+    if "tenants" in raw:
+        if "arrivals" in raw:
+            raise InputError("arrivals", "a scenario has either [arrivals] or [[tenants]] (each with its own arrivals)")
+        given = _requests(table(raw, "requests", "")) if "requests" in raw else None
+        tenants = parse_tenants(raw["tenants"], base_dir, (given.deadline_ms, given.weights) if given else None)
+        arrivals_cfg, process = {}, TenantArrivals(tuple(t.arrivals for t in tenants))
+        requests = RequestsConfig(*merged_requests(tenants, duration_s))
+    else:
+        arrivals_cfg = table(raw, "arrivals", "")
+        process = arrivals_mod.from_config(arrivals_cfg, base_dir, where="arrivals")
+        requests = _requests(table(raw, "requests", ""))
     deployments = _deployments(raw.get("deployments"), base_dir)
+    queued = next((d for d in deployments if d.queue in ("priority", "priority-edf", "fair")), None)
+    if queued is not None and not tenants:
+        raise InputError(f"deployments.{queued.name}.queue", f"{queued.queue!r} orders tenants' requests: it needs [[tenants]]")
     scenario = Scenario(
         seed=seed, duration_s=duration_s, warmup_s=warmup_s, bundle=bundle,
         price_per_replica_hour=number(raw, "price_per_replica_hour", "", default=1.0, low=0),
-        arrivals=process, arrivals_cfg=arrivals_cfg,
-        requests=_requests(table(raw, "requests", "")),
+        arrivals=process, arrivals_cfg=arrivals_cfg, tenants=tenants,
+        requests=requests,
         deployments=deployments, policy=_policy(table(raw, "policy", "")), source=source,
         faults=parse_faults(raw.get("faults", []), deployments),
         stages=parse_stages(raw.get("stages"), [d.name for d in deployments]),

@@ -77,6 +77,8 @@ class Replica:
         self.free_s = now
         started_s = self.started_s
         batcher.recent.append((now, now - started_s, len(batch)))
+        if batcher.charge is not None:
+            batcher.charge(batch, now - started_s)
         lo, hi = batcher.window_s
         overlap = (now if now < hi else hi) - (started_s if started_s > lo else lo)  # _account, inlined
         if overlap > 0:
@@ -116,6 +118,7 @@ class Batcher:
         self.enqueued = 0  # requests that joined this line, ever (the autoscalers' arrival rate)
         self.recent: deque = owner.recent  # the deployment's recent batches
         self._timer_s = math.inf  # when the batching wait's timer is set for (inf: none)
+        self.charge = getattr(queue, "served", None)  # a fair queue charges each batch's service
 
     def add_replica(self, index: int, now: float) -> Replica:
         """A new replica, not yet serving: ``ready`` puts it to work."""
@@ -166,6 +169,8 @@ class Batcher:
         elif replica.batch is not None:
             replica._account(now)
             batch, replica.batch, replica.ticket = replica.batch, None, None
+            if self.charge is not None:
+                self.queue.refund(batch)
             self.sink.batch_failed(self.deployment, batch, now)
         return True
 
@@ -193,7 +198,8 @@ class Batcher:
         queue = self.queue
         if self.max_queue_size and len(queue) >= self.max_queue_size:
             return False
-        queue.push(request, now)
+        if queue.push(request, now) is False:  # a priority level at its own limit
+            return False
         self.enqueued += 1
         # with the wait's timer set (never later than the oldest's ready time) and the batch not
         # full, the rule cannot be met before the timer fires
@@ -213,13 +219,18 @@ class Batcher:
                         self._timer_s = now + (ready_s - now)
                         self.executor.call_at(self._timer_s, self._timer_fired)
                     return
-            batch = take_batch(queue, max_b, now, self._expiry, self.sink.drop)
+            batch = take_batch(queue, max_b, now, self._expiry, self.sink.drop if self.charge is None else self._refunded)
             if batch:
                 replica = free.pop()
                 self.sink.batch_started(self.deployment, batch, now, replica.index)
                 replica.batch = batch
                 replica.started_s = now
                 self.executor.start_batch(replica, batch, now)
+
+    def _refunded(self, request: int, now: float, reason: str) -> None:
+        """Drop a request a fair queue handed out but nobody served: its charge is taken back."""
+        self.queue.refund((request,))
+        self.sink.drop(request, now, reason)
 
     def _timer_fired(self, _event: object = None) -> None:
         now = self.executor.now()

@@ -56,7 +56,8 @@ class Deployment:
         self.set_replicas(config.replicas, 0.0)
 
     def _new_batcher(self) -> Batcher:
-        return Batcher(self, make_queue(self.config.queue, self.deadlines_s), max_batch_size=self.max_batch_size,
+        return Batcher(self, make_queue(self.config.queue, self.deadlines_s, getattr(self.sink, "queue_tenancy", None)),
+                       max_batch_size=self.max_batch_size,
                        batch_wait_timeout_s=self.batch_wait_timeout_ms / 1000.0,
                        drop_expired=self.config.drop_expired, max_queue_size=self.config.max_queue_size)
 

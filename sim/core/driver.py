@@ -123,7 +123,28 @@ def seed_summary(summary: dict, seed: int, core: ServingCore, end_s: float, requ
         summary["stages"] = stage_breakdown(requests, [stage.name for stage in core.scenario.stages])
     summary["faults"] = core.fault_log
     summary["policy"] = {"name": core.scenario.policy.name, **core.policy.report()}
+    if core.scenario.tenants:
+        tenant_metrics(summary, core, requests)
     return summary
+
+
+def tenant_metrics(summary: dict, core: ServingCore, requests) -> None:
+    """``tenants`` (each tenant's figures, its share of the replica cost and its price) and
+    ``fairness`` (``traces.tenant_metrics``), for a scenario with ``[[tenants]]``."""
+    from traces.tenant_metrics import fairness, tenant_summary
+
+    scenario = core.scenario
+    frame = requests if isinstance(requests, pd.DataFrame) else requests.to_pandas()
+    window = (scenario.warmup_s, scenario.duration_s)
+    names = [t.name for t in scenario.tenants]
+    summary["tenants"] = tenant_summary(
+        frame, tenants=names, window_s=window,
+        replica_seconds={d: s["replica_seconds"] for d, s in summary["deployments"].items()},
+        price_per_replica_hour=scenario.price_per_replica_hour,
+        price_per_1k_requests={t.name: t.price_per_1k_requests for t in scenario.tenants})
+    for name, held in core.admission.report().items():
+        summary["tenants"][name]["held_most"] = held["held_most"]
+    summary["fairness"] = fairness(frame, weights={t.name: t.weight for t in scenario.tenants}, window_s=window)
 
 
 def seed_timeline(core: ServingCore) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""Waiting lines of a batcher: FIFO, and EDF (earliest absolute deadline first).
+"""Waiting lines of a batcher: FIFO, and EDF (earliest absolute deadline first); the tenants' lines
+(strict priority, weighted fair) are in ``sim.core.tenancy``.
 
 Both also answer ``oldest_s()``, the earliest enqueue time among waiting requests, which the
 batcher's wait timeout is measured from whatever the service order is. They subclass the builtin
@@ -73,8 +74,19 @@ class EdfQueue(list):
         return out
 
 
-def make_queue(discipline: str, deadlines_s: list[float]) -> FifoQueue | EdfQueue:
-    """``deadlines_s[request]`` is each request's absolute deadline, which EDF orders by."""
+def make_queue(discipline: str, deadlines_s: list[float], tenancy=None):
+    """``deadlines_s[request]`` is each request's absolute deadline, which EDF orders by;
+    ``tenancy`` (``sim.core.tenancy.QueueTenancy``) what the tenants' queues order by:
+    ``priority`` and ``priority-edf`` (strict priority, FIFO or EDF within a level) and ``fair``."""
+    if discipline in ("priority", "priority-edf"):
+        from .tenancy import PriorityQueue
+
+        return PriorityQueue(tenancy.tenant_of, tenancy.priority_of, deadlines_s,
+                             within="edf" if discipline == "priority-edf" else "fifo", level_limits=tenancy.level_limits)
+    if discipline == "fair":
+        from .tenancy import FairQueue
+
+        return FairQueue(tenancy.tenant_of, tenancy.weight_of, len(tenancy.weight_of))
     return EdfQueue(deadlines_s) if discipline == "edf" else FifoQueue()
 
 

@@ -69,12 +69,14 @@ class TableContext:
     """What turning ring rows into table rows needs besides the rows: names, predictions, labels."""
 
     def __init__(self, deployment_names: list[str], variants: list[str | None], predictions,
-                 warmup_s: float, labels=None, answer_labels: list | None = None, stages=None):
+                 warmup_s: float, labels=None, answer_labels: list | None = None, stages=None,
+                 tenant_names: tuple[str, ...] = ()):
         """``labels``: true labels in the table's sample order (default: the table's own);
         ``answer_labels``, for a live log: per stage, the labels its runners' answers are checked
         against, in the stage's sample order (None, or missing: unknown); ``stages``, for a
         pipeline: (stage names, each deployment's stage, each stage's prediction table or None)."""
         self.stages = stages
+        self.tenant_names = np.array(tenant_names, dtype=object) if tenant_names else None
         if answer_labels is not None:
             count = len(stages[0]) if stages is not None else 1
             answer_labels = (list(answer_labels) + [None] * count)[:count]
@@ -97,7 +99,7 @@ class TableContext:
             return pa.array(values, from_pandas=True).type if values is not None and len(values) else pa.null()
 
         types = {"sample_id": of(self.sample_ids), "label": of(self.labels), "route": pa.string(),
-                 "drop_reason": pa.string()}
+                 "drop_reason": pa.string(), **({"tenant": pa.string()} if self.tenant_names is not None else {})}
         tables = self.stages[2] if self.stages is not None else (self.predictions,)
         for k, table in enumerate(tables if self.stages is not None else ()):
             types[f"stage{k}_sample_id"] = of(table.sample_ids) if table is not None else pa.null()
@@ -274,6 +276,7 @@ class RequestLog:
             "id": np.arange(lo, hi, dtype=np.int64),
             "arrival_s": arrival,
             "deadline_ms": deadline,
+            **({"tenant": ctx.tenant_names[work.tenant[lo:hi]]} if ctx.tenant_names is not None else {}),
             "sample_id": ctx.sample_ids[sample] if ctx.sample_ids is not None else none,
             "label": ctx.labels[sample] if ctx.labels is not None else none,
             "route": route_labels[codes],

@@ -61,6 +61,10 @@ class ServingCore(RunState):
         self.stage_of = stage_index(scenario.stages, [d.name for d in scenario.deployments])
         self.live_confidence = live_confidence
         window = (scenario.warmup_s, scenario.duration_s)
+        if scenario.tenants:  # what the tenants' queues order by (sim.core.tenancy)
+            from .admission import QueueTenancy
+
+            self.queue_tenancy = QueueTenancy.of(self.tenant, scenario.tenants)
         self.deployments: list[Deployment] = [
             Deployment(executor, self, index, config, self.deadlines_s, window, self.work.deployment_rngs[index][1])
             for index, config in enumerate(scenario.deployments)]
@@ -76,6 +80,14 @@ class ServingCore(RunState):
         self._fixed_resolved: ResolvedRoute | Reject | None = None  # resolved at the first arrival
         if self._fixed is not None:
             self.arrive = self._arrive_fixed
+        self.admission = None
+        if scenario.tenants:  # admission first (sim.core.admission); the policy sees each request's tenant
+            from .admission import Admission
+
+            self.admission = Admission(self, scenario.tenants)
+            self.arrive = self.admission.wrap(self._arrive_fixed if self._fixed is not None else self._arrive_tenant)
+            if self.admission.counted:
+                self.drop, self.batch_finished = self._drop_counted, self._finished_counted
 
     def deployment(self, name: str) -> Deployment:
         try:
@@ -89,6 +101,13 @@ class ServingCore(RunState):
         self.arrivals_seen = i + 1
         route = self.policy.route(Request(i, self.arrival_times[i], self.deadline_classes_ms[self.deadline_class[i]],
                                           self.sample[i]), self.view)
+        self._admit(i, now, self._routes.get(route) or self.resolve(route))
+
+    def _arrive_tenant(self, i: int, now: float) -> None:
+        """``arrive`` in a scenario with tenants: the policy also sees whose request it is."""
+        self.arrivals_seen = i + 1
+        route = self.policy.route(Request(i, self.arrival_times[i], self.deadline_classes_ms[self.deadline_class[i]],
+                                          self.sample[i], self.tenant_names[self.tenant[i]]), self.view)
         self._admit(i, now, self._routes.get(route) or self.resolve(route))
 
     def _arrive_fixed(self, i: int, now: float) -> None:
@@ -171,6 +190,21 @@ class ServingCore(RunState):
         j = request & log.mask
         log.drop_reason[j] = reason
         log.finish_s[j] = now
+
+    def _drop_counted(self, request: int, now: float, reason: str) -> None:
+        """``drop`` when a tenant has a quota: the request's place is freed."""
+        ServingCore.drop(self, request, now, reason)
+        self.admission.ended(request, now, reason)
+
+    def _finished_counted(self, deployment: int, batch: list[int], now: float,
+                          confidences: list[float] | None = None) -> None:
+        """``batch_finished`` when a tenant has a quota: requests that ended free their places."""
+        ServingCore.batch_finished(self, deployment, batch, now, confidences)
+        log = self.log
+        for i in batch:
+            j = i & log.mask
+            if log.finish_s[j] == now and log.drop_reason[j] is None:
+                self.admission.ended(i, now, None)
 
     def batch_started(self, deployment: int, batch: list[int], now: float, replica: int) -> None:
         log = self.log

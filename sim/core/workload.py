@@ -30,6 +30,7 @@ class Workload:
     deployment_rngs: tuple[tuple[np.random.Generator, np.random.Generator], ...]  # (service, balancer)
     fault_rng: np.random.Generator
     stage_sample_index: tuple[np.ndarray, ...] = ()  # a pipeline's later stages: each its own sample
+    tenant: np.ndarray | None = None  # each request's tenant (index into scenario.tenants); None: no tenants
 
     @property
     def size(self) -> int:
@@ -50,15 +51,30 @@ def make_workload(scenario: Scenario, seed: int, n_samples: int, stage_n_samples
     seeds = np.random.SeedSequence(seed).spawn(count + deployments + len(stage_n_samples))
     streams = [np.random.default_rng(s) for s in seeds[:count]]
     arrivals_rng, deadline_rng, sample_rng, fault_rng = streams[:4]
-    times = np.asarray(scenario.arrivals.times_s(scenario.duration_s, arrivals_rng), dtype=np.float64)
-    n = times.size
     req = scenario.requests
     classes = np.asarray(req.deadline_ms, dtype=np.float64)
     code = _NUMPY[_index_code(len(classes))]
-    if len(classes) == 1:
+    tenant = None
+    if scenario.tenants:  # each tenant's own classes, numbered one tenant after another
+        times, tenant = scenario.arrivals.labelled_times_s(scenario.duration_s, arrivals_rng)
+        n = times.size
         deadline_class = np.zeros(n, dtype=code)
+        offset = 0
+        for k, t in enumerate(scenario.tenants):
+            mine = np.flatnonzero(tenant == k)
+            if len(t.deadline_ms) > 1:
+                deadline_class[mine] = offset + deadline_rng.choice(len(t.deadline_ms), size=mine.size, p=t.weights)
+            else:
+                deadline_class[mine] = offset
+            offset += len(t.deadline_ms)
+        tenant = tenant.astype(np.uint8)
     else:
-        deadline_class = deadline_rng.choice(len(classes), size=n, p=req.weights).astype(code)
+        times = np.asarray(scenario.arrivals.times_s(scenario.duration_s, arrivals_rng), dtype=np.float64)
+        n = times.size
+        if len(classes) == 1:
+            deadline_class = np.zeros(n, dtype=code)
+        else:
+            deadline_class = deadline_rng.choice(len(classes), size=n, p=req.weights).astype(code)
     code = _NUMPY[_index_code(n_samples)]
     sample_index = (sample_rng.integers(0, n_samples, size=n).astype(code) if n_samples
                     else np.zeros(n, dtype=code))
@@ -69,7 +85,7 @@ def make_workload(scenario: Scenario, seed: int, n_samples: int, stage_n_samples
         code = _NUMPY[_index_code(count_k)]
         stage_samples.append(rng.integers(0, count_k, size=n).astype(code) if count_k else np.zeros(n, dtype=code))
     return Workload(times, deadline_class, classes, sample_index, tuple(zip(rest[0::2], rest[1::2])), fault_rng,
-                    tuple(stage_samples))
+                    tuple(stage_samples), tenant)
 
 
 def _compact(values: np.ndarray, typecode: str) -> array:
@@ -142,10 +158,13 @@ class RunState:
         self.stage_samples = [self.sample] + [_compact(a, _index_code(t.sample_ids.size if t else 0))
                                               for a, t in zip(work.stage_sample_index, later)]
         self.arrivals_seen = 0
+        self.tenant_names: tuple[str, ...] = tuple(t.name for t in scenario.tenants)
+        self.tenant = _compact(work.tenant, "B") if work.tenant is not None else None
         stage_of = stage_index(scenario.stages, [d.name for d in scenario.deployments])
         context = TableContext([d.name for d in scenario.deployments], [d.variant for d in scenario.deployments],
                                self.predictions, scenario.warmup_s, labels=labels,
                                answer_labels=(list(stage_labels) or [labels]) if live_confidence else None,
                                stages=([s.name for s in scenario.stages], [stage_of[d.name] for d in scenario.deployments],
-                                       self.stage_predictions) if scenario.stages else None)
+                                       self.stage_predictions) if scenario.stages else None,
+                               tenant_names=self.tenant_names)
         self.log = RequestLog(work, context)

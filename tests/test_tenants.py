@@ -1,0 +1,225 @@
+"""Tenants in runs: every arrival accounted for by tenant, rate limits, quotas, strict priority and
+fair sharing as the core applies them, cost attribution, a policy that routes by tenant, the real
+server on the same scheduler, and the scenario's errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from fractions import Fraction
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import policies
+from policies.base import Policy, Route
+from sim.runner import prepare, run_seed
+from traces.errors import InputError
+from traces.scenario import scenario_from_dict
+
+SERVICE = {"kind": "exponential", "mean_ms": 4.0}
+
+
+def tenants_scenario(tenants: list[dict], *, queue: str = "fifo", replicas: int = 1, max_batch: int = 1,
+                     duration_s: float = 6.0, policy: dict | None = None, deployments: list | None = None) -> dict:
+    return {"seed": 3, "duration_s": duration_s, "warmup_s": 0.5, "tenants": tenants,
+            "deployments": deployments or [{"name": "m", "service": SERVICE, "replicas": replicas,
+                                            "max_batch_size": max_batch, "queue": queue}],
+            "policy": policy or {"name": "static"}}
+
+
+def tenant(name: str, rate_rps: float, **keys) -> dict:
+    return {"name": name, "arrivals": {"kind": "poisson", "rate_rps": rate_rps}, "deadline_ms": 100.0, **keys}
+
+
+def run(raw: dict, seed: int = 3):
+    _, requests, summary, _ = run_seed(prepare(scenario_from_dict(raw)), seed)
+    return requests.to_pandas(), summary
+
+
+def test_every_arrival_is_accounted_for_by_tenant():
+    raw = tenants_scenario([tenant("a", 120.0), tenant("b", 60.0, deadline_ms=[20.0, 200.0], weights=[1, 3])])
+    requests, summary = run(raw)
+    assert set(requests["tenant"]) == {"a", "b"}
+    measured = requests[requests["measured"]]
+    per = summary["tenants"]
+    assert per["a"]["requests"] + per["b"]["requests"] == summary["requests"] == len(measured)
+    assert per["a"]["requests"] == (measured["tenant"] == "a").sum()
+    for name in ("a", "b"):  # each outcome of each request: completed, or dropped with a reason
+        mine = measured[measured["tenant"] == name]
+        assert per[name]["completed"] + sum(per[name]["dropped_by_reason"].values()) == len(mine)
+    # each tenant's own deadlines: b draws 20 or 200 ms, a only 100
+    assert set(requests.loc[requests["tenant"] == "a", "deadline_ms"]) == {100.0}
+    assert set(requests.loc[requests["tenant"] == "b", "deadline_ms"]) == {20.0, 200.0}
+    # the rates are each tenant's own (about 120 and 60 per second over the 5.5 s window)
+    assert 0.8 < per["a"]["requests"] / (120 * 5.5) < 1.2 and 0.7 < per["b"]["requests"] / (60 * 5.5) < 1.3
+
+
+def test_the_token_bucket_admits_exactly_what_rate_and_burst_allow():
+    raw = tenants_scenario([tenant("limited", 200.0, rate_limit={"rate_rps": 50.0, "burst": 5}), tenant("free", 20.0)])
+    requests, summary = run(raw)
+    mine = requests[requests["tenant"] == "limited"].sort_values("arrival_s")
+    tokens, last, admitted = Fraction(5), Fraction(0), []
+    for t in mine["arrival_s"]:  # the bucket, recomputed with exact fractions
+        t = Fraction(t)
+        tokens = min(Fraction(5), tokens + 50 * (t - last))
+        last = t
+        admitted.append(tokens >= 1)
+        tokens -= 1 if tokens >= 1 else 0
+    rejected = (mine["drop_reason"] == "rate_limited").to_numpy()
+    assert (rejected == ~np.array(admitted)).all() and rejected.sum() > 500
+    assert not (requests.loc[requests["tenant"] == "free", "drop_reason"] == "rate_limited").any()
+    assert summary["tenants"]["limited"]["dropped_by_reason"]["rate_limited"] == rejected[mine["measured"].to_numpy()].sum()
+
+
+def in_flight_peak(rows: pd.DataFrame) -> int:
+    """The most requests admitted and not yet ended at once (admitted: joined the first queue)."""
+    admitted = rows[rows["hop0_enqueue_s"].notna()]
+    ends = admitted["finish_s"].fillna(admitted["hop0_enqueue_s"])  # a drop ends at its drop time
+    ended = np.where(admitted["dropped"], admitted["hop0_enqueue_s"].where(admitted["hop0_start_s"].isna(),
+                                                                           admitted["hop0_finish_s"]), ends)
+    events = sorted([(t, 1) for t in admitted["hop0_enqueue_s"]] + [(t, -1) for t in ended], key=lambda e: (e[0], e[1]))
+    level = peak = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+@pytest.mark.parametrize("action", ["reject", "wait"])
+def test_a_quota_caps_requests_in_flight(action):
+    raw = tenants_scenario([tenant("capped", 400.0, quota={"max_in_flight": 3, "action": action}),
+                            tenant("other", 50.0)], replicas=2, duration_s=4.0)
+    requests, summary = run(raw)
+    mine = requests[requests["tenant"] == "capped"]
+    assert in_flight_peak(mine) <= 3
+    reasons = set(mine["drop_reason"]) - {""}
+    if action == "reject":
+        assert (mine["drop_reason"] == "quota").sum() > 100
+    else:  # nothing rejected for the quota: held and admitted later, or still held at the end
+        assert "quota" not in reasons and (mine["hop0_enqueue_s"] > mine["arrival_s"] + 1e-9).sum() > 100
+        assert reasons <= {"expired", "unfinished"} and summary["tenants"]["capped"]["held_most"] > 10
+    assert not (requests.loc[requests["tenant"] == "other", "drop_reason"] == "quota").any()
+
+
+def test_strict_priority_never_serves_a_lower_level_while_premium_waits():
+    deployments = [{"name": "m", "service": {"kind": "exponential", "mean_ms": 2.0, "per_item_ms": 2.0},
+                    "max_batch_size": 4, "queue": "priority"}]  # about 330 requests/s at full batches
+    raw = tenants_scenario([tenant("premium", 150.0, priority=1), tenant("batch", 220.0, priority=2)],
+                           deployments=deployments)
+    requests, summary = run(raw)
+    started = requests[requests["hop0_start_s"].notna()]
+    premium, low = started[started["tenant"] == "premium"], started[started["tenant"] == "batch"]
+    enq, start = premium["hop0_enqueue_s"].to_numpy(), premium["hop0_start_s"].to_numpy()
+    for s in low["hop0_start_s"].to_numpy():  # a batch that takes a low request leaves no premium waiting
+        assert not ((enq < s) & (start > s)).any()
+    assert summary["tenants"]["premium"]["hit_rate"] > summary["tenants"]["batch"]["hit_rate"]
+    fifo, fifo_summary = run({**raw, "deployments": [{**raw["deployments"][0], "queue": "fifo"}]})
+    assert summary["tenants"]["premium"]["latency_ms"]["p99"] < fifo_summary["tenants"]["premium"]["latency_ms"]["p99"]
+
+
+def test_fair_sharing_gives_backlogged_tenants_service_in_proportion_to_their_weights():
+    deployments = [{"name": "m", "service": {"kind": "exponential", "mean_ms": 2.0, "per_item_ms": 2.0},
+                    "replicas": 2, "max_batch_size": 4, "queue": "fair"}]  # about 800 requests/s at full batches
+    raw = tenants_scenario([tenant("light", 600.0, weight=1.0, deadline_ms=60000.0),
+                            tenant("heavy", 1200.0, weight=3.0, deadline_ms=60000.0)],
+                           deployments=deployments, duration_s=8.0)
+    requests, summary = run(raw)
+    service = {n: summary["tenants"][n]["service_seconds"] for n in ("light", "heavy")}
+    assert service["heavy"] / service["light"] == pytest.approx(3.0, rel=0.05)
+    # the bound of sim.core.tenancy: 2 c B s / min(w), s the largest per-request share of a batch
+    served = requests[requests["hop0_start_s"].notna()]
+    share = ((served["hop0_finish_s"] - served["hop0_start_s"]) / served["hop0_batch_size"]).max()
+    assert summary["fairness"]["max_service_gap_s"] <= 2 * 2 * 4 * share / 1.0
+    fifo, fifo_summary = run({**raw, "deployments": [{**raw["deployments"][0], "queue": "fifo"}]})
+    fifo_ratio = fifo_summary["tenants"]["heavy"]["service_seconds"] / fifo_summary["tenants"]["light"]["service_seconds"]
+    assert fifo_ratio == pytest.approx(2.0, rel=0.1)  # FIFO serves them as they come: in the ratio of their rates
+
+
+def test_cost_attribution_sums_to_the_run_and_adds_the_price():
+    raw = tenants_scenario([tenant("a", 100.0, price_per_1k_requests=2.0), tenant("b", 300.0)], replicas=2)
+    raw["price_per_replica_hour"] = 3.0
+    _, summary = run(raw)
+    per = summary["tenants"]
+    assert per["a"]["replica_seconds"] + per["b"]["replica_seconds"] == pytest.approx(summary["cost"]["replica_seconds"])
+    assert per["a"]["cost"]["replica"] + per["b"]["cost"]["replica"] == pytest.approx(summary["cost"]["total"])
+    assert per["a"]["cost"]["requests"] == pytest.approx(per["a"]["requests"] / 1000 * 2.0)
+    assert per["b"]["cost"]["requests"] == 0.0
+    assert per["b"]["replica_seconds"] > 2 * per["a"]["replica_seconds"]  # b sent 3x the work
+
+
+class _ByTenant(Policy):
+    name = "test-by-tenant"
+
+    def setup(self, view):
+        self._routes = {"gold": Route.single("large"), None: Route.single("small")}
+
+    def route(self, request, view):
+        return self._routes.get(request.tenant, self._routes[None])
+
+
+def test_a_policy_sees_each_request_tenant_and_may_route_by_it():
+    policies.register(_ByTenant)
+    deployments = [{"name": "small", "service": SERVICE}, {"name": "large", "service": {"kind": "exponential", "mean_ms": 6.0}}]
+    raw = tenants_scenario([tenant("gold", 50.0), tenant("plain", 50.0)], deployments=deployments,
+                           policy={"name": "test-by-tenant"})
+    requests, _ = run(raw)
+    assert set(requests.loc[requests["tenant"] == "gold", "hop0_deployment"]) == {"large"}
+    assert set(requests.loc[requests["tenant"] == "plain", "hop0_deployment"]) == {"small"}
+
+
+def test_the_real_server_runs_tenants_on_the_same_scheduler():
+    from measure.server import Server, parametric_runners
+
+    raw = tenants_scenario([tenant("premium", 100.0, priority=1, rate_limit={"rate_rps": 80.0, "burst": 4}),
+                            tenant("batch", 150.0, priority=2)], queue="priority", duration_s=2.0)
+    scenario = scenario_from_dict(raw)
+    prepared = prepare(scenario)
+    server = Server(dataclasses.replace(scenario, seed=3), policies.create("static", {}),
+                    parametric_runners(scenario, 3), seed=3, labels=None, profiles=prepared.profiles, predictions=None)
+    real = server.run().to_pandas()
+    simulated, _ = run(raw)
+    # the same arrivals, tenants and token-bucket decisions (they depend on arrival times alone)
+    assert real["tenant"].tolist() == simulated["tenant"].tolist()
+    assert ((real["drop_reason"] == "rate_limited") == (simulated["drop_reason"] == "rate_limited")).all()
+    started = real[real["hop0_start_s"].notna()]
+    premium = started[started["tenant"] == "premium"]
+    for s in started.loc[started["tenant"] == "batch", "hop0_start_s"]:
+        waiting = (premium["hop0_enqueue_s"] < s - 1e-3) & (premium["hop0_start_s"] > s + 1e-3)
+        assert not waiting.any()  # strict priority, up to the real server's lock and timer resolution
+
+
+@pytest.mark.parametrize("change, where", [
+    ({"arrivals": {"kind": "poisson", "rate_rps": 5.0}}, "arrivals"),
+    ({"tenants": [tenant("a", 5.0), tenant("a", 5.0)]}, "tenants[1].name"),
+    ({"tenants": [{**tenant("a", 5.0), "colour": "red"}]}, "tenants[0].colour"),
+    ({"tenants": [tenant("a", 5.0, quota={"action": "wait"})]}, "tenants.a.quota.max_in_flight"),
+    ({"tenants": [tenant("a", 5.0, quota={"max_in_flight": 2, "action": "later"})]}, "tenants.a.quota.action"),
+    ({"tenants": [tenant("a", 5.0, rate_limit={"rate_rps": 0.0})]}, "tenants.a.rate_limit.rate_rps"),
+    ({"tenants": [tenant("a", 5.0, priority=0)]}, "tenants.a.priority"),
+    ({"tenants": [tenant("a", 5.0, weight=0.0)]}, "tenants.a.weight"),
+    ({"tenants": [{"name": "a", "arrivals": {"kind": "poisson", "rate_rps": 5.0}}]}, "tenants.a.deadline_ms"),
+])
+def test_a_bad_tenant_is_named(change, where):
+    raw = {**tenants_scenario([tenant("a", 5.0)]), **change}
+    with pytest.raises(InputError) as info:
+        scenario_from_dict(raw)
+    assert info.value.where == where
+
+
+def test_a_tenants_queue_needs_tenants():
+    raw = {"duration_s": 1.0, "arrivals": {"kind": "poisson", "rate_rps": 5.0}, "requests": {"deadline_ms": 10.0},
+           "deployments": [{"name": "m", "service": SERVICE, "queue": "fair"}], "policy": {"name": "static"}}
+    with pytest.raises(InputError) as info:
+        scenario_from_dict(raw)
+    assert info.value.where == "deployments.m.queue"
+
+
+def test_a_sweep_load_scales_every_tenant():
+    from sim.sweep import _set
+
+    raw = tenants_scenario([tenant("a", 10.0), tenant("b", 30.0)])
+    _set(raw, "load", 2.0, "test")
+    assert [t["arrivals"]["rate_rps"] for t in raw["tenants"]] == [20.0, 60.0]
+    assert math.isclose(scenario_from_dict(raw).arrivals.mean_rate_rps(6.0), 80.0)
