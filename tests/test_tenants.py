@@ -223,3 +223,23 @@ def test_a_sweep_load_scales_every_tenant():
     _set(raw, "load", 2.0, "test")
     assert [t["arrivals"]["rate_rps"] for t in raw["tenants"]] == [20.0, 60.0]
     assert math.isclose(scenario_from_dict(raw).arrivals.mean_rate_rps(6.0), 80.0)
+
+
+def test_an_hpa_may_scale_on_one_tenant_queue():
+    """HPA on the premium tenant's waiting requests alone, behind a priority queue: a flood of
+    batch traffic it does not count leaves the deployment at one replica (premium requests are
+    served first and hardly wait); counting every tenant scales it up."""
+    deployments = [{"name": "m", "service": {"kind": "exponential", "mean_ms": 4.0}, "replicas": 1, "queue": "priority",
+                     "autoscaling": {"policy": "hpa", "max_replicas": 6, "target_average_value": 2,
+                                     "sync_period_s": 1.0, "tenant": "premium"}, "startup_s": 0.5}]
+    raw = tenants_scenario([tenant("premium", 20.0), tenant("batch", 600.0, priority=2, deadline_ms=60000.0)],
+                           deployments=deployments, duration_s=8.0)
+    _, _, _, timeline = run_seed(prepare(scenario_from_dict(raw)), 3)
+    assert timeline["replicas"].max() == 1
+    raw["deployments"][0]["autoscaling"].pop("tenant")
+    _, _, _, timeline = run_seed(prepare(scenario_from_dict(raw)), 3)
+    assert timeline["replicas"].max() > 2
+    raw["deployments"][0]["autoscaling"]["tenant"] = "gold"
+    with pytest.raises(InputError) as info:
+        scenario_from_dict(raw)
+    assert info.value.where == "deployments.m.autoscaling.tenant"

@@ -94,6 +94,7 @@ class HPAConfig(AutoscalingConfig):
 
     policy: ClassVar[str] = "hpa"
     metric: str = "queue_length"
+    tenant: str | None = None  # with [[tenants]]: the metric counts only this tenant's requests
     target_average_value: float
     tolerance: float = 0.1
     sync_period_s: float = 15.0
@@ -241,6 +242,7 @@ def _parse_hpa(raw: dict, where: str, common: dict) -> HPAConfig:
     return HPAConfig(
         **common,
         metric=text(raw, "metric", where, default="queue_length", choices=HPA_METRICS),
+        tenant=text(raw, "tenant", where) if "tenant" in raw else None,
         target_average_value=number(raw, "target_average_value", where, low=0.0, strict=True, high=1e9),
         tolerance=number(raw, "tolerance", where, default=0.1, low=0.0, high=1.0),
         sync_period_s=_seconds(raw, "sync_period_s", where, 15.0, strict=True, high=HOUR_S),

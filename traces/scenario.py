@@ -285,6 +285,12 @@ def scenario_from_dict(raw: dict, base_dir: Path = Path("."), source: Path | Non
         process = arrivals_mod.from_config(arrivals_cfg, base_dir, where="arrivals")
         requests = _requests(table(raw, "requests", ""))
     deployments = _deployments(raw.get("deployments"), base_dir)
+    names = {t.name for t in tenants}
+    for d in deployments:
+        tenant = getattr(d.autoscaling, "tenant", None)
+        if tenant is not None and tenant not in names:
+            raise InputError(f"deployments.{d.name}.autoscaling.tenant", f"unknown tenant {tenant!r}; "
+                             + (f"tenants: {', '.join(sorted(names))}" if names else "the scenario has no [[tenants]]"))
     queued = next((d for d in deployments if d.queue in ("priority", "priority-edf", "fair")), None)
     if queued is not None and not tenants:
         raise InputError(f"deployments.{queued.name}.queue", f"{queued.queue!r} orders tenants' requests: it needs [[tenants]]")

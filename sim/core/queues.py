@@ -30,6 +30,10 @@ class FifoQueue(deque):
     def oldest_s(self) -> float:
         return self[0][0]
 
+    def requests(self):
+        """The waiting requests (any order): what a per-tenant count reads."""
+        return (r for _, r in self)
+
     def drain(self) -> list[int]:
         out = [r for _, r in self]
         self.clear()
@@ -59,6 +63,9 @@ class EdfQueue(list):
 
     def take_n(self, n: int) -> list[int]:
         return [self.take() for _ in range(n)]
+
+    def requests(self):
+        return (r for _, _, r in self)
 
     def oldest_s(self) -> float:
         by_age, taken = self._by_age, self._taken

@@ -42,6 +42,8 @@ class Watch:
         self.capacity_rps = (profile.throughput_rps(min(dep.max_batch_size, profile.max_batch_size))
                              if profile is not None else math.nan)
         self._enqueued, self._last_s = 0, 0.0
+        tenant = getattr(config, "tenant", None)  # HPA on one tenant's waiting requests
+        self._tenant = core.tenant_names.index(tenant) if tenant is not None else None
 
     def start(self) -> None:
         self._due_s = self.tick_s  # ticks keep to their grid, however late a real timer fires
@@ -56,6 +58,9 @@ class Watch:
         self._enqueued, self._last_s = enqueued, now
         if self.autoscaler is not None:
             waiting, _, ready = dep.load()
+            if self._tenant is not None:
+                tenant_of, mine = core.tenant, self._tenant
+                waiting = sum(1 for b in dep.batchers for r in b.queue.requests() if tenant_of[r] == mine)
             obs = Observation(now, dep.provisioned, ready, waiting, dep.in_flight, rate, self.capacity_rps)
             desired = self.autoscaler.desired(obs)
             if desired != dep.provisioned:

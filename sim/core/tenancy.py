@@ -210,6 +210,10 @@ class PriorityQueue:
             raise IndexError("oldest_s of an empty PriorityQueue")
         return oldest
 
+    def requests(self):
+        """The waiting requests (any order)."""
+        return (r for sub in self._subs for r in sub.requests())
+
     def drain(self) -> list[int]:
         """Everyone waiting, in service order (level by level), leaving the queue empty."""
         out = [r for sub in self._subs for r in sub.drain()]
@@ -346,6 +350,10 @@ class FairQueue:
         if oldest == math.inf:
             raise IndexError("oldest_s of an empty FairQueue")
         return oldest
+
+    def requests(self):
+        """The waiting requests (any order)."""
+        return (r for sub in self._subs for r in sub.requests())
 
     def drain(self) -> list[int]:
         """Everyone waiting, oldest first, leaving the queue empty (counters unchanged)."""
