@@ -243,3 +243,43 @@ def test_an_hpa_may_scale_on_one_tenant_queue():
     with pytest.raises(InputError) as info:
         scenario_from_dict(raw)
     assert info.value.where == "deployments.m.autoscaling.tenant"
+
+
+@pytest.mark.parametrize("action", ["reject", "delay"])
+def test_a_priority_level_timeout_rejects_or_delays(action):
+    """Triton's per-level queue policy: a batch request that waited 30 ms is rejected ("timeout")
+    or moved behind every level, where it is served only when nothing else waits."""
+    deployments = [{"name": "m", "service": {"kind": "exponential", "mean_ms": 2.0, "per_item_ms": 2.0},
+                    "max_batch_size": 4, "queue": "priority"}]
+    batch = tenant("batch", 250.0, priority=2, deadline_ms=60000.0, queue_timeout_ms=30.0, timeout_action=action)
+    raw = tenants_scenario([tenant("premium", 150.0, priority=1), batch], deployments=deployments)
+    requests, summary = run(raw)
+    low = requests[requests["tenant"] == "batch"]
+    timed_out = low["drop_reason"] == "timeout"
+    if action == "reject":
+        assert timed_out.sum() > 50
+        served = low[low["hop0_start_s"].notna()]
+        assert ((served["hop0_start_s"] - served["hop0_enqueue_s"]) * 1000.0 <= 30.0 + 60.0).all()
+    else:  # nothing rejected: the delayed wait longer than the level's timeout, behind everyone
+        assert not timed_out.any()
+        late = low[(low["hop0_start_s"] - low["hop0_enqueue_s"]) * 1000.0 > 30.0]
+        assert len(late) > 50
+    assert summary["tenants"]["premium"]["hit_rate"] == 1.0
+
+
+def test_a_level_timeout_takes_effect_at_its_time_and_not_before():
+    from sim.core.tenancy import PriorityQueue
+
+    queue = PriorityQueue([0, 1, 1], [1, 2], [0.0] * 3, level_timeouts={2: (0.030, "delay")})
+    queue.push(1, 0.0)
+    queue.push(2, 0.010)
+    queue.push(0, 0.020)
+    assert queue.expire(0.0299) == [] and queue.take_n(3) == [0, 1, 2]
+    queue.push(1, 0.0)
+    queue.push(2, 0.010)
+    assert queue.expire(0.030) == [] and len(queue) == 2   # 1 delayed, 2 not yet
+    queue.push(0, 0.035)
+    assert queue.take_n(3) == [0, 2, 1]                     # the delayed one comes last
+    rejecting = PriorityQueue([0, 1], [1, 2], [0.0] * 2, level_timeouts={2: (0.030, "reject")})
+    rejecting.push(1, 0.0)
+    assert rejecting.expire(0.030) == [1] and not rejecting

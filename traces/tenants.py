@@ -10,7 +10,9 @@ A scenario has either one ``[arrivals]`` table or a list of ``[[tenants]]``, eac
   service under ``queue = "fair"``;
 - ``max_queue_size``: at a priority queue, the most requests of its level that may wait (Triton's
   per-level ``max_queue_size``; 0, the default, is unbounded; over it a request is dropped as
-  ``queue_full``);
+  ``queue_full``); ``queue_timeout_ms`` with ``timeout_action``: a request of its level that has
+  waited that long is rejected (``timeout``) or delayed behind every level (Triton's REJECT and
+  DELAY), applied whenever a replica of the deployment looks at its queue;
 - ``rate_limit = { rate_rps, burst }``: a token bucket at admission (full at the start; each
   arrival takes a token; with none left it is rejected as ``rate_limited``);
 - ``quota = { max_in_flight, action }``: at most that many of its requests admitted and not yet
@@ -36,7 +38,8 @@ from .checks import as_number, integer, number, reject_unknown, table, text
 from .errors import InputError
 
 TENANT_KEYS = ("name", "arrivals", "deadline_ms", "weights", "priority", "weight", "max_queue_size",
-               "rate_limit", "quota", "price_per_1k_requests")
+               "queue_timeout_ms", "timeout_action", "rate_limit", "quota", "price_per_1k_requests")
+TIMEOUT_ACTIONS = ("reject", "delay")
 QUOTA_ACTIONS = ("reject", "wait")
 
 
@@ -62,6 +65,8 @@ class TenantConfig:
     priority: int = 1
     weight: float = 1.0
     max_queue_size: int = 0
+    queue_timeout_ms: float = 0.0      # at a priority queue: 0, none
+    timeout_action: str = "reject"
     rate_limit: RateLimit | None = None
     quota: Quota | None = None
     price_per_1k_requests: float = 0.0
@@ -72,7 +77,8 @@ class TenantConfig:
             arrivals_cfg["path"] = str((source_dir / arrivals_cfg["path"]).resolve())
         out = {"name": self.name, "arrivals": arrivals_cfg, "deadline_ms": list(self.deadline_ms),
                "weights": list(self.weights), "priority": self.priority, "weight": self.weight,
-               "max_queue_size": self.max_queue_size, "price_per_1k_requests": self.price_per_1k_requests}
+               "max_queue_size": self.max_queue_size, "queue_timeout_ms": self.queue_timeout_ms,
+               "timeout_action": self.timeout_action, "price_per_1k_requests": self.price_per_1k_requests}
         if self.rate_limit is not None:
             out["rate_limit"] = {"rate_rps": self.rate_limit.rate_rps, "burst": self.rate_limit.burst}
         if self.quota is not None:
@@ -138,6 +144,8 @@ def parse_tenants(items: object, base_dir: pathlib.Path, requests: tuple | None)
             priority=integer(cfg, "priority", where, default=1, low=1),
             weight=number(cfg, "weight", where, default=1.0, low=0, strict=True),
             max_queue_size=integer(cfg, "max_queue_size", where, default=0, low=0),
+            queue_timeout_ms=number(cfg, "queue_timeout_ms", where, default=0.0, low=0),
+            timeout_action=text(cfg, "timeout_action", where, default="reject", choices=TIMEOUT_ACTIONS),
             rate_limit=_rate_limit(cfg, where), quota=_quota(cfg, where),
             price_per_1k_requests=number(cfg, "price_per_1k_requests", where, default=0.0, low=0)))
     if len(tenants) > 255:

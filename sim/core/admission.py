@@ -13,6 +13,7 @@ as ``unfinished``: nothing is silently lost. Admitted requests go on to the poli
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,14 +36,18 @@ class QueueTenancy:
     priority_of: tuple[int, ...]
     weight_of: tuple[float, ...]
     level_limits: dict[int, int]
+    level_timeouts: dict[int, tuple[float, str]]  # level -> (seconds, "reject" | "delay")
 
     @classmethod
     def of(cls, tenant_of: Sequence[int], tenants: "tuple[TenantConfig, ...]") -> "QueueTenancy":
         limits: dict[int, int] = {}
+        timeouts: dict[int, tuple[float, str]] = {}
         for t in tenants:
             if t.max_queue_size:
                 limits[t.priority] = min(limits.get(t.priority, t.max_queue_size), t.max_queue_size)
-        return cls(tenant_of, tuple(t.priority for t in tenants), tuple(t.weight for t in tenants), limits)
+            if t.queue_timeout_ms:  # the smallest timeout of a level's tenants, with its action
+                timeouts[t.priority] = min(timeouts.get(t.priority, (math.inf, "")), (t.queue_timeout_ms / 1000.0, t.timeout_action))
+        return cls(tenant_of, tuple(t.priority for t in tenants), tuple(t.weight for t in tenants), limits, timeouts)
 
 
 NOT_ADMITTED = ("rate_limited", "quota")  # drop reasons of requests that never entered: no quota held

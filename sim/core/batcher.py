@@ -119,6 +119,7 @@ class Batcher:
         self.recent: deque = owner.recent  # the deployment's recent batches
         self._timer_s = math.inf  # when the batching wait's timer is set for (inf: none)
         self.charge = getattr(queue, "served", None)  # a fair queue charges each batch's service
+        self.expire = getattr(queue, "expire", None) if getattr(queue, "_timeouts", None) else None
 
     def add_replica(self, index: int, now: float) -> Replica:
         """A new replica, not yet serving: ``ready`` puts it to work."""
@@ -209,6 +210,9 @@ class Batcher:
 
     def dispatch(self, now: float) -> None:
         queue, free = self.queue, self.free
+        if self.expire is not None and free:  # a priority level's timeout (sim.core.tenancy)
+            for request in self.expire(now):
+                self.sink.drop(request, now, "timeout")
         max_b = self.max_batch_size
         while free and queue:
             if len(queue) < max_b and self.timeout_s > 0:

@@ -89,7 +89,8 @@ def make_queue(discipline: str, deadlines_s: list[float], tenancy=None):
         from .tenancy import PriorityQueue
 
         return PriorityQueue(tenancy.tenant_of, tenancy.priority_of, deadlines_s,
-                             within="edf" if discipline == "priority-edf" else "fifo", level_limits=tenancy.level_limits)
+                             within="edf" if discipline == "priority-edf" else "fifo", level_limits=tenancy.level_limits,
+                             level_timeouts=tenancy.level_timeouts)
     if discipline == "fair":
         from .tenancy import FairQueue
 

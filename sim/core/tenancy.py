@@ -142,10 +142,11 @@ class PriorityQueue:
     since the batcher's wait timeout counts from the oldest waiting request whatever the order.
     """
 
-    __slots__ = ("levels", "_subs", "_sub_of_tenant", "_limit_of_tenant", "_tenant_of", "_n")
+    __slots__ = ("levels", "_subs", "_sub_of_tenant", "_limit_of_tenant", "_tenant_of", "_n", "_timeouts", "_delayed")
 
     def __init__(self, tenant_of: Sequence[int], priority_of: Sequence[int], deadlines_s: Sequence[float],
-                 within: str = "fifo", level_limits: dict[int, int] | None = None):
+                 within: str = "fifo", level_limits: dict[int, int] | None = None,
+                 level_timeouts: dict[int, tuple[float, str]] | None = None):
         if within not in WITHIN_LEVEL_ORDERS:
             raise InputError("priority queue within", f"one of {', '.join(WITHIN_LEVEL_ORDERS)}, not {within!r}")
         _check_levels(priority_of, level_limits)
@@ -158,6 +159,32 @@ class PriorityQueue:
         self._limit_of_tenant = [limits.get(level, 0) for level in priority_of]
         self._tenant_of = tenant_of
         self._n = 0
+        # Triton's per-level queue policy: a request that waited its level's timeout is rejected,
+        # or delayed: moved behind every level, into a last line served only when all are empty
+        # (FIFO within levels only: the oldest of a level is then its head)
+        timeouts = level_timeouts or {}
+        if timeouts and within != "fifo":
+            raise InputError("queue timeout", "applies to queue = 'priority' (FIFO within a level)")
+        self._timeouts = [(k, timeouts[level][0], timeouts[level][1]) for k, level in enumerate(self.levels)
+                          if level in timeouts]
+        self._delayed = FifoQueue()
+        if self._timeouts:
+            self._subs.append(self._delayed)
+
+    def expire(self, now_s: float) -> list[int]:
+        """Apply the levels' timeouts at ``now_s``: the requests rejected (the delayed ones move
+        to the last line, keeping their enqueue time)."""
+        rejected: list[int] = []
+        for k, timeout_s, action in self._timeouts:
+            sub = self._subs[k]
+            while sub and sub[0][0] + timeout_s <= now_s:
+                enqueue_s, request = sub.popleft()
+                if action == "reject":
+                    rejected.append(request)
+                    self._n -= 1
+                else:
+                    self._delayed.append((enqueue_s, request))
+        return rejected
 
     def __len__(self) -> int:
         return self._n
