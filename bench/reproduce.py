@@ -79,6 +79,10 @@ def steps() -> list[Step]:
              (simulate, "sweep", "examples/ipa/study.toml", "--out", "runs/ipa", "--force")),
         Step("ipa-report", "the IPA study's table and figures (docs/results/ipa/)",
              (sys.executable, "bench/ipa_study.py", "runs/ipa", "--out", "docs/results/ipa", "--force")),
+        Step("isolation", "the tenants' isolation study: 75 runs",
+             (simulate, "sweep", "examples/tenants/isolation-sweep.toml", "--out", "runs/isolation", "--force")),
+        Step("isolation-report", "the isolation study's table and figure (docs/results/isolation/)",
+             (sys.executable, "bench/isolation_study.py", "runs/isolation", "--out", "docs/results/isolation", "--force")),
         Step("data", "the sweeps' results tables for the notebooks (docs/data/)",
              (sys.executable, str(Path(__file__).resolve().relative_to(ROOT)), "--copy-results", "docs/data")),
     ]
