@@ -47,7 +47,9 @@ def _measure(args, *, latency: bool, accuracy: bool, argv) -> int:
     from contextlib import nullcontext
 
     from traces.outputs import check_target, scratch_directory, sweep_leftovers
+    from traces.tracking import bundle_run, parse_track, track
 
+    target = parse_track(getattr(args, "track", None), getattr(args, "track_experiment", None))
     # Before any work (and before importing torch): a file, the current directory or a directory
     # of the user's is refused; an existing bundle is resumed, or with --force replaced only once
     # the new one is complete: nothing is deleted first (see measure.harness).
@@ -65,7 +67,14 @@ def _measure(args, *, latency: bool, accuracy: bool, argv) -> int:
         print(f"  skipped {failure['variant']}: {failure['reason']}")
     print_bundle_table(bundle)
     print(f"wrote {out} ({len(bundle.service)} latency rows, {len(bundle.predictions)} predictions)")
-    return 0
+    return track(target, Path(args.profile).stem, lambda: [bundle_run(out, _resolved(profile))], out)
+
+
+def _resolved(profile: Profile) -> dict:
+    """The profile with its defaults filled in, variants as ids: what the MLflow run's params show."""
+    from dataclasses import asdict
+
+    return {**{k: v for k, v in asdict(profile).items() if k != "raw"}, "variants": [s.id for s in profile.variants]}
 
 
 def print_bundle_table(bundle) -> None:
@@ -150,7 +159,8 @@ Needs the optional extra: pip install -e '.[measure]'""",
     "accuracy": """examples:
   measure accuracy examples/profiles/digits-cpu.toml --out bundles/digits-cpu""",
     "all": """examples:
-  measure all examples/profiles/sst2-cpu.toml --out bundles/sst2-cpu""",
+  measure all examples/profiles/sst2-cpu.toml --out bundles/sst2-cpu
+  measure all examples/profiles/digits-cpu.toml --out bundles/digits-cpu --track mlflow   # and log it to MLflow""",
     "startup": """examples:
   measure startup examples/profiles/digits-cpu.toml --out traces/data/digits-cpu --repeats 3
   measure startup examples/profiles/digits-cpu.toml --out bundles/digits-cpu --force   # time them again
@@ -167,7 +177,9 @@ or --set limits.max_requests=N).""",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    cli = CommandLine("measure", "Measure model variants and serve them for real.", EXAMPLES)
+    from .layers import EXAMPLES as LAYERS_EXAMPLES
+
+    cli = CommandLine("measure", "Measure model variants and serve them for real.", {**EXAMPLES, "layers": LAYERS_EXAMPLES})
     parser, _sub = cli.parser, cli.command
     train = _sub("train", "train the profile's models into its zoo (skips trained ones)")
     train.add_argument("profile", help="the measurement profile (TOML)")
@@ -181,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="start the bundle afresh instead of resuming")
         if name == "all":
             p.set_defaults(train=True)
+            from traces.tracking import add_track_arguments
+
+            add_track_arguments(p)
         p.set_defaults(func=lambda a, argv, lat=lat, acc=acc: _measure(a, latency=lat, accuracy=acc, argv=argv))
     startup = _sub("startup", "time each variant's replica start-up (spawn, load, build, warm up) into a bundle")
     startup.add_argument("profile", help="the measurement profile (TOML) the bundle was measured with")
@@ -190,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="warm up batch sizes 1..this, as `measure serve` warms such a deployment (default 8)")
     startup.add_argument("--force", action="store_true", help="replace the bundle's startup table if it has one")
     startup.set_defaults(func=cmd_startup)
+    from . import layers
+
+    profiled = _sub("layers", layers.HELP)
+    layers.add_arguments(profiled)
+    profiled.set_defaults(func=lambda a, argv: layers.run(a))
     serve = _sub("serve", "run a scenario on real model replicas; writes the simulator's run output")
     serve.add_argument("scenario", help="the scenario file (TOML), as `simulate run` takes it")
     serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -18,6 +18,7 @@ from traces.cli import CommandLine, run_command
 from sim.core.prepare import Prepared
 from traces.scenario import load_scenario, parse_seeds
 from traces.summary import legend, summary_table
+from traces.tracking import add_track_arguments, parse_track, seed_runs, sweep_run, track
 
 from . import recommend
 from .cluster import CONNECT_TIMEOUT_S
@@ -28,6 +29,7 @@ KNOWN_ROUTES = ("static", "static-small", "static-large")  # policies whose rout
 
 
 def cmd_run(args) -> int:
+    target = parse_track(args.track, args.track_experiment)  # before anything runs
     scenario = load_scenario(args.scenario, args.set)
     seeds = parse_seeds(args.seeds, scenario.limits) if args.seeds else [scenario.seed]
     out = Path("runs") / Path(args.scenario).stem if args.out is None else Path(args.out)
@@ -36,7 +38,8 @@ def cmd_run(args) -> int:
     print(summary_table(summaries))
     print(legend(len(summaries)))
     print(f"wrote {out}/ (seed-<n>/config.json, requests.parquet, summary.json; runs.csv)")
-    return 0
+    stem = Path(args.scenario).stem
+    return track(target, stem, lambda: seed_runs(out, seeds, stem), out)
 
 
 def offered_rps(prepared: Prepared) -> dict[str, tuple[float, str]]:
@@ -141,6 +144,7 @@ def cmd_list(args) -> int:
 def cmd_sweep(args) -> int:
     from .sweep import run_sweep
 
+    target = parse_track(args.track, args.track_experiment)  # before anything runs
     frame = run_sweep(args.sweep, args.out, executor=args.executor, workers=args.workers, address=args.address,
                       force=args.force, progress=True, connect_timeout_s=args.connect_timeout)
     print(f"{len(frame)} runs; results in {Path(args.out) / 'results.parquet'}")
@@ -148,7 +152,8 @@ def cmd_sweep(args) -> int:
     shown = [c for c in ("hit_rate", "accuracy", "ontime_accuracy", "latency_ms.p99") if c in frame.columns]
     if axes:
         print(frame.groupby(axes, sort=False)[shown].mean().round(4).to_string())
-    return 0
+    out = Path(args.out)
+    return track(target, Path(args.sweep).stem, lambda: [sweep_run(out, list(frame["run_id"]), Path(args.sweep))], out)
 
 
 SET_HELP = ("override a scenario key (repeatable), e.g. arrivals.rate_rps=300, deployments.small.replicas=2, "
@@ -168,6 +173,7 @@ EXAMPLES = {
   simulate run examples/demo.toml
   simulate run examples/demo.toml --seeds 1-5 --out runs/demo5 --force
   simulate run examples/demo.toml --set arrivals.rate_rps=300 --set deployments.large.replicas=3
+  simulate run examples/demo.toml --seeds 1-3 --track mlflow   # and log each seed to MLflow (mlruns.db)
 
 The table lists each seed and, over several, their mean; its legend is printed below it.
 {LIMITS}""",
@@ -184,7 +190,8 @@ warns (on stderr, exit status still 0) where the offered load exceeds what a dep
   simulate sweep examples/study/study.toml --out runs/study --force         # after an edit: reuses matching runs
   simulate sweep examples/study/study.toml --out runs/study --executor ray --workers 2  # a private Ray instance
   simulate sweep examples/study/study.toml --out runs/study --executor ray --address auto      # a running cluster
-  simulate sweep examples/study/study.toml --out runs/study --executor ray --address 10.0.0.5:6379""",
+  simulate sweep examples/study/study.toml --out runs/study --executor ray --address 10.0.0.5:6379
+  simulate sweep examples/study/study.toml --out runs/study --track mlflow:sqlite:////tmp/study.db""",
     "recommend": recommend.EXAMPLES,
     "list": """examples:
   simulate list
@@ -201,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", help="seeds to run: 3, 1-5 or 1,4,9 (default: the scenario's seed)")
     run.add_argument("--out", help="output directory (default: runs/<scenario name>)")
     run.add_argument("--force", action="store_true", help="replace an existing run output there")
+    add_track_arguments(run)
     run.set_defaults(func=cmd_run)
     validate = _sub("validate", "check a scenario and its bundle, print what would run")
     validate.add_argument("scenario", help="the scenario file (TOML)")
@@ -223,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S, metavar="SECONDS",
                        help="give up on a cluster that does not answer within this many seconds "
                        f"(default {CONNECT_TIMEOUT_S:g})")
+    add_track_arguments(sweep)
     sweep.set_defaults(func=cmd_sweep)
     advice = _sub("recommend", "choose variant, batch size and replicas per stage for a rate and SLA, then simulate it")
     recommend.add_arguments(advice)
