@@ -22,3 +22,30 @@ def test_the_examples_cover_pipelines_and_autoscaling():
     scenarios = [load_scenario(p) for p in EXAMPLES]
     assert any(s.stages for s in scenarios)
     assert any(d.autoscaling is not None for s in scenarios for d in s.deployments)
+
+
+STUDY_SCENARIOS = [Path(__file__).resolve().parents[1] / "examples" / p for p in
+                   ("ipa/pipeline.toml", "tenants/isolation.toml", "tenants/fidelity.toml")]
+STUDY_SWEEPS = [Path(__file__).resolve().parents[1] / "examples" / p for p in
+                ("ipa/study.toml", "tenants/isolation-sweep.toml")]
+
+
+def _needs_shared(path: Path) -> bool:
+    return "shared/data" in path.read_text()
+
+
+@pytest.mark.parametrize("path", STUDY_SCENARIOS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_study_scenarios_validate(path, request):
+    if _needs_shared(path):
+        request.getfixturevalue("shared_data")  # skips, saying why, without ../shared
+    prepared = prepare(load_scenario(path))
+    assert prepared.scenario.tenants or prepared.scenario.stages
+
+
+@pytest.mark.parametrize("path", STUDY_SWEEPS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_study_sweeps_expand(path, shared_data):
+    from sim.sweep import expand
+
+    tasks = expand(path)
+    assert len(tasks) == {"study.toml": 120, "isolation-sweep.toml": 75}[path.name]
+    assert len({t.run_id for t in tasks}) == len(tasks)
