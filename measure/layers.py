@@ -274,6 +274,9 @@ def find_variant(profile, variant_id: str):
     """The profile's ``VariantSpec`` with this id; ``InputError`` listing the known ids otherwise."""
     for spec in profile.variants:
         if spec.id == variant_id:
+            if getattr(spec, "backend", "eager") != "eager":  # a frozen graph or an ORT session: no modules to hook
+                raise InputError("--variant", f"{variant_id!r} runs on {spec.backend}; the layer profile reads "
+                                 "PyTorch's modules and operators, so give its eager variant")
             return spec
     known = ", ".join(spec.id for spec in profile.variants)
     raise InputError("--variant", f"{variant_id!r} is not a variant of profile {profile.name!r}; known: {known}")

@@ -130,6 +130,11 @@ def _prunable_bert_class() -> type:
     return PrunableBertForSequenceClassification
 
 
+def attention_mask(input_ids: torch.Tensor) -> torch.Tensor:
+    """The tokenizer's attention mask of padded ids: 1 on tokens, 0 on padding (id 0)."""
+    return (input_ids != 0).long()
+
+
 class BertClassifier(nn.Module):
     """``forward(input_ids) -> logits``; id 0 is padding and is masked out of attention.
 
@@ -148,8 +153,7 @@ class BertClassifier(nn.Module):
         self.bert_model = _prunable_bert_class()(config)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        mask = (input_ids != 0).long()
-        return self.bert_model(input_ids=input_ids, attention_mask=mask).logits
+        return self.bert_model(input_ids=input_ids, attention_mask=attention_mask(input_ids)).logits
 
     def prune_heads(self, heads_to_prune: dict[int, list[int]]) -> None:
         self.bert_model.prune_heads(heads_to_prune)

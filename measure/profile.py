@@ -24,8 +24,11 @@ idle_gaps_ms = [0.0]             # also time each run after the replica sat idle
 model = "resnet18"
 precisions = ["fp32", "int8"]    # fp32 | bf16 | fp16 (CUDA) | int8
 pruning = ["none", "l1", "channel"]
+backends = ["eager", "onnxruntime"]  # eager | torchscript | onnxruntime (default ["eager"])
 ```
-A variant id is ``model[-pruning]/precision/device``, e.g. ``resnet18-channel/int8/cpu``.
+A variant id is ``model[-pruning]/precision/device[/backend]``, e.g. ``resnet18-channel/int8/cpu``
+or ``resnet18/int8/cpu/onnxruntime``: the backend is a fourth part unless it is ``eager`` (plain
+PyTorch), so eager ids, and every bundle measured before backends existed, keep three parts.
 
 ``idle_gaps_ms``: a batch that follows an idle spell runs slower than one that follows another
 batch (on this VM a small CNN's batch of 1 took 0.39 ms back to back, 0.55 ms after 1 ms idle and
@@ -48,6 +51,7 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 PRUNING = ("none", "l1", "channel")
 DEVICES = ("cpu", "cuda")
 TASKS = ("digits", "sst2", "cifar10")
+BACKENDS = ("eager", "torchscript", "onnxruntime")   # how it runs: measure/backends.py
 
 
 @dataclass(frozen=True)
@@ -56,23 +60,31 @@ class VariantSpec:
     precision: str
     pruning: str
     device: str
+    backend: str = "eager"
 
     @property
     def id(self) -> str:
         base = self.model if self.pruning == "none" else f"{self.model}-{self.pruning}"
-        return f"{base}/{self.precision}/{self.device}"
+        tail = "" if self.backend == "eager" else f"/{self.backend}"
+        return f"{base}/{self.precision}/{self.device}{tail}"
 
     @classmethod
     def parse(cls, variant_id: str) -> "VariantSpec":
-        """Inverse of ``id``; pruning suffixes are the known ones."""
+        """Inverse of ``id``; pruning suffixes are the known ones; an eager id has no fourth part."""
         parts = variant_id.split("/")
+        backend = "eager"
+        if len(parts) == 4:
+            backend = parts.pop()
+            if backend not in BACKENDS[1:]:
+                raise InputError("variant", f"{variant_id!r}: the fourth part is a backend, one of "
+                                 f"{', '.join(BACKENDS[1:])} (an eager variant's id has three parts)")
         if len(parts) != 3 or parts[1] not in PRECISIONS or parts[2] not in DEVICES:
-            raise InputError("variant", f"{variant_id!r} is not model[-pruning]/precision/device")
+            raise InputError("variant", f"{variant_id!r} is not model[-pruning]/precision/device[/backend]")
         model, pruning = parts[0], "none"
         for suffix in PRUNING[1:]:
             if model.endswith(f"-{suffix}"):
                 model, pruning = model[: -len(suffix) - 1], suffix
-        return cls(model, parts[1], pruning, parts[2])
+        return cls(model, parts[1], pruning, parts[2], backend)
 
 
 REPLICA_MODES = ("process", "inline")
@@ -169,13 +181,15 @@ def profile_from_dict(raw: dict, base_dir: Path = Path("."), source: Path | None
         where = f"variants[{index}]"
         if not isinstance(item, dict):
             raise InputError(where, "must be a table")
-        reject_unknown(item, ("model", "precisions", "pruning"), where)
+        reject_unknown(item, ("model", "precisions", "pruning", "backends"), where)
         model = text(item, "model", where)
+        backends = _list(item, "backends", where, BACKENDS, ["eager"])
         for pruning in _list(item, "pruning", where, PRUNING, ["none"]):
             for precision in _list(item, "precisions", where, PRECISIONS, ["fp32"]):
-                spec = VariantSpec(model, precision, pruning, device)
-                if spec not in variants:
-                    variants.append(spec)
+                for backend in backends:
+                    spec = VariantSpec(model, precision, pruning, device, backend)
+                    if spec not in variants:
+                        variants.append(spec)
     train = table(raw, "train", "", required=False)
     return Profile(
         name=text(raw, "name", ""), description=str(raw.get("description", "")),

@@ -1,10 +1,12 @@
-"""Building a variant (model x pruning x precision x device) and running real batches of it.
+"""Building a variant (model x pruning x precision x device x backend) and running real batches of it.
 
 Precisions: ``fp32``; ``bf16`` (weights and activations in bfloat16); ``fp16`` (CUDA only);
 ``int8``: static post-training quantization with calibration (FX graph mode) for convolutional
 models, since dynamic quantization leaves convolutions in FP32, and dynamic quantization of the
-Linear layers for transformers. ``ModelRunner.run`` is the one code path that both the latency
-harness times and the real server calls, so measured service times are what the server pays.
+Linear layers for transformers. The backend (``eager`` PyTorch, ``torchscript``, ``onnxruntime``)
+is applied last, by ``measure/backends.py``; its model is called like any other. ``ModelRunner.run``
+is the one code path that both the latency harness times and the real server calls, so measured
+service times are what the server pays.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ class VariantUnsupported(Exception):
     """This variant cannot be built here; the message says why (recorded, and the run goes on)."""
 
 
-def _has_conv(model: nn.Module) -> bool:
+def has_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
@@ -35,7 +37,7 @@ def quantize_int8(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
 
         engines = torch.backends.quantized.supported_engines
         torch.backends.quantized.engine = "x86" if "x86" in engines else "fbgemm"
-        if not _has_conv(model):
+        if not has_conv(model):
             return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
         prepared = prepare_fx(model, get_default_qconfig_mapping(torch.backends.quantized.engine),
                               (calibration[:2],))
@@ -45,11 +47,24 @@ def quantize_int8(model: nn.Module, calibration: torch.Tensor) -> nn.Module:
         return convert_fx(prepared)
 
 
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def model_inputs(inputs: torch.Tensor, spec: VariantSpec) -> torch.Tensor:
+    """Inputs as the variant's model takes them: floating ones in its precision, on its device."""
+    dtype = PRECISION_DTYPES.get(spec.precision)
+    if dtype is not None and inputs.is_floating_point():
+        inputs = inputs.to(dtype)
+    return inputs.to(spec.device)
+
+
 def build_variant(spec: VariantSpec, fp32_model: nn.Module, calibration: torch.Tensor,
-                  pruned_state: dict | None = None) -> nn.Module:
-    """Apply pruning then precision to a trained FP32 model (which is modified).
+                  pruned_state: dict | None = None, *, threads: int | None = None) -> nn.Module:
+    """Apply pruning, then precision, then the backend to a trained FP32 model (which is modified).
 
     ``pruned_state`` replaces the pruned model's weights (a fine-tuned checkpoint of the same shape).
+    ``calibration``: real samples, to calibrate int8 and to trace or export a backend's model.
+    ``threads``: an ONNX Runtime session's intra-op threads (default: PyTorch's, as the harness set them).
     """
     if spec.device == "cuda" and not torch.cuda.is_available():
         raise VariantUnsupported("device cuda requested but no CUDA device is available")
@@ -57,16 +72,22 @@ def build_variant(spec: VariantSpec, fp32_model: nn.Module, calibration: torch.T
         raise VariantUnsupported("fp16 is measured on a CUDA device only")
     if spec.precision == "int8" and spec.device != "cpu":
         raise VariantUnsupported("int8 quantized kernels (x86/fbgemm) run on the CPU only")
+    from . import backends  # it imports this module
+
+    backends.check_supported(spec)
     model = prune(spec.pruning, fp32_model.eval())
     if pruned_state is not None:
         model.load_state_dict(pruned_state)
+    if spec.backend == "onnxruntime":  # exported in FP32; ONNX Runtime quantizes it itself
+        return backends.onnxruntime_model(model, spec.precision, calibration, threads or torch.get_num_threads())
     if spec.precision == "int8":
-        return quantize_int8(model, calibration).eval()
-    if spec.precision == "bf16":
-        model = model.to(torch.bfloat16)
-    elif spec.precision == "fp16":
-        model = model.to(torch.float16)
-    return model.to(spec.device).eval()
+        model = quantize_int8(model, calibration)
+    elif spec.precision in ("bf16", "fp16"):
+        model = model.to(PRECISION_DTYPES[spec.precision])
+    model = model.to(spec.device).eval()
+    if spec.backend == "torchscript":
+        return backends.torchscript_model(model, model_inputs(calibration, spec), spec.precision)
+    return model
 
 
 def prune(method: str, model: nn.Module) -> nn.Module:
@@ -115,10 +136,7 @@ class ModelRunner:
     def __init__(self, model: nn.Module, inputs: torch.Tensor, spec: VariantSpec):
         self.model = model
         self.spec = spec
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(spec.precision)
-        if dtype is not None and inputs.is_floating_point():
-            inputs = inputs.to(dtype)
-        self.inputs = inputs.to(spec.device)
+        self.inputs = model_inputs(inputs, spec)
         self._cuda = spec.device == "cuda"
 
     def run(self, sample_indices: list[int]) -> tuple[list, list[float]]:

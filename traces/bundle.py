@@ -14,7 +14,7 @@ units) and two tables, each Parquet or CSV:
 
 Loading validates every row; an error names the file, the row and the column. Beyond types and
 ranges, a row must agree with itself: ``correct`` is ``label == pred``, and a service row's model,
-precision and device are those its variant id ``model[-pruning]/precision/device`` names.
+precision and device are those its variant id ``model[-pruning]/precision/device[/backend]`` names.
 """
 
 from __future__ import annotations
@@ -194,14 +194,14 @@ def _load_service(path: Path) -> pd.DataFrame:
 
 
 def _check_variant_ids(frame: pd.DataFrame, path: Path) -> None:
-    """Each row's model, precision and device columns against its variant id."""
+    """Each row's model, precision and device columns against its variant id
+    (``model[-pruning]/precision/device``, then ``/backend`` unless the backend is eager)."""
     parts = frame["variant"].str.split("/")
-    shape = parts.str.len().to_numpy() != 3
-    shape |= ~parts.map(lambda p: all(x.strip() for x in p) if len(p) == 3 else False).to_numpy(dtype=bool)
+    shape = ~parts.map(lambda p: len(p) in (3, 4) and all(x.strip() for x in p)).to_numpy(dtype=bool)
     if shape.any():
         row = int(np.flatnonzero(shape)[0])
         raise InputError(f"{path} row {row + 1}", f"variant {frame['variant'].iloc[row]!r} is not a variant id "
-                         "model[-pruning]/precision/device")
+                         "model[-pruning]/precision/device[/backend]")
     base = parts.str[0]
     model = frame["model"].astype(str)
     model_ok = pd.Series([b == m or b.startswith(m + "-") for b, m in zip(base, model)], index=frame.index)
