@@ -49,3 +49,13 @@ def test_the_study_sweeps_expand(path, shared_data):
     tasks = expand(path)
     assert len(tasks) == {"study.toml": 120, "isolation-sweep.toml": 75}[path.name]
     assert len({t.run_id for t in tasks}) == len(tasks)
+
+
+def test_the_study_bundles_stay_the_default_for_their_variants():
+    """A scenario without `bundle` takes the first bundled bundle that measured its variant: the
+    backend comparison bundle repeats the eager digits variants and must not take them over."""
+    from sim.core.prepare import bundled_bundle_for
+
+    assert bundled_bundle_for("resnet18/int8/cpu").name == "digits-cpu"
+    assert bundled_bundle_for("bert-6/int8/cpu").name == "sst2-cpu"
+    assert bundled_bundle_for("resnet18/int8/cpu/onnxruntime").name == "digits-cpu-backends"
