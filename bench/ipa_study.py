@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from analysis.runs import markdown_table  # noqa: E402
 from analysis.stats import mean_interval, paired_difference  # noqa: E402
+from traces.cli import run_command  # noqa: E402
 from traces.errors import InputError  # noqa: E402
 from traces.outputs import atomic_output  # noqa: E402
 
@@ -177,26 +178,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-file", type=Path, default=ROOT / "examples/ipa/study.toml",
                         help="the sweep file the study ran (for the predicted fronts)")
     args = parser.parse_args(argv)
-    try:
-        frame = load(args.sweep)
-        price = float(json.loads((args.sweep / "runs" / frame["run_id"].iloc[0] / "config.json").read_text())
-                      .get("price_per_replica_hour", 1.0))
-        fronts = predicted_fronts(args.sweep_file, frame)
-        with atomic_output(args.out, force=args.force, kind="report") as staging:
-            names = figures(args.sweep, frame, staging, price) + [front_figure(frame, fronts, staging)]
-            text = ["# IPA study", "", f"From `python bench/ipa_study.py {args.sweep} --out {args.out}` over "
-                    f"`simulate sweep examples/ipa/study.toml --out {args.sweep}` ({len(frame)} runs; "
-                    f"mean ± 95% interval over seeds).", "", table(frame), "",
-                    "## `ipa` against each policy, paired by seed", "", "Mean difference ± 95% interval "
-                    "(seeds where ipa is higher / lower).", "", paired(frame), "",
-                    "## The planner's predicted front at each window's mean rate", ""]
-            for window, points in fronts.items():
-                text.append(f"- {window}: " + ", ".join(f"{c:g}/h: {a:.4f}" for c, a in points))
-            text += ["", "Figures: " + ", ".join(f"[{n}]({n})" for n in names), ""]
-            (staging / "ipa.md").write_text("\n".join(text))
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(lambda: report(args))
+
+
+def report(args) -> int:
+    """Write the study's report into ``args.out`` (atomically) and say where."""
+    frame = load(args.sweep)
+    price = float(json.loads((args.sweep / "runs" / frame["run_id"].iloc[0] / "config.json").read_text())
+                  .get("price_per_replica_hour", 1.0))
+    fronts = predicted_fronts(args.sweep_file, frame)
+    with atomic_output(args.out, force=args.force, kind="report") as staging:
+        names = figures(args.sweep, frame, staging, price) + [front_figure(frame, fronts, staging)]
+        text = ["# IPA study", "", f"From `python bench/ipa_study.py {args.sweep} --out {args.out}` over "
+                f"`simulate sweep examples/ipa/study.toml --out {args.sweep}` ({len(frame)} runs; "
+                f"mean ± 95% interval over seeds).", "", table(frame), "",
+                "## `ipa` against each policy, paired by seed", "", "Mean difference ± 95% interval "
+                "(seeds where ipa is higher / lower).", "", paired(frame), "",
+                "## The planner's predicted front at each window's mean rate", ""]
+        for window, points in fronts.items():
+            text.append(f"- {window}: " + ", ".join(f"{c:g}/h: {a:.4f}" for c, a in points))
+        text += ["", "Figures: " + ", ".join(f"[{n}]({n})" for n in names), ""]
+        (staging / "ipa.md").write_text("\n".join(text))
     print(f"wrote {args.out}/ (ipa.md, {len(names)} figures)")
     return 0
 

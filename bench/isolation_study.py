@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from analysis.runs import markdown_table  # noqa: E402
 from analysis.stats import mean_interval  # noqa: E402
+from traces.cli import run_command  # noqa: E402
 from traces.errors import InputError  # noqa: E402
 from traces.outputs import atomic_output  # noqa: E402
 
@@ -90,18 +91,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="directory for isolation.md and its figure")
     parser.add_argument("--force", action="store_true", help="replace an --out this script wrote before")
     args = parser.parse_args(argv)
-    try:
-        frame = load(args.sweep)
-        with atomic_output(args.out, force=args.force, kind="report") as staging:
-            name = figure(frame, staging)
-            text = ["# Isolation study", "",
-                    f"From `python bench/isolation_study.py {args.sweep} --out {args.out}` over `simulate sweep "
-                    f"examples/tenants/isolation-sweep.toml --out {args.sweep}` ({len(frame)} runs; mean ± 95% "
-                    "interval over seeds).", "", table(frame), "", f"![The premium tenant and both costs]({name})", ""]
-            (staging / "isolation.md").write_text("\n".join(text))
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(lambda: report(args))
+
+
+def report(args) -> int:
+    """Write the study's report into ``args.out`` (atomically) and say where."""
+    frame = load(args.sweep)
+    with atomic_output(args.out, force=args.force, kind="report") as staging:
+        name = figure(frame, staging)
+        text = ["# Isolation study", "",
+                f"From `python bench/isolation_study.py {args.sweep} --out {args.out}` over `simulate sweep "
+                f"examples/tenants/isolation-sweep.toml --out {args.sweep}` ({len(frame)} runs; mean ± 95% "
+                "interval over seeds).", "", table(frame), "", f"![The premium tenant and both costs]({name})", ""]
+        (staging / "isolation.md").write_text("\n".join(text))
     print(f"wrote {args.out}/ (isolation.md, {name})")
     return 0
 
