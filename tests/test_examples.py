@@ -59,3 +59,10 @@ def test_the_study_bundles_stay_the_default_for_their_variants():
     assert bundled_bundle_for("resnet18/int8/cpu").name == "digits-cpu"
     assert bundled_bundle_for("bert-6/int8/cpu").name == "sst2-cpu"
     assert bundled_bundle_for("resnet18/int8/cpu/onnxruntime").name == "digits-cpu-backends"
+
+
+def test_the_text_study_bundle_stays_the_default_too():
+    from sim.core.prepare import bundled_bundle_for
+
+    assert bundled_bundle_for("bert-2-kd/fp32/cpu").name == "sst2-cpu"
+    assert bundled_bundle_for("bert-6/int8/cpu/onnxruntime").name == "sst2-cpu-backends"
