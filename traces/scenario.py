@@ -19,13 +19,13 @@ from typing import Any
 from . import arrivals as arrivals_mod
 from . import limits as limits_mod
 from .autoscaling import AutoscalingConfig, parse_autoscaling
-from .checks import as_number, boolean, integer, number, read_utf8, reject_unknown, table, text
+from .checks import boolean, integer, number, read_utf8, reject_unknown, table, text
 from .distributions import ServiceDistribution, service_from_config
 from .errors import InputError
 from .faults import FaultConfig, parse_faults
 from .limits import Limits
 from .stages import StageConfig, parse_stages
-from .tenants import TenantArrivals, TenantConfig, merged_requests, parse_tenants
+from .tenants import TenantArrivals, TenantConfig, deadline_classes, merged_requests, parse_tenants
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -315,21 +315,9 @@ def _path(value: str, base_dir: Path) -> Path:
 
 def _requests(cfg: dict) -> RequestsConfig:
     reject_unknown(cfg, ("deadline_ms", "weights"), "requests")
-    deadlines = cfg.get("deadline_ms")
-    if deadlines is None:
+    if cfg.get("deadline_ms") is None:
         raise InputError("requests.deadline_ms", "is required (a number of ms, or a list for request classes)")
-    deadlines = deadlines if isinstance(deadlines, list) else [deadlines]
-    if not deadlines:
-        raise InputError("requests.deadline_ms", "must not be an empty list")
-    values = tuple(as_number(d, "requests.deadline_ms", low=0, strict=True) for d in deadlines)
-    weights = cfg.get("weights", [1.0] * len(values))
-    if not isinstance(weights, list) or len(weights) != len(values):
-        raise InputError("requests.weights", f"must be a list of {len(values)} numbers, one per deadline")
-    weights = tuple(as_number(w, "requests.weights", low=0) for w in weights)
-    if sum(weights) <= 0:
-        raise InputError("requests.weights", "must not all be zero")
-    total = sum(weights)
-    return RequestsConfig(values, tuple(w / total for w in weights))
+    return RequestsConfig(*deadline_classes(cfg, "requests"))
 
 
 def _deployments(items: Any, base_dir: Path) -> tuple[DeploymentConfig, ...]:

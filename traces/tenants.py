@@ -134,7 +134,7 @@ def parse_tenants(items: object, base_dir: pathlib.Path, requests: tuple | None)
         arrivals_cfg = table(cfg, "arrivals", where)
         process = arrivals_mod.from_config(arrivals_cfg, base_dir, where=f"{where}.arrivals")
         if "deadline_ms" in cfg:
-            deadlines, weights = _classes(cfg, where)
+            deadlines, weights = deadline_classes(cfg, where)
         elif requests is not None:
             deadlines, weights = requests
         else:
@@ -153,7 +153,8 @@ def parse_tenants(items: object, base_dir: pathlib.Path, requests: tuple | None)
     return tuple(tenants)
 
 
-def _classes(cfg: dict, where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def deadline_classes(cfg: dict, where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``deadline_ms`` (a number or a list) and its ``weights`` (normalised), of ``[requests]`` or a tenant."""
     deadlines = cfg["deadline_ms"] if isinstance(cfg["deadline_ms"], list) else [cfg["deadline_ms"]]
     if not deadlines:
         raise InputError(f"{where}.deadline_ms", "must not be an empty list")
