@@ -138,6 +138,31 @@ def cmd_startup(args, argv) -> int:
     return 0
 
 
+def cmd_features(args) -> int:
+    """Add the ``features`` table (``measure.features``) to an existing bundle, from the profile's
+    data alone (no model runs); a bundle that already has one is left as it is."""
+    from traces.bundle import TraceBundle
+    from traces.errors import InputError
+    from traces.features import add_features
+
+    from .features import profile_task_data, sample_features
+
+    bundle = TraceBundle.load(args.bundle)
+    if len(bundle.features):
+        raise InputError(str(args.bundle), "already has a features table; it is left as it is")
+    profile = load_profile(args.profile)
+    data = profile_task_data(profile)
+    have, want = set(bundle.predictions["sample_id"].astype(str)), set(data.eval_ids)
+    if have != want:
+        odd = sorted(have - want) or sorted(want - have)
+        raise InputError(str(args.bundle), f"its {len(have)} prediction sample ids are not the {len(want)} evaluation "
+                         f"ids of {args.profile} (e.g. {odd[0]!r}); features must describe the samples measured")
+    frame = sample_features(data)
+    written = add_features(args.bundle, frame)
+    print(f"wrote {written} ({len(frame)} samples; features {', '.join(frame.columns[1:])})")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from .serve_cli import serve_command
 
@@ -166,6 +191,11 @@ Needs the optional extra: pip install -e '.[measure]'""",
   measure startup examples/profiles/digits-cpu.toml --out bundles/digits-cpu --force   # time them again
 
 Adds the bundle's `startup` table (its other tables stay byte for byte as they were).""",
+    "features": """examples:
+  measure features examples/profiles/digits-cpu.toml --bundle traces/data/digits-cpu
+
+Adds the bundle's `features` table: cheap per-sample input features computed from the profile's
+evaluation data, no model run (see docs/difficulty.md). A bundle that has one is left as it is.""",
     "serve": """examples:
   measure serve examples/demo.toml
   measure serve examples/demo.toml --seeds 1-3 --out runs/demo-real --force
@@ -205,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="warm up batch sizes 1..this, as `measure serve` warms such a deployment (default 8)")
     startup.add_argument("--force", action="store_true", help="replace the bundle's startup table if it has one")
     startup.set_defaults(func=cmd_startup)
+    features = _sub("features", "add per-sample input features (no model) to a bundle's evaluated samples")
+    features.add_argument("profile", help="the measurement profile (TOML) the bundle was measured with")
+    features.add_argument("--bundle", required=True, help="the bundle directory (with predictions)")
+    features.set_defaults(func=lambda a, argv: cmd_features(a))
     from . import layers
 
     profiled = _sub("layers", layers.HELP)

@@ -1,9 +1,10 @@
 """Timing and evaluating every variant of a profile, resumably, into a trace bundle.
 
 Each finished piece of work (one variant's latencies at one batch size, one variant's predictions,
-one variant's failure) is written at once as a small file in a hidden folder beside the bundle, so
-an interrupted run resumes where it stopped. ``assemble`` merges the pieces with what the bundle
-already holds and replaces the bundle atomically; nothing measured is ever dropped.
+one variant's failure, the evaluation samples' input features) is written at once as a small file
+in a hidden folder beside the bundle, so an interrupted run resumes where it stopped. ``assemble``
+merges the pieces with what the bundle already holds and replaces the bundle atomically; nothing
+measured is ever dropped.
 
 A fresh start (``measure --force``) deletes nothing first: it measures into a scratch folder of its
 own (``traces.outputs.scratch_directory``), ignoring the bundle's rows and the resumable pieces, and
@@ -64,6 +65,8 @@ class PartStore:
     @staticmethod
     def accuracy_key(variant: str) -> str:
         return f"predictions__{variant.replace('/', '__')}"
+
+    FEATURES_KEY = "features__eval"  # the evaluation samples' input features (``measure.features``)
 
     @staticmethod
     def failure_key(variant: str) -> str:
@@ -221,6 +224,10 @@ def measure(profile: Profile, out: Path, *, latency: bool, accuracy: bool, progr
         keys += [store.accuracy_key(spec.id)] if accuracy else []
         if not store.has(store.failure_key(spec.id)) and not all(store.has(k) for k in keys):
             todo.append((spec, [k for k in keys if not store.has(k)]))
+    if accuracy and not store.has(store.FEATURES_KEY):
+        from .features import sample_features
+
+        store.write(store.FEATURES_KEY, sample_features(data))
     from traces.progress import Progress
 
     bar = Progress(sum(len(k) for _, k in todo), profile.name, "config", bar=progress)  # off a terminal: a line per ~10 s
@@ -293,6 +300,9 @@ def assemble(profile: Profile, out: Path, command: str, parts: Path | None = Non
                          predictions=pred_frame)
     if old is not None:  # resumed: its start-up times (``measure startup``) stay
         bundle.startup = old.startup
+    features = [old.features] if old is not None and len(old.features) else store.read("features")
+    if features and len(pred_frame):  # the bundle's own table wins; new ones only with predictions
+        bundle.features = features[0]
     bundle.save(out, force=True)
     shutil.rmtree(store.dir, ignore_errors=True)
     if store.fresh:  # the pieces of an earlier interrupted run: superseded by the new bundle

@@ -10,7 +10,9 @@ units) and two tables, each Parquet or CSV:
 - ``predictions``: one row per (variant, evaluated sample) (variant, sample_id, label, pred,
   confidence, correct);
 - optional ``startup``: one row per timed replica start-up (variant, startup_s, optional phases),
-  see ``traces.startup``; a bundle without it has an empty ``TraceBundle.startup``.
+  see ``traces.startup``; a bundle without it has an empty ``TraceBundle.startup``;
+- optional ``features``: one row per evaluated sample (sample_id, then cheap numeric input
+  features such as token_count), see ``traces.features``; absent: an empty ``TraceBundle.features``.
 
 Loading validates every row; an error names the file, the row and the column. Beyond types and
 ranges, a row must agree with itself: ``correct`` is ``label == pred``, and a service row's model,
@@ -28,6 +30,7 @@ import pandas as pd
 
 from .checks import read_utf8
 from .errors import InputError
+from .features import empty_features, load_features
 from .outputs import atomic_output
 from .startup import empty_startup, load_startup
 from .tables import (check_boolean, check_numeric, check_text, find_table, plain,
@@ -41,13 +44,15 @@ META_KEYS = ("name", "description", "hardware", "software", "created_at", "units
 @dataclass
 class TraceBundle:
     """A validated bundle in memory. ``predictions`` may be empty for a latency-only bundle,
-    ``startup`` (replica start-up times, ``traces.startup``) for one without them."""
+    ``startup`` (replica start-up times, ``traces.startup``) for one without them, ``features``
+    (per-sample input features, ``traces.features``) likewise."""
 
     meta: dict
     service: pd.DataFrame
     predictions: pd.DataFrame
     path: Path | None = None
     startup: pd.DataFrame = field(default_factory=empty_startup)
+    features: pd.DataFrame = field(default_factory=empty_features)
     _samples: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -154,7 +159,14 @@ class TraceBundle:
             startup = empty_startup()
         else:
             startup = load_startup(startup_path, sorted(service["variant"].unique()))
-        return cls(meta=meta, service=service, predictions=predictions, path=path, startup=startup)
+        try:
+            features_path = find_table(path, "features")
+        except InputError:
+            features = empty_features()
+        else:
+            features = load_features(features_path, predictions["sample_id"].to_numpy())
+        return cls(meta=meta, service=service, predictions=predictions, path=path, startup=startup,
+                   features=features)
 
     def save(self, path: str | Path, *, force: bool = False, fmt: str = "parquet") -> Path:
         """Write atomically; ``fmt`` is 'parquet' or 'csv'."""
@@ -163,6 +175,7 @@ class TraceBundle:
             (staging / "bundle.json").write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
             tables = [("service", self.service), ("predictions", self.predictions)]
             tables += [("startup", self.startup)] if len(self.startup) else []
+            tables += [("features", self.features)] if len(self.features) else []
             for stem, frame in tables:
                 if fmt == "csv":
                     frame.to_csv(staging / f"{stem}.csv", index=False)

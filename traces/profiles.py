@@ -24,6 +24,7 @@ from scipy import stats
 
 from .bundle import TraceBundle
 from .distributions import ServiceDistribution
+from .features import feature_matrix, feature_names
 
 _PARAMETRIC_GRID = 2000
 
@@ -209,7 +210,9 @@ def _unit_quantiles(dist: ServiceDistribution, probs: np.ndarray) -> np.ndarray:
 class PredictionTable:
     """Per-sample outcomes of each variant on the samples every listed variant was evaluated on.
 
-    Arrays are aligned: index i is ``sample_ids[i]`` in every variant.
+    Arrays are aligned: index i is ``sample_ids[i]`` in every variant, and row i of ``features``
+    (float64 [n_samples, k], columns ``feature_names``; None when the bundle has no features
+    table, see ``traces.features``).
     """
 
     sample_ids: np.ndarray
@@ -217,6 +220,8 @@ class PredictionTable:
     confidence: dict[str, np.ndarray]
     correct: dict[str, np.ndarray]
     labels: np.ndarray | None = None  # each sample's true label (the first variant's rows say it)
+    features: np.ndarray | None = None
+    feature_names: tuple[str, ...] = ()
 
     @classmethod
     def from_bundle(cls, bundle: TraceBundle, variants: list[str]) -> "PredictionTable":
@@ -231,7 +236,11 @@ class PredictionTable:
             pred[variant] = rows["pred"].to_numpy()
             conf[variant] = rows["confidence"].to_numpy(dtype=np.float64)
             correct[variant] = rows["correct"].to_numpy(dtype=bool)
-        return cls(ids, pred, conf, correct, labels)
+        features, names = None, ()
+        if len(bundle.features):
+            features = feature_matrix(bundle.features, ids, f"bundle {bundle.path or bundle.name}")
+            names = feature_names(bundle.features)
+        return cls(ids, pred, conf, correct, labels, features, names)
 
     @property
     def variants(self) -> list[str]:
