@@ -14,7 +14,7 @@ demo: $(PY)
 	$(VENV)/bin/simulate run examples/demo.toml --seeds 1-3 --out runs/demo --force
 
 test: $(PY)
-	$(PIP) -e '.[dev,measure,dist,track]'
+	$(PIP) -e '.[dev,measure,dist,track,rl]'
 	$(PY) -m pytest -q
 
 bench: $(PY)

@@ -42,6 +42,7 @@ from traces.errors import InputError
 
 from .base import Policy, Route
 from .estimates import DeploymentModel, TrafficMeter, utilization
+from .options import cascade_pairs
 from .params import Fraction, NonNegative, Percentile, Positive, Range
 from .registry import register
 
@@ -83,18 +84,15 @@ class Planner(Policy):
         self._cascades: list[list[_Option]] = []  # per pair, one option per tau
         table = view.predictions
         if self.use_cascades and table is not None:
-            for fast in deps:
-                for slow in deps:
-                    vf, vs = view.variant(fast), view.variant(slow)
-                    if fast == slow or speed[fast] >= speed[slow] or vf not in table.pred or vs not in table.pred:
-                        continue
-                    conf, ok_fast, ok_slow = table.confidence[vf], table.correct[vf], table.correct[vs]
-                    pair = []
-                    for tau in self.taus:
-                        exits = conf >= tau
-                        pair.append(_Option(Route.cascade([fast, slow], [tau]), self._index[fast], self._index[slow],
-                                            float(np.where(exits, ok_fast, ok_slow).mean()), float(exits.mean()), tau))
-                    self._cascades.append(pair)
+            for fast, slow in cascade_pairs(deps, speed, lambda d: view.variant(d) in table.pred):
+                vf, vs = view.variant(fast), view.variant(slow)
+                conf, ok_fast, ok_slow = table.confidence[vf], table.correct[vf], table.correct[vs]
+                pair = []
+                for tau in self.taus:
+                    exits = conf >= tau
+                    pair.append(_Option(Route.cascade([fast, slow], [tau]), self._index[fast], self._index[slow],
+                                        float(np.where(exits, ok_fast, ok_slow).mean()), float(exits.mean()), tau))
+                self._cascades.append(pair)
         self._meter = TrafficMeter(len(deps), view.now_s)
         self._replan(view)
 

@@ -89,6 +89,11 @@ class LiveView:
         values = [s for t, s, _ in list(self._deployment(deployment).recent) if t >= since]
         return float(np.percentile(values, q)) * 1000.0 if values else math.nan
 
+    def last_service_ms(self, deployment: str) -> float:
+        """Service time of the most recently finished batch, in O(1) (NaN before the first)."""
+        recent = self._deployment(deployment).recent
+        return recent[-1][1] * 1000.0 if recent else math.nan
+
     def latency_profile(self, deployment: str) -> "LatencyProfile":
         return self._system.profiles[deployment]
 

@@ -16,6 +16,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
+from policies.options import cascade_pairs
 from policies.planner import DEFAULT_TAUS
 from sim.core.prepare import Prepared
 from traces.runoutput import RequestSpool
@@ -32,10 +33,8 @@ def _options(prepared: Prepared, taus) -> list[dict]:
     variant = {d.name: d.variant for d in prepared.scenario.deployments}
     options = [{"deployment": d} for d in deps]
     if table is not None:
-        for fast in deps:
-            for slow in deps:
-                if speed[fast] < speed[slow] and variant[fast] in table.pred and variant[slow] in table.pred:
-                    options += [{"cascade": [fast, slow], "threshold": float(t)} for t in taus]
+        for fast, slow in cascade_pairs(deps, speed, lambda d: variant[d] in table.pred):
+            options += [{"cascade": [fast, slow], "threshold": float(t)} for t in taus]
     return options
 
 

@@ -299,7 +299,7 @@ def scenario_from_dict(raw: dict, base_dir: Path = Path("."), source: Path | Non
         price_per_replica_hour=number(raw, "price_per_replica_hour", "", default=1.0, low=0),
         arrivals=process, arrivals_cfg=arrivals_cfg, tenants=tenants,
         requests=requests,
-        deployments=deployments, policy=_policy(table(raw, "policy", "")), source=source,
+        deployments=deployments, policy=_policy(table(raw, "policy", ""), base_dir), source=source,
         faults=parse_faults(raw.get("faults", []), deployments),
         stages=parse_stages(raw.get("stages"), [d.name for d in deployments]),
         limits=limits_mod.limits_from_config(table(raw, "limits", "", required=False)),
@@ -361,10 +361,13 @@ def _deployments(items: Any, base_dir: Path) -> tuple[DeploymentConfig, ...]:
     return tuple(out)
 
 
-def _policy(cfg: dict) -> PolicyConfig:
+def _policy(cfg: dict, base_dir: Path) -> PolicyConfig:
+    """A policy's ``path`` parameter (a file it reads, e.g. a trained router) is relative to the scenario."""
     name = text(cfg, "name", "policy")
     interval = number(cfg, "plan_interval_s", "policy", default=0.0, low=0)
     params = {k: v for k, v in cfg.items() if k not in ("name", "plan_interval_s")}
+    if isinstance(params.get("path"), str):
+        params["path"] = str(_path(params["path"], base_dir))
     return PolicyConfig(name=name, plan_interval_s=interval, params=params)
 
 
