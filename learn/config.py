@@ -20,7 +20,7 @@ class TrainConfig:
     scenarios: tuple[str, ...]
     load_scales: tuple[float, ...] = (0.5, 1.0, 1.5)
     episode_s: float = 10.0             # each episode simulates this long (the scenarios' own warm-up kept)
-    steps: int = 150_000                # routing decisions to train on, over all environments
+    steps: int = 300_000                # routing decisions to train on, over all environments
     seed: int = 0
     envs: int = 4                       # environments stepped together (one rollout batch)
     taus: tuple[float, ...] = ROUTE_TAUS
@@ -31,8 +31,8 @@ class TrainConfig:
     rollout_steps: int = 1024           # per environment, between updates
     batch_size: int = 512
     epochs: int = 5
-    gamma: float = 0.9                  # a request's reward comes a few decisions after it: a short horizon
-    gae_lambda: float = 0.9
+    gamma: float = 0.97                 # a request's reward comes a few decisions after it, its queue's effect later
+    gae_lambda: float = 0.95
     entropy_start: float = 0.05         # the entropy bonus falls linearly from start to end
     entropy_end: float = 0.002
     difficulty: bool = True             # estimate difficulty when the bundle has a features table

@@ -5,15 +5,21 @@ enumerates (``policies.options``: every deployment alone, and each faster-then-s
 each threshold of ``taus``), or rather one of those that are *valid* now; the others are masked:
 
 - a route through a deployment with no replica able to serve (all down or still starting);
-- a route whose service alone (batch-1 median, both stages for a cascade) exceeds the request's
-  time left: it cannot be on time even with empty queues. When that masks every route, the
-  fastest deployment alone stays valid, so there is always a choice.
+- a route predicted to be late: its stages' backlogs plus their batch-1 median service times
+  (both stages for a cascade, its worst case) exceed the request's time left. When that masks
+  every route, the fastest deployment alone stays valid, so there is always a choice.
+
+Why mask on the backlog, not only on service alone: an untrained router spreads requests evenly
+over the routes, which overloads the slow accurate models; every request sent there is then late,
+and the router learns that they are bad at any load. Trained with the weaker mask, the SST-2
+router collapsed onto the fast model alone (route entropy 0). The mask is a hard rule about time;
+which feasible route is worth taking (accuracy, what its load does to later requests) is learned.
 
 What the router sees (``Observer``, the same code in training and here; ``OBSERVATION_NAMES``):
 per deployment, its waiting requests over its batch limit, its busy share, its replicas able to
 serve, its last batch's service time, and the backlog those make (waiting batches per replica
 plus the busy share, times that service time: a rough wait, so the small network need not learn
-the product); then the arrival rate over the last second, the
+the product) and the slack it would leave (time left - backlog - batch-1 median service); then the arrival rate over the last second, the
 request's time left, and its estimated difficulty: the probability that the fastest deployment's
 variant is right on this sample, from the cheap input features of the bundle's ``features`` table
 (``policies.difficulty``; 0.5 when the policy was trained without one). A request it expects to be
@@ -44,7 +50,7 @@ from .options import cascade_pairs
 from .registry import register
 
 FORMAT = 1
-PER_DEPLOYMENT = ("waiting_per_batch", "busy_share", "replicas", "last_service_ms", "backlog_ms")
+PER_DEPLOYMENT = ("waiting_per_batch", "busy_share", "replicas", "last_service_ms", "backlog_ms", "slack_ms")
 GLOBAL = ("arrival_rate_krps", "time_left_ms", "difficulty")
 
 
@@ -87,9 +93,9 @@ class Observer:
         self.options = options
         self.difficulty = difficulty
         self.alone_ms = np.array([o.alone_ms for o in options])
-        self.uses = np.zeros((len(self.names), len(options)), dtype=bool)  # deployment x option
+        self.uses = np.zeros((len(self.names), len(options)))  # deployment x option: 1 where it serves
         for k, option in enumerate(options):
-            self.uses[list(option.deployments), k] = True
+            self.uses[list(option.deployments), k] = 1.0
         self.batch = [view.max_batch_size(d) for d in self.names]
         self.default_ms = [view.latency_profile(d).percentile_ms(1, 50) for d in self.names]
         self.fallback = int(np.argmin(self.alone_ms[:len(self.names)]))  # the fastest single
@@ -97,6 +103,8 @@ class Observer:
     def observe(self, request, view) -> tuple[np.ndarray, np.ndarray]:
         values: list[float] = []
         down = []
+        needed = []  # per deployment: backlog plus batch-1 median service, ms
+        left_ms = request.deadline_ms - (view.now_s - request.arrival_s) * 1000.0
         for d, name in enumerate(self.names):
             waiting, busy, able = view.load(name)
             last = view.last_service_ms(name)
@@ -104,15 +112,13 @@ class Observer:
                 last = self.default_ms[d]
             queued = waiting / self.batch[d]
             share = busy / able if able else 1.0
-            values += (queued, share, float(able), last, (queued / max(able, 1) + share) * last)
-            if not able:
-                down.append(d)
-        left_ms = request.deadline_ms - (view.now_s - request.arrival_s) * 1000.0
+            backlog = (queued / max(able, 1) + share) * last
+            need = backlog + self.default_ms[d]
+            values += (queued, share, float(able), last, backlog, left_ms - need)
+            needed.append(need if able else 1e18)  # no replica: never fits (not inf: 0 x inf is NaN)
         hard = 0.5 if self.difficulty is None else self.difficulty[request.sample_index]
         values += (view.arrival_rate_rps(1.0) / 1000.0, left_ms, hard)
-        mask = self.alone_ms <= left_ms
-        if down:
-            mask &= ~self.uses[down].any(axis=0)
+        mask = np.array(needed) @ self.uses <= left_ms
         if not mask.any():
             mask[self.fallback] = True
         return np.array(values), mask
@@ -176,14 +182,18 @@ class PolicyArrays:
             raise InputError("policy.path", f"{path}: format {meta.get('format')!r}, expected {FORMAT}")
         return loaded
 
+    def __post_init__(self) -> None:
+        self._scale = 1.0 / np.sqrt(self.obs_var + self.obs_epsilon)
+        self._layers = list(zip(self.weights[:-1], self.biases[:-1]))
+
     def scores(self, observation: np.ndarray) -> np.ndarray:
-        """The network's score of every route for one raw observation."""
-        h = (observation - self.obs_mean) / np.sqrt(self.obs_var + self.obs_epsilon)
-        h = np.minimum(np.maximum(h, -self.obs_clip), self.obs_clip)
-        last = len(self.weights) - 1
-        for k in range(last):
-            h = np.tanh(self.weights[k] @ h + self.biases[k])
-        return self.weights[last] @ h + self.biases[last]
+        """The network's score of every route for one raw observation (normalised and clipped as
+        in training)."""
+        h = (observation - self.obs_mean) * self._scale
+        np.clip(h, -self.obs_clip, self.obs_clip, out=h)
+        for weight, bias in self._layers:
+            h = np.tanh(weight @ h + bias)
+        return self.weights[-1] @ h + self.biases[-1]
 
 
 def sample_difficulty(view, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
@@ -227,18 +237,20 @@ class Learned(Policy):
             raise InputError("policy.path", f"trained on routes {meta['routes']}, but this scenario gives {labels}")
         self.observer = Observer(view, self.options, sample_difficulty(view, arrays.difficulty))
         self._routes = [o.route for o in self.options]
-        self.choices = np.zeros(len(self.options), dtype=np.int64)
+        self.choices = [0] * len(self.options)
 
     def route(self, request, view):
         observation, mask = self.observer.observe(request, view)
         scores = self.arrays.scores(observation)
-        k = int(np.argmax(np.where(mask, scores, -math.inf)))
+        scores[~mask] = -math.inf
+        k = int(scores.argmax())
         self.choices[k] += 1
         return self._routes[k]
 
     def report(self) -> dict:
         """How often each route was chosen, and the choice distribution's entropy in bits."""
-        total = int(self.choices.sum())
-        shares = self.choices[self.choices > 0] / max(total, 1)
+        counts = np.array(self.choices)
+        total = int(counts.sum())
+        shares = counts[counts > 0] / max(total, 1)
         return {"choices": {self._routes[k].label: int(c) for k, c in enumerate(self.choices) if c},
-                "route_entropy_bits": float(-(shares * np.log2(shares)).sum()) if total else 0.0}
+                "route_entropy_bits": float(-(shares * np.log2(shares)).sum()) + 0.0 if total else 0.0}

@@ -222,3 +222,16 @@ def test_training_scenarios_must_share_deployments(tmp_path):
     assert len(training_scenarios(TrainConfig(scenarios=(str(a),), load_scales=(0.5, 1.0)))) == 2
     with pytest.raises(InputError, match="same deployments"):
         training_scenarios(TrainConfig(scenarios=(str(a), str(b))))
+
+
+@pytest.mark.parametrize("name", ["digits", "sst2"])
+def test_the_shipped_routers_run_on_their_systems_without_collapsing(name):
+    """Each bundle's trained router (examples/learned/) matches its scenario and spreads its
+    requests over several routes (the Adaptive Router seed's PPO sent all of them to one)."""
+    from traces.scenario import load_scenario
+
+    scenario = load_scenario(REPO / "examples" / "learned" / f"{name}.toml", ["duration_s=5", "warmup_s=1"])
+    _, requests, summary = run_once(prepare(scenario), 1)
+    assert sum(summary["policy"]["choices"].values()) == len(requests.to_pandas())
+    assert summary["policy"]["route_entropy_bits"] > 0.5
+    assert summary["ontime_accuracy"] > 0.5
