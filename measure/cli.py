@@ -196,6 +196,17 @@ Adds the bundle's `startup` table (its other tables stay byte for byte as they w
 
 Adds the bundle's `features` table: cheap per-sample input features computed from the profile's
 evaluation data, no model run (see docs/difficulty.md). A bundle that has one is left as it is.""",
+    "layers": """examples:
+  measure layers examples/profiles/digits-cpu.toml --variant resnet18/fp32/cpu --batch 8
+  measure layers examples/profiles/digits-cpu.toml --variant resnet18/int8/cpu --batch 8   # by operator
+  measure layers examples/profiles/sst2-cpu.toml --variant bert-6/fp32/cpu --batch 16 --by operator \\
+      --runs 20 --out bert6-ops.csv
+  measure layers examples/profiles/digits-cpu-backends.toml --variant mobilenet_v2/fp32/cpu/onnxruntime --batch 8
+
+Rows by module are the model's top-level parts (a part over half of the time opens into its parts);
+(other) is the time outside them: the input gather, the softmax, the model's glue code.
+A torchscript variant is profiled by operator; an onnxruntime one by ONNX Runtime's own profiler,
+by operator type (default) or by node (--by module), with (session) its time outside the kernels.""",
     "serve": """examples:
   measure serve examples/demo.toml
   measure serve examples/demo.toml --seeds 1-3 --out runs/demo-real --force
@@ -207,9 +218,7 @@ or --set limits.max_requests=N).""",
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .layers import EXAMPLES as LAYERS_EXAMPLES
-
-    cli = CommandLine("measure", "Measure model variants and serve them for real.", {**EXAMPLES, "layers": LAYERS_EXAMPLES})
+    cli = CommandLine("measure", "Measure model variants and serve them for real.", EXAMPLES)
     parser, _sub = cli.parser, cli.command
     train = _sub("train", "train the profile's models into its zoo (skips trained ones)")
     train.add_argument("profile", help="the measurement profile (TOML)")
@@ -241,8 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
     features.set_defaults(func=lambda a, argv: cmd_features(a))
     from . import layers
 
-    profiled = _sub("layers", layers.HELP)
-    layers.add_arguments(profiled)
+    profiled = _sub("layers", "the profiler breakdown of one variant at a batch size, by module or by operator "
+                              "(torch.profiler; ONNX Runtime's own profiler for onnxruntime variants)")
+    profiled.add_argument("profile", help="the measurement profile (TOML)")
+    profiled.add_argument("--variant", required=True, metavar="ID", help="the variant id, e.g. resnet18/fp32/cpu")
+    profiled.add_argument("--batch", required=True, type=int, metavar="B", help="the batch size profiled")
+    profiled.add_argument("--by", choices=layers.BY, help="rows by module (default) or by operator (default for "
+                          "an FX-quantized INT8 model, the only one for torchscript); for onnxruntime, by ONNX "
+                          "operator type (default) or by node (module)")
+    profiled.add_argument("--runs", type=int, default=layers.DEFAULT_RUNS,
+                          help=f"profiled runs, averaged (default {layers.DEFAULT_RUNS})")
+    profiled.add_argument("--out", metavar="FILE.csv", help="also write every row as CSV (atomically)")
+    profiled.add_argument("--force", action="store_true", help="replace an earlier CSV of this command at --out")
     profiled.set_defaults(func=lambda a, argv: layers.run(a))
     serve = _sub("serve", "run a scenario on real model replicas; writes the simulator's run output")
     serve.add_argument("scenario", help="the scenario file (TOML), as `simulate run` takes it")

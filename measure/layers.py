@@ -1,34 +1,31 @@
 """`measure layers`: where one variant spends its time, layer by layer, under ``torch.profiler``.
 
 A latency profile says a batch of 8 takes 25 ms, not which part of the model to prune, quantise or
-replace. This runs the very model object the harness times (the zoo checkpoint with the variant's
-pruning and precision, on the profile's device and threads, fed through ``ModelRunner.run`` with
-real evaluation samples drawn as the harness draws them) under the PyTorch profiler, and splits
-the CPU time of a run into rows that partition it, so the shares add up to 100%.
+replace. This runs the very model the harness times (zoo checkpoint, pruning, precision, backend,
+the profile's device and threads, ``ModelRunner.run`` on real evaluation samples drawn as the
+harness draws them) under the PyTorch profiler, and splits the CPU time of a run into rows that
+partition it, so the shares add up to 100%. Times are per run, the mean of ``--runs`` profiled runs
+after the profile's warm-up runs; the unprofiled median of the same batches is printed beside them.
 
-**By module** (the default), every module's forward runs inside a profiler range (a
-``record_function`` opened by a forward pre-hook, closed by a forward hook), and the self CPU time
-of every event goes to the innermost module around it (a range's own time is the Python code of
-that forward between operators). The rows are the model's top-level parts: its children, except
-that a part holding more than half of the time is replaced by its parts, again and again, while
-these hold most of its time. So ResNet-18 reads as ``conv1``, ``layer1`` ... ``layer4``, ``fc`` (stages: what one
-prunes or swaps), while MobileNetV2's ``features`` or a BERT wrapper, ~100% in one row, open into
-their blocks; leaf modules (ResNet-18 has 60) would be too fine to name a bottleneck. A container
-never called as a whole (``nn.ModuleList``) sums the modules in it. ``(other)`` is the time in no
-row's module: the runner's input gather and softmax, the model's code between its parts.
+**By module** (the default), every module's forward runs inside a profiler range (opened by a
+forward pre-hook, closed by a forward hook), and each event's self CPU time goes to the innermost
+module around it. The rows are the model's top-level parts: its children, except that a part
+holding over half of the time is replaced by its parts while these hold most of it. So ResNet-18
+reads as ``conv1``, ``layer1`` ... ``layer4``, ``fc`` (stages: what one prunes or swaps), while
+MobileNetV2's ``features``, ~100% in one row, opens into its blocks; its 60 leaf modules would be
+too fine to name a bottleneck. A container never called whole (``nn.ModuleList``) sums its modules.
+``(other)`` is the time in no row's module: the runner's input gather and softmax, glue code.
 
 **By operator**, the rows are the operators (``aten::addmm``, ``quantized::conv2d``) with their
-self CPU time, as ``key_averages`` groups them; Python code between operators is in no row, so the
-total is a little lower than by module. Times are per run, the mean of ``--runs`` profiled runs
-after the profile's warm-up runs; the unprofiled median of the same batches is printed beside them.
-On a CUDA device the CPU times are launches and synchronisation, not the kernels.
+self CPU time; Python code between operators is in no row. On a CUDA device the CPU times are
+launches and synchronisation, not the kernels.
 
-**INT8.** A CNN's INT8 model is an FX ``GraphModule`` (``measure.variants``): its generated
-``forward`` calls the quantized leaves directly, so containers such as ``layer4`` are never called,
-and residual adds and (de)quantize steps are graph functions, not modules. Such a model is
-profiled by operator unless ``--by module`` is asked for; then the leaves are summed by name
-(``layer4.*`` into ``layer4``) and the graph functions count in ``(other)``. Dynamically quantised
-transformers keep their modules and profile by module as usual.
+**INT8 and backends.** A CNN's INT8 model is an FX ``GraphModule`` whose code calls the quantized
+leaves directly (``layer4`` is never called) and whose residual adds and (de)quantize steps are
+functions, not modules: it is profiled by operator unless ``--by module`` is asked for, which sums
+the leaves by name and counts the functions in ``(other)``. A ``torchscript`` variant is a frozen
+graph whose submodules are inlined: by operator only. An ``onnxruntime`` variant runs in kernels
+this profiler does not see: ``measure.layers_ort`` splits it with ONNX Runtime's own profiler.
 """
 
 from __future__ import annotations
@@ -39,7 +36,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -47,6 +44,7 @@ from traces.errors import InputError
 
 BY = ("module", "operator")
 OTHER = "(other)"
+SESSION = "(session)"    # an ONNX Runtime run's time outside its kernels (measure.layers_ort)
 RANGE_PREFIX = "measure.layers::"
 EXPAND_SHARE = 0.5       # a part above this share of the time is shown as its parts
 DEFAULT_RUNS = 10
@@ -55,6 +53,10 @@ MAX_BATCH = 4096
 TOP_ROWS = 12            # rows printed; the rest are summed into one
 CSV_COLUMNS = ("variant", "batch_size", "by", "name", "self_cpu_ms", "share_pct", "calls")
 CSV_MARKER = "# written by measure layers; replaced by its --force"
+MEASURED = {  # what a row's time is, by profiler: in the title, as the column head, in the total line
+    "torch": ("self CPU time", "self CPU ms", "profiled CPU time"),
+    "onnxruntime": ("ONNX Runtime's kernel and session time", "time ms", "profiled wall time")}
+ROWS = {"module": "the top-level parts", "operator": "operator", "node": "ONNX node"}  # by LayerProfile.by
 FX_NOTES = {  # what an FX-quantized graph's profile says, by the --by asked for
     None: "an FX-quantized INT8 graph calls its quantized leaves directly (no container module is called), "
           "so it is profiled by operator; --by module sums the leaves by name",
@@ -79,11 +81,12 @@ class LayerProfile:
     total_cpu_ms: float            # per run, under the profiler
     unprofiled_ms: float           # median wall time of one run without the profiler
     note: str = ""
+    profiler: str = "torch"        # or "onnxruntime" (measure.layers_ort)
 
     @property
     def bottleneck(self) -> LayerRow:
-        """The heaviest named row (``(other)`` is not a layer)."""
-        named = [row for row in self.rows if row.name != OTHER]
+        """The heaviest named row (``(other)`` and ``(session)`` are not layers)."""
+        named = [row for row in self.rows if row.name not in (OTHER, SESSION)]
         return named[0] if named else self.rows[0]
 
     def bottleneck_line(self) -> str:
@@ -139,6 +142,26 @@ def check_count(value, option: str, high: int) -> int:
     return value
 
 
+def check_by(by: str | None) -> None:
+    if by is not None and by not in BY:
+        raise InputError("--by", f"must be one of {', '.join(BY)}, got {by!r}")
+
+
+def timed_s(forward: Callable[[int], object], k: int) -> float:
+    """Wall seconds of ``forward(k)``."""
+    start = time.perf_counter()
+    forward(k)
+    return time.perf_counter() - start
+
+
+def rows_of(totals: dict[str, tuple[float, float]], runs: int) -> tuple[tuple[LayerRow, ...], float]:
+    """Rows, heaviest first, and the total ms per run, of row name -> (microseconds, calls) over ``runs``."""
+    total_us = sum(us for us, _ in totals.values())
+    rows = sorted((LayerRow(name, us / runs / 1000.0, 100.0 * us / total_us if total_us else 0.0, calls / runs)
+                   for name, (us, calls) in totals.items()), key=lambda r: (-r.self_cpu_ms, r.name))
+    return tuple(rows), total_us / runs / 1000.0
+
+
 def default_by(model) -> str:
     """``operator`` for an FX graph (a statically quantised INT8 CNN), else ``module``."""
     import torch.fx
@@ -154,17 +177,12 @@ def profile_layers(model, forward: Callable[[int], object], *, batch_size: int, 
     from torch.profiler import ProfilerActivity, profile
 
     note = FX_NOTES.get(by, "") if default_by(model) == "operator" else ""
+    check_by(by)
     by = by or default_by(model)
-    if by not in BY:
-        raise InputError("--by", f"must be one of {', '.join(BY)}, got {by!r}")
     check_count(batch_size, "--batch", MAX_BATCH)
     check_count(runs, "--runs", MAX_RUNS)
-    wall_s = []
     unprofiled = max(warmup_runs, 1) + runs
-    for k in range(unprofiled):  # the last `runs` of these are the unprofiled timing
-        start = time.perf_counter()
-        forward(k)
-        wall_s.append(time.perf_counter() - start)
+    wall_s = [timed_s(forward, k) for k in range(unprofiled)]  # the last `runs` are the unprofiled timing
     ranges = _module_ranges(model) if by == "module" else contextlib.nullcontext()
     prof = profile(activities=[ProfilerActivity.CPU])
     with ranges:
@@ -177,11 +195,8 @@ def profile_layers(model, forward: Callable[[int], object], *, batch_size: int, 
             with _native_stderr_silenced():
                 prof.stop()
     totals = _module_totals(prof.events(), model) if by == "module" else _operator_totals(prof.events())
-    total_us = sum(us for us, _ in totals.values())
-    rows = sorted((LayerRow(name, us / runs / 1000.0, 100.0 * us / total_us if total_us else 0.0, calls / runs)
-                   for name, (us, calls) in totals.items()), key=lambda r: (-r.self_cpu_ms, r.name))
-    return LayerProfile(by, batch_size, runs, tuple(rows), total_us / runs / 1000.0,
-                        1000.0 * statistics.median(wall_s[-runs:]), note)
+    rows, total_ms = rows_of(totals, runs)
+    return LayerProfile(by, batch_size, runs, rows, total_ms, 1000.0 * statistics.median(wall_s[-runs:]), note)
 
 
 def _operator_totals(events) -> dict[str, tuple[float, float]]:
@@ -274,9 +289,6 @@ def find_variant(profile, variant_id: str):
     """The profile's ``VariantSpec`` with this id; ``InputError`` listing the known ids otherwise."""
     for spec in profile.variants:
         if spec.id == variant_id:
-            if getattr(spec, "backend", "eager") != "eager":  # a frozen graph or an ORT session: no modules to hook
-                raise InputError("--variant", f"{variant_id!r} runs on {spec.backend}; the layer profile reads "
-                                 "PyTorch's modules and operators, so give its eager variant")
             return spec
     known = ", ".join(spec.id for spec in profile.variants)
     raise InputError("--variant", f"{variant_id!r} is not a variant of profile {profile.name!r}; known: {known}")
@@ -296,14 +308,37 @@ def _check_trained(profile, spec) -> None:
                          f"run `measure train {profile.source or 'PROFILE.toml'}` first")
 
 
+TORCHSCRIPT_NOTE = "a frozen TorchScript graph has its submodules inlined, so it is profiled by operator"
+
+
 def profile_variant(profile, variant_id: str, batch_size: int, *, by: str | None = None,
                     runs: int = DEFAULT_RUNS) -> LayerProfile:
-    """``profile_layers`` on the variant as the harness builds and runs it: zoo checkpoint, pruning
-    and precision applied, the profile's threads, batches of evaluation samples drawn as it draws them."""
+    """The variant's profile as the harness builds and runs it: ``profile_layers`` for eager and
+    TorchScript (by operator) variants, ``measure.layers_ort`` for ONNX Runtime ones."""
     check_count(batch_size, "--batch", MAX_BATCH)
     check_count(runs, "--runs", MAX_RUNS)
+    check_by(by)
     spec = find_variant(profile, variant_id)
+    if spec.backend == "torchscript" and by == "module":
+        raise InputError("--by", f"{variant_id!r} is a frozen TorchScript graph (its modules are inlined): "
+                         "profile it by operator")
     _check_trained(profile, spec)
+    if spec.backend == "onnxruntime":
+        from .layers_ort import profile_ort_variant
+
+        return profile_ort_variant(profile, spec, batch_size, by=by, runs=runs)
+    script = spec.backend == "torchscript"
+    with variant_batches(profile, spec, batch_size, runs) as (model, forward, warmup_runs):
+        result = profile_layers(model, forward, batch_size=batch_size, by="operator" if script else by, runs=runs,
+                                warmup_runs=warmup_runs)
+    return replace(result, note=TORCHSCRIPT_NOTE) if script else result
+
+
+@contextlib.contextmanager
+def variant_batches(profile, spec, batch_size: int, runs: int) -> Iterator[tuple[object, Callable[[int], object], int]]:
+    """``(model, forward, warmup_runs)``: the variant as the harness builds it, on the profile's
+    threads while open; ``forward(k)`` runs the k-th batch of samples drawn as the harness draws them:
+    the warm-up, ``runs`` batches, then these ``runs`` again (one timing profiled, one not)."""
     import torch
 
     from .harness import _rng
@@ -317,13 +352,12 @@ def profile_variant(profile, variant_id: str, batch_size: int, *, by: str | None
         try:
             runner = ModelRunner(load_variant(profile.zoo_dir, profile.task, spec, data), data.x_eval, spec)
         except VariantUnsupported as exc:
-            raise InputError(variant_id, f"cannot be built here: {exc}") from None
+            raise InputError(spec.id, f"cannot be built here: {exc}") from None
         warmup_runs = max(profile.latency.warmup_runs, 1)
         rng = _rng(profile, spec.id, batch_size)
         draws = [rng.integers(0, len(data.eval_ids), batch_size).tolist() for _ in range(warmup_runs + runs)]
-        schedule = draws + draws[warmup_runs:]  # timed unprofiled, then profiled, on the same samples
-        return profile_layers(runner.model, lambda k: runner.run(schedule[k]), batch_size=batch_size,
-                              by=by, runs=runs, warmup_runs=warmup_runs)
+        schedule = draws + draws[warmup_runs:]
+        yield runner.model, lambda k: runner.run(schedule[k]), warmup_runs
     finally:
         torch.set_num_threads(threads)
 
@@ -332,9 +366,8 @@ def profile_variant(profile, variant_id: str, batch_size: int, *, by: str | None
 
 def format_table(result: LayerProfile, top: int = TOP_ROWS) -> str:
     """The heaviest ``top`` rows, the rest summed into one, and the total."""
-    head = "module" if result.by == "module" else "operator"
-    width = max([len(head), len("total")] + [len(row.name) for row in result.rows[:top]]) + 2
-    lines = [f"{head:<{width}s}{'self CPU ms':>12s}{'share':>9s}{'calls':>9s}"]
+    width = max([len(result.by), len("total")] + [len(row.name) for row in result.rows[:top]]) + 2
+    lines = [f"{result.by:<{width}s}{MEASURED[result.profiler][1]:>12s}{'share':>9s}{'calls':>9s}"]
 
     def line(name: str, ms: float, share_pct: float, calls: str) -> str:
         return f"{name:<{width}s}{ms:12.3f}{share_pct:8.1f}%{calls:>9s}"
@@ -368,29 +401,6 @@ def write_csv(result: LayerProfile, variant_id: str, path: str | Path, *, force:
 
 # ---- the subcommand (wired into measure/cli.py) ---------------------------------------------
 
-HELP = "the torch.profiler breakdown of one variant at a batch size, by module or by operator"
-EXAMPLES = """examples:
-  measure layers examples/profiles/digits-cpu.toml --variant resnet18/fp32/cpu --batch 8
-  measure layers examples/profiles/digits-cpu.toml --variant resnet18/int8/cpu --batch 8   # by operator
-  measure layers examples/profiles/sst2-cpu.toml --variant bert-6/fp32/cpu --batch 16 --by operator \\
-      --runs 20 --out bert6-ops.csv
-
-Rows by module are the model's top-level parts (a part over half of the time opens into its parts);
-(other) is the time outside them: the input gather, the softmax, the model's glue code."""
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("profile", help="the measurement profile (TOML)")
-    parser.add_argument("--variant", required=True, metavar="ID", help="the variant id, e.g. resnet18/fp32/cpu")
-    parser.add_argument("--batch", required=True, type=int, metavar="B", help="the batch size profiled")
-    parser.add_argument("--by", choices=BY, help="rows by module (default) or by operator "
-                                                 "(default for an FX-quantized INT8 model)")
-    parser.add_argument("--runs", type=int, default=DEFAULT_RUNS,
-                        help=f"profiled runs, averaged (default {DEFAULT_RUNS})")
-    parser.add_argument("--out", metavar="FILE.csv", help="also write every row as CSV (atomically)")
-    parser.add_argument("--force", action="store_true", help="replace an earlier CSV of this command at --out")
-
-
 def run(args) -> int:
     from traces.outputs import check_file_target
 
@@ -405,13 +415,13 @@ def run(args) -> int:
         print("note: a pruned variant is fine-tuned once on first use (then cached in the zoo): "
               "the first run may take minutes", flush=True)
     result = profile_variant(profile, args.variant, args.batch, by=args.by, runs=args.runs)
-    rows = "the top-level parts" if result.by == "module" else "operator"
+    title, _, total = MEASURED[result.profiler]
     print(f"{args.variant} at batch {args.batch}, {profile.threads} thread{'s' * (profile.threads != 1)}: "
-          f"self CPU time per run by {rows}, mean of {result.runs} profiled runs")
+          f"{title} per run by {ROWS[result.by]}, mean of {result.runs} profiled runs")
     if result.note:
         print(f"note: {result.note}")
     print(format_table(result))
-    print(f"profiled CPU time {result.total_cpu_ms:.3f} ms per run; unprofiled median {result.unprofiled_ms:.3f} ms")
+    print(f"{total} {result.total_cpu_ms:.3f} ms per run; unprofiled median {result.unprofiled_ms:.3f} ms")
     print(result.bottleneck_line())
     if args.out:
         print(f"wrote {write_csv(result, args.variant, args.out, force=args.force)} ({len(result.rows)} rows)")

@@ -1,6 +1,7 @@
 """`measure layers`: the profiler's rows name a model's layers, partition its CPU time and find the
 heaviest layer; the CSV; bad input; the command on a tiny trained zoo (and on the bundled digits
-profile when its zoo has been trained).
+profile when its zoo has been trained); TorchScript variants by operator; ONNX Runtime variants
+under ONNX Runtime's own profiler (a synthetic trace, then real sessions when onnxruntime is here).
 
 The models are built here so that one layer does far more arithmetic than the others (a Linear of
 256x4096 against one of 32x256: 64 times the multiply-adds), which is what the bottleneck checks
@@ -9,7 +10,6 @@ rest on; shares must add up to 100% within 1e-6 points, since the rows partition
 
 from __future__ import annotations
 
-import argparse
 from collections import OrderedDict
 from pathlib import Path
 
@@ -155,12 +155,13 @@ def test_the_csv_has_the_documented_columns_and_is_replaced_only_with_force(tmp_
 
 
 def run_layers(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    layers.add_arguments(parser)
-    return layers.run(parser.parse_args(list(argv)))
+    """The subcommand's flags as `measure layers` parses them; its errors raised, not printed."""
+    from measure.cli import build_parser
+
+    return layers.run(build_parser().parse_args(["layers", *argv]))
 
 
-def write_profile(tmp_path: Path, zoo: Path) -> Path:
+def write_profile(tmp_path: Path, zoo: Path, backends: tuple[str, ...] = ("eager",)) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(f"""name = "tiny"
 zoo_dir = "{zoo}"
@@ -171,6 +172,7 @@ warmup_runs = 1
 [[variants]]
 model = "cnn-small"
 precisions = ["fp32", "int8"]
+backends = {list(backends)!r}
 """)
     return path
 
@@ -233,3 +235,144 @@ def test_the_bundled_digits_profile_reads_resnet18_by_stage(capsys):
     # each stage is a row, or its two blocks are when it holds over half of the time
     assert {name.split(".")[0] for name in rows} == {"layer1", "layer2", "layer3", "layer4"}
     assert all(name.count(".") == 0 or name.split(".")[1] in ("0", "1") for name in rows)
+
+
+# ---- TorchScript and ONNX Runtime variants ---------------------------------------------------
+
+def test_a_torchscript_variant_is_profiled_by_operator_and_refuses_modules_before_building(tmp_path, tiny_zoo, capsys):
+    profile = write_profile(tmp_path, tiny_zoo, ("torchscript",))
+    with pytest.raises(InputError) as error:
+        run_layers(str(profile), "--variant", "cnn-small/fp32/cpu/torchscript", "--batch", "4", "--by", "module")
+    assert error.value.where == "--by" and "by operator" in error.value.problem
+    out = tmp_path / "ts.csv"
+    assert run_layers(str(profile), "--variant", "cnn-small/fp32/cpu/torchscript", "--batch", "4", "--runs", "2",
+                      "--out", str(out)) == 0
+    assert "TorchScript" in capsys.readouterr().out
+    table = pd.read_csv(out, comment="#")
+    assert set(table["by"]) == {"operator"} and any(name.startswith("aten::") for name in table["name"])
+    assert table["share_pct"].sum() == pytest.approx(100.0, abs=1e-4)
+
+
+def synthetic_trace(runs: list[list[tuple[str, str, int]]], gap_us: int = 7) -> list[dict]:
+    """An ONNX Runtime trace of these runs (each a list of (node, op type, microseconds)): per run a
+    ``model_run`` span enclosing its kernels, ``gap_us`` of session time before each kernel, and
+    the zero-length fence events older versions write."""
+    events, ts = [{"cat": "Session", "name": "session_initialization", "ts": 0, "dur": 50}], 100
+    for kernels in runs:
+        start = ts
+        for node, op, dur in kernels:
+            ts += gap_us
+            for suffix, length in (("_fence_before", 0), ("_kernel_time", dur), ("_fence_after", 0)):
+                events.append({"cat": "Node", "name": node + suffix, "ts": ts, "dur": length,
+                               "args": {"op_name": op, "provider": "CPUExecutionProvider"}})
+                ts += length
+        ts += gap_us
+        events.append({"cat": "Session", "name": "model_run", "ts": start, "dur": ts - start})
+        ts += 1000
+    return events
+
+
+def test_trace_totals_count_only_the_last_runs_kernels_and_partition_their_wall_time():
+    from measure.layers import SESSION
+    from measure.layers_ort import trace_totals
+
+    check_run = [("conv_a", "Conv", 900), ("fc", "Gemm", 900)]   # the check when built: not counted
+    run = [("conv_a", "Conv", 40), ("relu_b", "Conv", 25), ("fc", "Gemm", 10), ("flat", "Reshape", 3)]
+    events = synthetic_trace([check_run, run, run, run])
+    wall_us = [200.0, 210.0, 220.0]
+    by_op = trace_totals(events, 3, "operator", wall_us)
+    assert by_op["Conv"] == (3 * 65.0, 6.0) and by_op["Gemm"] == (30.0, 3.0) and by_op["Reshape"] == (9.0, 3.0)
+    run_us = sum(dur for _, _, dur in run) + 7 * (len(run) + 1)  # the span: kernels and the gaps before, after
+    assert by_op[SESSION] == (3 * (run_us - 78), 0.0)
+    assert by_op[OTHER] == (sum(wall_us) - 3 * run_us, 0.0)
+    assert sum(us for us, _ in by_op.values()) == pytest.approx(sum(wall_us))
+    by_node = trace_totals(events, 3, "node", wall_us)
+    assert {name: calls for name, (_, calls) in by_node.items()} == {
+        "conv_a": 3.0, "relu_b": 3.0, "fc": 3.0, "flat": 3.0, SESSION: 0.0, OTHER: 0.0}
+    assert by_node["relu_b"][0] == 75.0
+    with pytest.raises(RuntimeError, match="holds 4 runs, expected 5"):
+        trace_totals(events, 5, "operator", wall_us + [1.0, 1.0])
+
+
+def onnxruntime_or_skip():
+    for module in ("onnx", "onnxruntime", "onnxscript"):
+        pytest.importorskip(module, reason=f"{module} is not installed: the onnxruntime backend needs "
+                                           "pip install -e '.[measure]' (onnx, onnxruntime, onnxscript)")
+
+
+def test_ort_nodes_run_once_per_run_and_the_rows_sum_to_the_kernels_of_the_last_runs(tmp_path):
+    onnxruntime_or_skip()
+    from measure import backends
+    from measure.layers import SESSION
+    from measure.layers_ort import profile_session, profiling_sessions
+    from measure.models import SmallCNN
+
+    torch.manual_seed(0)
+    images = torch.randn(64, 1, 8, 8)
+    with profiling_sessions(tmp_path / "trace"):
+        model = backends.onnxruntime_model(SmallCNN(1, 8, 10, (4, 8)).eval(), "fp32", images, threads=1)
+    assert backends.session_options.__name__ == "session_options"   # the harness's own again
+    runs = 3
+    result = profile_session(model.session, lambda k: model(images[k:k + BATCH]), batch_size=BATCH,
+                             by="module", runs=runs, warmup_runs=2)
+    rows = by_name(result)
+    nodes = [name for name in rows if name not in (OTHER, SESSION)]
+    assert result.by == "node" and result.profiler == "onnxruntime" and nodes
+    assert all(rows[name].calls == 1 for name in nodes)
+    assert shares_sum(result) == pytest.approx(100.0, abs=1e-6)
+    assert sum(row.self_cpu_ms for row in result.rows) == pytest.approx(result.total_cpu_ms, rel=1e-9)
+    (trace,) = tmp_path.glob("trace*.json")      # left where the session's prefix put it
+    events = pd.read_json(trace)
+    kernels = events[(events["cat"] == "Node") & events["name"].str.endswith("_kernel_time")].sort_values("ts")
+    spans = events[events["name"] == "model_run"].sort_values("ts").tail(runs)
+    assert sum(rows[name].self_cpu_ms for name in nodes) == pytest.approx(
+        kernels["dur"].tail(runs * len(nodes)).sum() / runs / 1000.0)   # every run runs each node once
+    assert rows[SESSION].self_cpu_ms == pytest.approx(
+        spans["dur"].sum() / runs / 1000.0 - sum(rows[name].self_cpu_ms for name in nodes), abs=1e-9)
+
+
+def test_an_onnxruntime_variant_splits_by_onnx_operator_and_leaves_no_trace_file(tmp_path, tiny_zoo, capsys,
+                                                                                  monkeypatch):
+    onnxruntime_or_skip()
+    import tempfile
+
+    from onnxruntime.capi.onnxruntime_pybind11_state import get_all_operator_schema
+
+    from measure.layers import SESSION
+
+    profile = write_profile(tmp_path, tiny_zoo, ("eager", "onnxruntime"))
+    scratch, cwd = tmp_path / "scratch", tmp_path / "cwd"
+    scratch.mkdir()
+    cwd.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))   # where the temporary trace directory goes
+    monkeypatch.chdir(cwd)                                   # where ONNX Runtime writes one by default
+    out, eager = tmp_path / "ort.csv", tmp_path / "eager.csv"
+    assert run_layers(str(profile), "--variant", "cnn-small/fp32/cpu/onnxruntime", "--batch", "4", "--runs", "2",
+                      "--out", str(out)) == 0
+    printed = capsys.readouterr().out
+    assert list(scratch.iterdir()) == [] and list(cwd.iterdir()) == []
+    table = pd.read_csv(out, comment="#")
+    assert set(table["by"]) == {"operator"} and {OTHER, SESSION} <= set(table["name"])
+    assert table["share_pct"].sum() == pytest.approx(100.0, abs=1e-4)
+    ops = set(table["name"]) - {OTHER, SESSION}
+    assert ops <= {schema.name for schema in get_all_operator_schema()}   # ONNX's and ONNX Runtime's op types
+    assert "Conv" in ops and ops & {"Gemm", "MatMul", "FusedGemm", "FusedMatMul"}
+    top = table[table["name"].isin(ops)].iloc[0]
+    assert f"{top['name']} takes {top['share_pct']:.0f}% of the time at batch 4" in printed
+    assert "(session)" in printed and "ONNX Runtime" in printed
+    assert run_layers(str(profile), "--variant", "cnn-small/fp32/cpu", "--batch", "4", "--runs", "1",
+                      "--out", str(eager)) == 0
+    assert out.read_text().splitlines()[:2] == eager.read_text().splitlines()[:2]   # marker and header
+
+
+def test_a_missing_onnxruntime_is_one_line_and_exit_status_2(tmp_path, tiny_zoo, monkeypatch, capsys):
+    import sys
+
+    from measure.cli import main
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)    # `import onnxruntime` raises ImportError
+    profile = write_profile(tmp_path, tiny_zoo, ("onnxruntime",))
+    assert main(["layers", str(profile), "--variant", "cnn-small/fp32/cpu/onnxruntime", "--batch", "4"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("error: cnn-small/fp32/cpu/onnxruntime: ")
+    assert "onnxruntime" in err.split(":", 2)[2]
