@@ -235,3 +235,25 @@ def test_the_shipped_routers_run_on_their_systems_without_collapsing(name):
     assert sum(summary["policy"]["choices"].values()) == len(requests.to_pandas())
     assert summary["policy"]["route_entropy_bits"] > 0.5
     assert summary["ontime_accuracy"] > 0.5
+
+
+def test_the_shipped_router_routes_around_a_dead_deployment():
+    """Every replica of `large` crashed for 2 s: the mask keeps the router off it (no batch starts
+    there while it is down) and every arrival still ends exactly once."""
+    from traces.scenario import load_scenario
+
+    scenario = load_scenario(REPO / "examples" / "learned" / "digits.toml",
+                             ["duration_s=4", "warmup_s=0",
+                              'faults=[{deployment = "large", replica = 0, at_s = 1.0, down_s = 2.0}]'])
+    _, requests, summary = run_once(prepare(scenario), 3)
+    table = requests.to_pandas()
+    assert table["id"].is_unique
+    started_on_large = 0
+    for k in range(int(table["hops"].max())):
+        on = (table[f"hop{k}_deployment"] == "large") & table[f"hop{k}_start_s"].between(1.0, 3.0, inclusive="left")
+        started_on_large += int(on.sum())
+    assert started_on_large == 0
+    assert summary["completed"] + summary["dropped"] == summary["requests"] == len(table)
+    assert sum(summary["policy"]["choices"].values()) == len(table)
+    routes = table.loc[table["arrival_s"].between(1.2, 2.8), "route"]
+    assert routes.size > 100 and not routes.str.contains("large").any()

@@ -32,9 +32,12 @@ OUTAGE_S = (0.3, 2.2)  # [crash, recover) of every replica of the dead deploymen
 ADAPTIVE = ("degrade", "infaas", "planner", "aimd-batching", "throughput-autotuner")  # they route around it
 
 
+TRAINED = ("learned",)  # runs only on the system it was trained on: tests/test_learned.py takes it through an outage
+
+
 def own_policies() -> list[str]:
-    """The project's policies (tests may register more of their own)."""
-    return [n for n in policies.names() if policies.get(n).__module__.startswith("policies.")]
+    """The project's policies (tests may register more of their own) that run on any system."""
+    return [n for n in policies.names() if policies.get(n).__module__.startswith("policies.") and n not in TRAINED]
 
 
 def outage_scenario(policy: str, dead: dict, **deployment_changes) -> dict:
