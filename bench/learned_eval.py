@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from analysis.runs import markdown_table  # noqa: E402
 from analysis.stats import paired_difference  # noqa: E402
+from policies.learned import entropy_bits  # noqa: E402
 from sim.runner import prepare, run_once  # noqa: E402
 from traces.cli import run_command  # noqa: E402
 from traces.errors import InputError  # noqa: E402
@@ -62,8 +63,7 @@ def workloads(rate_rps: float) -> dict[str, dict]:
 
 def route_entropy_bits(routes) -> float:
     _, counts = np.unique(np.asarray(routes, dtype=object).astype(str), return_counts=True)
-    shares = counts / counts.sum()
-    return float(-(shares * np.log2(shares)).sum()) + 0.0 if counts.size else math.nan
+    return entropy_bits(counts) if counts.size else math.nan
 
 
 def run_cell(raw: dict, base_dir: Path, policy: dict, seed: int) -> tuple[float, float]:
@@ -85,6 +85,9 @@ def evaluate(scenario_path: Path, seeds: list[int], deadlines: list[float], dura
     if raw.get("policy", {}).get("name") != "learned":
         raise InputError(str(scenario_path), "expected a scenario whose [policy] is the learned router")
     policies = {**POLICIES, "learned": raw["policy"]}
+    if raw.get("arrivals", {}).get("kind") != "poisson":
+        raise InputError(f"{scenario_path}: arrivals",
+                         "the base scenario must have Poisson arrivals (its rate_rps is the base rate)")
     base_rate = float(raw["arrivals"]["rate_rps"])
     rows = []
     started = time.perf_counter()
@@ -94,7 +97,8 @@ def evaluate(scenario_path: Path, seeds: list[int], deadlines: list[float], dura
                     "requests": {"deadline_ms": deadline_ms}}
             if arrivals["kind"] == "replay":
                 cell["duration_s"] = min(duration_s, 120.0)
-            results = {name: [run_cell(cell, scenario_path.parent, p, s) for s in seeds] for name, p in policies.items()}
+            results = {name: [run_cell(cell, scenario_path.parent, p, s) for s in seeds]
+                       for name, p in policies.items()}
             acc = {name: [r[0] for r in values] for name, values in results.items()}
             ent = {name: float(np.nanmean([r[1] for r in values])) if name != "isolation-bound" else math.nan
                    for name, values in results.items()}

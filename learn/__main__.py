@@ -68,7 +68,8 @@ def _train(args) -> int:
         import gymnasium  # noqa: F401
         import sb3_contrib  # noqa: F401
     except ImportError as exc:
-        raise InputError("python -m learn", f"needs the rl extra ({exc.name} is missing): pip install -e '.[rl]'") from None
+        raise InputError("python -m learn",
+                         f"needs the rl extra ({exc.name} is missing): pip install -e '.[rl]'") from None
     train(config, args.out, log=lambda line: print(line, flush=True))
     return 0
 

@@ -46,9 +46,13 @@ class TrainConfig:
                   ("rollout_steps", self.rollout_steps >= 2), ("batch_size", self.batch_size >= 2),
                   ("gamma", 0 < self.gamma <= 1), ("gae_lambda", 0 <= self.gae_lambda <= 1),
                   ("entropy_start", self.entropy_start >= 0), ("entropy_end", self.entropy_end >= 0)]
+        checks += [("learning_rate", self.learning_rate > 0), ("epochs", self.epochs >= 1)]
+        flags = {"steps", "envs", "episode_s", "load_scales", "taus", "hidden", "cost_per_replica_s",
+                 "rollout_steps", "batch_size", "gamma", "gae_lambda"}  # the ones `python -m learn train` takes
         for name, ok in checks:
             if not ok:
-                raise InputError(f"--{name.replace('_', '-')}", f"out of range: {getattr(self, name)!r}")
+                where = f"--{name.replace('_', '-')}" if name in flags else f"TrainConfig.{name}"
+                raise InputError(where, f"out of range: {getattr(self, name)!r}")
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -58,14 +62,20 @@ def scaled_arrivals(arrivals: dict, factor: float, where: str) -> dict:
     """The scenario's ``[arrivals]`` with every rate times ``factor``."""
     out = copy.deepcopy(arrivals)
     kind = out.get("kind")
-    if kind == "poisson":
-        out["rate_rps"] = float(out["rate_rps"]) * factor
-    elif kind in ("bursty", "piecewise"):
-        out["rates_rps"] = [float(r) * factor for r in out["rates_rps"]]
-    elif kind == "replay":
-        out["rate_scale"] = float(out.get("rate_scale", 1.0)) * factor
-    else:
-        raise InputError(f"{where}: arrivals.kind", f"cannot scale {kind!r} arrivals (poisson, bursty, piecewise, replay)")
+    key = {"poisson": "rate_rps", "bursty": "rates_rps", "piecewise": "rates_rps", "replay": "rate_scale"}.get(kind)
+    if key is None:
+        raise InputError(f"{where}: arrivals.kind",
+                         f"cannot scale {kind!r} arrivals (poisson, bursty, piecewise, replay)")
+    try:
+        if kind == "poisson":
+            out[key] = float(out[key]) * factor
+        elif kind == "replay":
+            out[key] = float(out.get(key, 1.0)) * factor
+        else:
+            out[key] = [float(r) * factor for r in out[key]]
+    except (KeyError, TypeError, ValueError):
+        raise InputError(f"{where}: arrivals.{key}", f"a number (a list of numbers for {kind}) is required, "
+                         f"got {out.get(key)!r}") from None
     return out
 
 
@@ -82,8 +92,9 @@ def training_scenarios(config: TrainConfig) -> list[Scenario]:
                       "duration_s": config.episode_s,
                       "warmup_s": min(float(raw.get("warmup_s", 0.0)), config.episode_s / 2)}
             out.append(scenario_from_dict(scaled, base_dir=path.parent, source=path))
-    shapes = {tuple((d.name, d.variant) for d in s.deployments) for s in out}
+    shapes = {(str(s.bundle), tuple((d.name, d.variant) for d in s.deployments)) for s in out}
     if len(shapes) > 1:
-        raise InputError(config.scenarios[-1], "every training scenario must have the same deployments (names and variants)")
+        raise InputError(config.scenarios[-1],
+                         "every training scenario must have the same bundle and deployments (names and variants)")
     return out
 

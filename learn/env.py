@@ -113,6 +113,9 @@ class RoutingEnv(gym.Env):
 
     def _setup(self, view) -> None:
         self._options = route_options(view, self.taus)
+        labels = [o.route.label for o in self._options]
+        if getattr(self, "route_labels", labels) != labels:
+            raise ValueError(f"an episode's scenario gives routes {labels}, the first gave {self.route_labels}")
         self._baseline = None
         if self.weights.baseline and view.predictions is not None:
             fastest = min(view.deployments, key=lambda d: view.latency_profile(d).percentile_ms(1, 50))
@@ -132,13 +135,15 @@ class RoutingEnv(gym.Env):
         return self._options[self._action].route
 
     def _run(self) -> None:
-        log, retire_all = self._log, self._log.retire_all
+        log, retire = self._log, self._log.retire
 
-        def collect_then_retire() -> None:  # the last rewards, read before the log's slots are freed
-            self._tail_reward = self._collect()
-            retire_all()
+        def collect_then_retire(upto: int) -> None:
+            # rewards of requests that ended are read before the log frees their slots: mid-run
+            # (a full ring, before an arrival is routed) and at the end (every request)
+            self._tail_reward += self._collect()
+            retire(upto)
 
-        log.retire_all = collect_then_retire
+        log.retire = collect_then_retire
         try:
             self._sim.run(spool_dir=self._spool)
         except _Abandoned:
@@ -248,6 +253,7 @@ class RoutingEnv(gym.Env):
             self._to_sim.release()
             self._thread.join()
             self._to_agent.acquire(blocking=False)  # the ended thread's last signal, never waited for
+            self._to_sim.acquire(blocking=False)  # our wake-up, if the thread had already ended (an error)
             self._thread = None
             self._tmp.cleanup()
 

@@ -131,6 +131,8 @@ def train(config: TrainConfig, out: Path, log=print) -> PolicyArrays:
         raise InputError(str(out), "exists; the trained policy is not overwritten (choose another --out)")
     if out.suffix != ".npz":
         raise InputError(str(out), "the trained policy is saved as .npz: name the file FILE.npz")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise InputError(str(out.parent), "is not a directory")
     model, normalised, probe, difficulty, difficulty_meta = make_model(config, log)
     log(f"training on {len(config.scenarios)} scenario(s) x {len(config.load_scales)} load(s): "
         f"{len(probe.route_labels)} routes, {probe.observation_space.shape[0]} observations, {config.steps} decisions")

@@ -15,15 +15,17 @@ and the router learns that they are bad at any load. Trained with the weaker mas
 router collapsed onto the fast model alone (route entropy 0). The mask is a hard rule about time;
 which feasible route is worth taking (accuracy, what its load does to later requests) is learned.
 
-What the router sees (``Observer``, the same code in training and here; ``OBSERVATION_NAMES``):
-per deployment, its waiting requests over its batch limit, its busy share, its replicas able to
-serve, its last batch's service time, and the backlog those make (waiting batches per replica
-plus the busy share, times that service time: a rough wait, so the small network need not learn
-the product) and the slack it would leave (time left - backlog - batch-1 median service); then the arrival rate over the last second, the
-request's time left, and its estimated difficulty: the probability that the fastest deployment's
-variant is right on this sample, from the cheap input features of the bundle's ``features`` table
-(``policies.difficulty``; 0.5 when the policy was trained without one). A request it expects to be
-hard can go straight to an accurate model instead of through a cascade's first stage.
+What the router sees (``Observer``, the same code in training and here; ``observation_names``): per
+deployment, its waiting requests over its batch limit, its busy share, its replicas able to serve
+(always all of them in training, which has no faults: an outage shows as a value the normaliser
+clips, and the mask keeps the router off it), its last batch's service time, and the backlog those
+make (waiting batches per replica plus the busy share, times that service time: a rough wait, so
+the small network need not learn the product) and the slack it would leave (time left - backlog -
+batch-1 median service); then the arrival rate over the last second, the request's time left, and
+its estimated difficulty: the probability that the fastest deployment's variant is right on this
+sample, from the cheap input features of the bundle's ``features`` table (``policies.difficulty``;
+0.5 when the policy was trained without one). A request it expects to be hard can go straight to an
+accurate model instead of through a cascade's first stage.
 
 The trained network is a small MLP (tanh) saved as plain arrays (``PolicyArrays``, one ``.npz``)
 with the observation normaliser's running mean and variance, so simulating needs no torch: a
@@ -180,6 +182,9 @@ class PolicyArrays:
             raise InputError("policy.path", f"{path} is not a trained policy file ({exc})") from None
         if meta.get("format") != FORMAT:
             raise InputError("policy.path", f"{path}: format {meta.get('format')!r}, expected {FORMAT}")
+        missing = [k for k in ("deployments", "routes", "taus") if k not in meta]
+        if missing:
+            raise InputError("policy.path", f"{path}: not a trained router (no {', '.join(missing)} in its meta_json)")
         return loaded
 
     def __post_init__(self) -> None:
@@ -249,8 +254,15 @@ class Learned(Policy):
 
     def report(self) -> dict:
         """How often each route was chosen, and the choice distribution's entropy in bits."""
-        counts = np.array(self.choices)
-        total = int(counts.sum())
-        shares = counts[counts > 0] / max(total, 1)
         return {"choices": {self._routes[k].label: int(c) for k, c in enumerate(self.choices) if c},
-                "route_entropy_bits": float(-(shares * np.log2(shares)).sum()) + 0.0 if total else 0.0}
+                "route_entropy_bits": entropy_bits(self.choices)}
+
+
+def entropy_bits(counts) -> float:
+    """Shannon entropy, in bits, of a distribution given by counts (0 for one outcome or none)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    counts = counts[counts > 0]
+    if not counts.size:
+        return 0.0
+    shares = counts / counts.sum()
+    return float(-(shares * np.log2(shares)).sum()) + 0.0

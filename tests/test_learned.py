@@ -102,26 +102,24 @@ def test_masks_routes_through_a_deployment_without_replicas():
     env.close()
 
 
+def first_observations(env: RoutingEnv, n: int, seed: int = 3) -> np.ndarray:
+    """The first n + 1 observations of an episode that always takes route 0."""
+    obs, _ = env.reset(seed=seed)
+    return np.array([obs] + [env.step(0)[0] for _ in range(n)])
+
+
 def test_reset_abandons_an_episode_and_a_seed_gives_the_same_episode():
     env = RoutingEnv([prepared()], taus=(0.9,))
-
-    def observations(n):
-        obs, _ = env.reset(seed=3)
-        seen = [obs]
-        for _ in range(n):
-            obs, *_ = env.step(0)
-            seen.append(obs)
-        return np.array(seen)
-
-    first = observations(50)
-    again = observations(50)  # the first episode is abandoned mid-run
+    first = first_observations(env, 50)
+    again = first_observations(env, 50)  # the first episode is abandoned mid-run
     np.testing.assert_array_equal(first, again)
     env.close()
 
 
 def test_scaled_arrivals_scale_every_kind_and_refuse_an_unknown_one():
     assert scaled_arrivals({"kind": "poisson", "rate_rps": 100.0}, 1.5, "x")["rate_rps"] == 150.0
-    assert scaled_arrivals({"kind": "bursty", "rates_rps": [1.0, 2.0], "mean_dwell_s": [1, 1]}, 2, "x")["rates_rps"] == [2.0, 4.0]
+    bursty = {"kind": "bursty", "rates_rps": [1.0, 2.0], "mean_dwell_s": [1, 1]}
+    assert scaled_arrivals(bursty, 2, "x")["rates_rps"] == [2.0, 4.0]
     assert scaled_arrivals({"kind": "replay", "path": "t"}, 0.5, "x")["rate_scale"] == 0.5
     with pytest.raises(InputError):
         scaled_arrivals({"kind": "other"}, 2.0, "x")
@@ -220,7 +218,7 @@ def test_training_scenarios_must_share_deployments(tmp_path):
     other["deployments"][0]["variant"] = "cnn-small/fp32/cpu"
     _write_toml(b, other)
     assert len(training_scenarios(TrainConfig(scenarios=(str(a),), load_scales=(0.5, 1.0)))) == 2
-    with pytest.raises(InputError, match="same deployments"):
+    with pytest.raises(InputError, match="same bundle and deployments"):
         training_scenarios(TrainConfig(scenarios=(str(a), str(b))))
 
 
@@ -257,3 +255,36 @@ def test_the_shipped_router_routes_around_a_dead_deployment():
     assert sum(summary["policy"]["choices"].values()) == len(table)
     routes = table.loc[table["arrival_s"].between(1.2, 2.8), "route"]
     assert routes.size > 100 and not routes.str.contains("large").any()
+
+
+def test_rewards_survive_the_log_freeing_slots_mid_run(monkeypatch):
+    """A run longer than the request log's ring retires ended requests mid-run; their rewards are
+    read first, so the return still equals the run's count (a ring of 1,024 slots, 3,000 arrivals)."""
+    import sim.core.records as records
+
+    monkeypatch.setattr(records, "MIN_CAPACITY", 1 << 10)
+    env = RoutingEnv([prepared(rate_rps=600.0, duration_s=5.0)], taus=(0.9,), reward=RewardWeights(1.0, 0.0, False))
+    env.reset(seed=0, options={"episode_seed": 4})
+    total, done, steps = 0.0, False, 0
+    while not done:
+        _, reward, done, _, info = env.step(env.route_labels.index("large"))
+        total, steps = total + reward, steps + 1
+    assert steps > 2 * 1024
+    static = {"name": "static", "deployment": "large"}
+    _, requests, _ = run_once(prepared(rate_rps=600.0, duration_s=5.0, policy=static), 4)
+    table = requests.to_pandas()
+    assert total == info["ontime_correct"] == int((table["hit"] & table["correct"].fillna(False)).sum())
+
+
+def test_a_failed_episode_leaves_the_environment_usable():
+    """An error inside the simulation reaches the caller; the next reset replays a clean episode."""
+    env = RoutingEnv([prepared()], taus=(0.9,))
+    clean = first_observations(env, 20)
+    env.reset(seed=3)
+    broken = env._observer.observe
+    env._observer.observe = lambda request, view: (_ for _ in ()).throw(RuntimeError("boom"))
+    with pytest.raises(RuntimeError, match="boom"):
+        env.step(0)
+    env._observer.observe = broken
+    np.testing.assert_array_equal(first_observations(env, 20), clean)
+    env.close()
