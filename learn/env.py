@@ -42,7 +42,7 @@ import gymnasium as gym
 import numpy as np
 
 from policies.base import Policy
-from policies.learned import Observer, route_options
+from policies.learned import Observer, fastest_deployment, route_options
 from sim.core.prepare import Prepared
 from sim.engine import Simulation
 
@@ -118,8 +118,7 @@ class RoutingEnv(gym.Env):
             raise ValueError(f"an episode's scenario gives routes {labels}, the first gave {self.route_labels}")
         self._baseline = None
         if self.weights.baseline and view.predictions is not None:
-            fastest = min(view.deployments, key=lambda d: view.latency_profile(d).percentile_ms(1, 50))
-            correct = view.predictions.correct.get(view.variant(fastest))
+            correct = view.predictions.correct.get(view.variant(fastest_deployment(view)))
             if correct is not None:
                 self._baseline = self.weights.ontime_correct_reward * correct.astype(np.float64)
         self._observer = Observer(view, self._options, self.difficulty)

@@ -70,6 +70,12 @@ class RouteOption:
     alone_ms: float
 
 
+def fastest_deployment(view) -> str:
+    """The deployment with the lowest batch-1 median service time (the first, on a tie): the
+    router's fallback, and the one whose correctness the training reward's baseline uses."""
+    return min(view.deployments, key=lambda d: view.latency_profile(d).percentile_ms(1, 50))
+
+
 def route_options(view, taus) -> list[RouteOption]:
     """Every deployment alone (in the view's order), then each faster-then-slower cascade at each
     threshold (``policies.options``); the same list in training and at run time."""
@@ -99,8 +105,8 @@ class Observer:
         for k, option in enumerate(options):
             self.uses[list(option.deployments), k] = 1.0
         self.batch = [view.max_batch_size(d) for d in self.names]
-        self.default_ms = [view.latency_profile(d).percentile_ms(1, 50) for d in self.names]
-        self.fallback = int(np.argmin(self.alone_ms[:len(self.names)]))  # the fastest single
+        self.default_ms = [o.alone_ms for o in options[:len(self.names)]]  # the singles come first
+        self.fallback = self.names.index(fastest_deployment(view))
 
     def observe(self, request, view) -> tuple[np.ndarray, np.ndarray]:
         values: list[float] = []
