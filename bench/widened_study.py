@@ -34,7 +34,8 @@ writes into ``--out`` (atomically; ``--force`` replaces an earlier output of its
 
 Every finished (cell, seed, policy) is appended to ``--cache`` as a JSON line keyed by the exact
 scenario it ran (every setting included) and the seed, so an interrupted study resumes and a
-changed setting reruns. A changed bundle or policy code is not seen: delete the cache then.
+changed setting or a changed policy (its module and the ``policies`` modules it uses) reruns; a
+changed bundle or engine is not seen: delete the cache then.
 
     python bench/widened_study.py --out docs/results/widened --jobs 2 [--seeds 1-5] [--duration 8]
     python bench/widened_study.py --out /tmp/one --bundles digits --replicas 2 --deployments 4 \\
@@ -47,6 +48,8 @@ import argparse
 import contextlib
 import functools
 import hashlib
+import importlib
+import inspect
 import itertools
 import json
 import multiprocessing
@@ -73,6 +76,7 @@ from traces.outputs import atomic_output, check_target  # noqa: E402
 from traces.scenario import PolicyConfig, parse_seeds, scenario_from_dict  # noqa: E402
 
 STUDY = ROOT / "examples" / "study"
+BOUNDS = ("oracle-static", "isolation-bound")   # run by sim.bounds, not policies
 SCHEMA = 1   # part of every cache key: bump when a cached line's meaning changes
 
 
@@ -184,8 +188,26 @@ def policy_table(name: str, bundle: str) -> dict:
     return {"name": name, **extra.get(name, {})}
 
 
+@functools.lru_cache(maxsize=None)
+def code_digest(name: str) -> str:
+    """A digest of the code that decides a policy's runs: the module defining it and the modules
+    of ``policies`` whose functions and classes it uses (``policies.estimates`` for the planner),
+    so changing a policy reruns its runs and no other's; the two bounds are ``sim.bounds``."""
+    from policies import registry
+
+    module = importlib.import_module("sim.bounds" if name in BOUNDS else registry.get(name).__module__)
+    used = {module.__name__}
+    for value in vars(module).values():
+        origin = getattr(value, "__module__", None)
+        if isinstance(origin, str) and origin.startswith("policies.") and (inspect.isfunction(value) or inspect.isclass(value)):
+            used.add(origin)
+    text = "".join(inspect.getsource(sys.modules[m]) for m in sorted(used))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def cache_key(scenario: dict, policy: dict, seed: int) -> str:
-    text = json.dumps({"schema": SCHEMA, "scenario": scenario, "policy": policy, "seed": seed}, sort_keys=True)
+    code = [code_digest(n) for n in (policy["name"], policy.get("inner")) if n]
+    text = json.dumps({"schema": SCHEMA, "scenario": scenario, "policy": policy, "code": code, "seed": seed}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

@@ -6,9 +6,11 @@ overrides it only when the route cannot work:
 - a hop whose deployment has no live replica (a crash) is routed around;
 - a route whose predicted latency (``policies.estimates``, every hop counted) exceeds the time the
   request has left steps down to a single deployment that fits. The step-downs are spread: among
-  the deployments that fit, the most accurate one whose predicted utilisation (at the rate this
-  policy has been sending it) is at most ``max_utilization`` takes it; when every one that fits is
-  busier, the least busy one does. Sending every step-down to the most accurate deployment that
+  the deployments that fit, the most accurate one whose load (the rate this policy has been
+  sending it, as a share of its capacity at full batches) is at most ``max_load`` takes it; when
+  every one that fits is more loaded, the least loaded one does. (Its busy share would say little:
+  a deployment whose service barely grows with the batch is busy nearly all the time at a third
+  of its capacity, ``policies.estimates``.) Sending every step-down to the most accurate deployment that
   fits (as this policy first did) piled them onto one until it was late too;
 - when nothing fits, the request is served best effort on the fastest live deployment, or shed at
   once (``on_overload = "shed"``), which frees capacity for requests that can still make it.
@@ -36,7 +38,7 @@ from typing import Annotated
 from traces.errors import InputError
 
 from .base import Policy, Reject, Route
-from .estimates import DeploymentModel, TrafficMeter, route_shares, utilization
+from .estimates import DeploymentModel, TrafficMeter, route_shares
 from .params import NonNegative, Percentile, Range
 from .registry import create_inner, inner_errors, register
 
@@ -47,12 +49,12 @@ class Degrade(Policy):
 
     def __init__(self, inner: str = "planner", inner_params: dict | None = None, on_overload: str = "best-effort",
                  q: Percentile = 95.0, refresh_s: NonNegative = 0.5,
-                 max_utilization: Annotated[float, Range(0, 1, low_open=True)] = 0.9):
+                 max_load: Annotated[float, Range(0, 1, low_open=True)] = 0.9):
         if on_overload not in ("best-effort", "shed"):
             raise InputError("policy.on_overload", f"must be best-effort or shed, got {on_overload!r}")
         self.inner = create_inner(self.name, inner, inner_params)
         self.on_overload, self.q, self.refresh_s = on_overload, q, refresh_s
-        self.max_utilization = max_utilization
+        self.max_load = max_load
         self.overrides: Counter = Counter()
         self._shed = Reject("shed")
 
@@ -69,7 +71,7 @@ class Degrade(Policy):
                                                                      speed[i]))
         self._singles = [Route.single(d) for d in deps]
         self._shares: dict[Route, tuple[tuple[int, float], ...]] = {}
-        self._busy = [0.0] * len(deps)   # each deployment's predicted utilisation
+        self._load = [0.0] * len(deps)   # each deployment's share of its capacity at full batches
         self._meter = TrafficMeter(len(deps), view.now_s)
         self._refresh(view)
 
@@ -77,8 +79,8 @@ class Degrade(Policy):
         rates = self._meter.take_rates(view.now_s) or [0.0] * len(self._models)
         for i, model in enumerate(self._models):
             model.update(view, rates[i])
-            self._busy[i] = utilization(model.profile, rates[i], view.replicas(model.name),
-                                        view.max_batch_size(model.name), model.timeout_ms)
+            capacity_rps = model.profile.throughput_rps(model.limit, view.replicas(model.name))
+            self._load[i] = rates[i] / capacity_rps if capacity_rps > 0 else math.inf
 
     def _sent(self, route: Route, view) -> Route:
         shares = self._shares.get(route)
@@ -118,8 +120,8 @@ class Degrade(Policy):
                 if predicted[i] <= left:
                     fitting.append(i)
         if fitting:
-            roomy = [i for i in fitting if self._busy[i] <= self.max_utilization]
-            pick = roomy[0] if roomy else min(fitting, key=self._busy.__getitem__)
+            roomy = [i for i in fitting if self._load[i] <= self.max_load]
+            pick = roomy[0] if roomy else min(fitting, key=self._load.__getitem__)
             return self._override(reason, self._singles[pick], chosen, view)
         if self.on_overload == "shed":
             self.overrides["shed"] += 1

@@ -6,29 +6,39 @@ expected accuracy whose predicted latency fits the time the request has left.
 
 - Expected accuracy and coverage (the share of requests the first stage answers) of every
   (pair, tau) come from the bundle's per-sample predictions.
-- Load is accounted for at plan time (every ``refresh_s`` of simulated time): with the current
-  arrival rate lambda, an option is *sustainable* when every stage keeps its utilisation (the
-  share of its replicas' time kept busy) under ``max_utilization`` if all traffic took it: lambda
-  on the first stage, (1 - coverage) lambda on the second, each at the batch its batcher forms at
-  that rate (``policies.estimates``, from the batcher's rule). The cap is a guard on latency, not
-  on stability: behind a dynamic batcher the queue stays stable up to the capacity at full
-  batches, but the tail grows long before (two ResNet-18 INT8 replicas at 0.7 of that capacity
-  serve a p95 of 3x their p95 service time, with 92% of their time busy); a cap on the
-  full-batch load instead let the planner send them most of 600 requests/s and cost it 4.4 (20 ms)
-  and 2.3 (40 ms) points of on-time accuracy against ``oracle-static`` (``bench/shapes.py``,
-  two-large). For each pair only its most accurate sustainable tau is kept; options are sorted by
-  expected accuracy.
-- A single deployment that is not sustainable for all the traffic stays in the list (``mix``,
-  default on) but may only take a request it can start at once: fewer waiting than the batch it
-  forms and a replica free. So an accurate model that cannot carry the load still serves what it
-  has room for (at a 10 ms deadline in the study this took the planner from 0.964 to 0.972-0.975
-  on-time accuracy, level with `infaas`), without building a queue that would make its own
-  requests and the cascades' second stages late.
+- Load is accounted for at plan time (every ``refresh_s`` of simulated time), **per deadline
+  class**: the deadlines routed in the last window, each with its share of the arrival rate
+  lambda (measured over ``rate_window_s``, or over its last quarter when that is higher, so a
+  burst is seen within half a second). Classes are planned tightest first. For a class of rate
+  lambda_c and deadline D, an option is *sustainable* when, with that class's traffic on it (lambda_c
+  on the first stage, (1 - coverage) lambda_c on the second) beside what the tighter classes'
+  plans reserve on each deployment, (a) no stage is loaded past ``max_load`` of its capacity at
+  full batches (a stability guard), and (b) its steady latency, the sum of its stages'
+  ``policies.estimates.steady_latency_ms``, fits D. The latency test separates the two kinds of
+  model that a cap on the busy share (which this planner had, at 0.9, until the widened study,
+  ``docs/widened.md``) confused: a model whose service barely grows with the batch is busy 96%
+  of the time at a third of its capacity and still answers within 1.5 services, so the cap threw
+  away cascades that ``oracle-static`` ran at 99.9% of deadlines; a steep one (ResNet-18 INT8)
+  carries a queue from half its capacity, which the steady latency's heavy-traffic term sees.
+  For each pair only its most accurate sustainable tau is kept; a class's options are sorted by
+  expected accuracy, and the best one reserves the class's rate on its deployments.
+- A single that is not sustainable for a class stays in its plan (``mix``, default on) but may
+  only take a request it can start at once (fewer waiting than the batch it forms and a replica
+  free), and that spare room goes to the tightest class whose deadline its batch-1 p``q`` fits:
+  with 10 and 40 ms classes, an idle ResNet-18 serves 10 ms requests, which have no other
+  accurate option, rather than 40 ms ones, which have cascades (this took the widened study's
+  mixed-deadline cells from 29 losses against ``infaas`` to none).
+- A class that no option can take whole (a burst past what the fast model alone sustains) is
+  *split*: the singles, most accurate first, each get a budget, the largest rate that keeps it
+  sustainable beside what is reserved on it, and take requests while within it; what none can
+  take goes to the per-request fallback.
 - Per request, the prediction for a deployment is the profiled p``q`` service time of the batch
-  it forms at the rate this policy has been sending it (stage two counted at its expected share;
-  the batch from the batcher's rule, ``policies.estimates``) plus the queueing delay of its
-  current queue; a cascade must fit with both stages (its worst case). The first option that
-  fits wins; when none does, the deployment with the lowest predicted latency. The per-request work is a scan of a short, precomputed list.
+  the request will be served in (the batch the rate forms, or the requests already waiting plus
+  itself if more, up to the maximum; the rate is what this policy has been sending it, stage two
+  counted at its expected share) plus the queueing delay of its current queue; a cascade must fit
+  with both stages (its worst case). The first option that fits wins; when none does, the
+  deployment with the lowest predicted latency. The per-request work is a scan of a short,
+  precomputed list.
 """
 
 from __future__ import annotations
@@ -41,21 +51,21 @@ import numpy as np
 from traces.errors import InputError
 
 from .base import Policy, Route
-from .estimates import DeploymentModel, TrafficMeter, utilization
+from .estimates import DeploymentModel, TrafficMeter, steady_latency_ms
 from .options import cascade_pairs
 from .params import Fraction, NonNegative, Percentile, Positive, Range
 from .registry import register
 
 DEFAULT_TAUS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
+MAX_LOAD = 0.9  # the share of a deployment's capacity at full batches that the planner plans to use
 
 
 class _Option:
-    __slots__ = ("route", "first", "second", "accuracy", "coverage", "tau", "spare_only")
+    __slots__ = ("route", "first", "second", "accuracy", "coverage", "tau")
 
     def __init__(self, route, first, second, accuracy, coverage, tau):
         self.route, self.first, self.second = route, first, second
         self.accuracy, self.coverage, self.tau = accuracy, coverage, tau
-        self.spare_only = False  # an unsustainable single: only for a request it can start at once
 
 
 @register
@@ -63,12 +73,12 @@ class Planner(Policy):
     name = "planner"
 
     def __init__(self, taus: list[Fraction] | None = None, q: Percentile = 95.0,
-                 max_utilization: Annotated[float, Range(0, 1, low_open=True)] = 0.9, refresh_s: NonNegative = 0.5,
+                 max_load: Annotated[float, Range(0, 1, low_open=True)] = MAX_LOAD, refresh_s: NonNegative = 0.5,
                  rate_window_s: Positive = 2.0, cascades: bool = True, mix: bool = True):
         self.taus = tuple(taus) if taus is not None else DEFAULT_TAUS
         if not self.taus or any(not 0 <= t <= 1 for t in self.taus):
             raise InputError("policy.taus", f"must be thresholds in [0, 1], got {taus!r}")
-        self.q, self.max_utilization = q, max_utilization
+        self.q, self.max_load = q, max_load
         self.refresh_s, self.rate_window_s, self.use_cascades = refresh_s, rate_window_s, cascades
         self.mix = mix
 
@@ -94,50 +104,126 @@ class Planner(Policy):
                                         float(np.where(exits, ok_fast, ok_slow).mean()), float(exits.mean()), tau))
                 self._cascades.append(pair)
         self._meter = TrafficMeter(len(deps), view.now_s)
+        self._deadlines: dict[float, int] = {}   # requests routed since the last plan, per deadline
+        self._shares: list[tuple[float, float]] = []   # (deadline, share of requests) of the last window
         self._replan(view)
 
-    def _utilization(self, view, index: int, rate_rps: float) -> float:
-        """At plan time; remembered until the next plan (every cascade's first stage asks at lambda)."""
-        key = (index, rate_rps)
-        if key not in self._busy:
-            model = self._models[index]
-            self._busy[key] = utilization(model.profile, rate_rps, view.replicas(model.name),
-                                          view.max_batch_size(model.name), view.batch_wait_timeout_ms(model.name))
-        return self._busy[key]
+    def _load(self, index: int, rate_rps: float) -> float:
+        """The share of a deployment's capacity at full batches that ``rate_rps`` would use."""
+        capacity = self._capacity_rps[index]
+        return rate_rps / capacity if capacity > 0 else math.inf
 
-    def _sustainable(self, view, option: _Option, rate_rps: float) -> bool:
-        if self._utilization(view, option.first, rate_rps) > self.max_utilization:
+    def _steady_ms(self, view, index: int, rate_rps: float) -> float:
+        """At plan time; remembered until the next plan (many options ask at the same rates)."""
+        key = (index, rate_rps)
+        if key not in self._steady:
+            model = self._models[index]
+            self._steady[key] = steady_latency_ms(model.profile, rate_rps, view.replicas(model.name),
+                                                  view.max_batch_size(model.name), view.batch_wait_timeout_ms(model.name), self.q)
+        return self._steady[key]
+
+    def _sustainable(self, view, option: _Option, rate_rps: float, deadline_ms: float | None,
+                     reserved: list[float]) -> bool:
+        """Whether ``rate_rps`` can take the option beside the rates ``reserved`` for tighter
+        classes: every stage under ``max_load`` and the stages' steady latencies within the deadline."""
+        first_rps = reserved[option.first] + rate_rps
+        if self._load(option.first, first_rps) > self.max_load:
             return False
-        return option.second < 0 or self._utilization(view, option.second, (1 - option.coverage) * rate_rps) <= self.max_utilization
+        if option.second >= 0:
+            second_rps = reserved[option.second] + (1 - option.coverage) * rate_rps
+            if self._load(option.second, second_rps) > self.max_load:
+                return False
+        if deadline_ms is None:
+            return True
+        latency = self._steady_ms(view, option.first, first_rps)
+        if option.second >= 0:
+            latency += self._steady_ms(view, option.second, second_rps)
+        return latency <= deadline_ms
+
+    def _classes(self, rate_rps: float) -> list[tuple[float | None, float]]:
+        """(deadline, rate) of each deadline class routed in the last window, tightest first; one
+        class of no known deadline before any request."""
+        counts = self._deadlines
+        if counts:
+            total = sum(counts.values())
+            self._shares = [(d, counts[d] / total) for d in sorted(counts)]
+        self._deadlines = {}
+        return [(d, share * rate_rps) for d, share in self._shares] or [(None, rate_rps)]
+
+    def _split(self, view, class_rps: float, deadline: float | None, reserved: list[float], plan: list) -> list:
+        """A class that no option can take whole: its rate is split over the singles, most accurate
+        first, each given the largest share that keeps it sustainable beside what is already
+        reserved on it (a *budget*, in requests per second); what none can take is left to the
+        per-request fallback. The spare-only entries stay first."""
+        remaining = class_rps
+        entries = [entry for entry in plan if entry[1]]
+        for single in sorted(self._singles, key=lambda o: -o.accuracy):
+            if remaining <= 0:
+                break
+            budget = self._largest_sustainable(view, single, remaining, deadline, reserved)
+            if budget > 0:
+                entries.append((single, False, budget))
+                reserved[single.first] += budget
+                remaining -= budget
+        return entries
+
+    def _largest_sustainable(self, view, single: _Option, limit_rps: float, deadline: float | None,
+                             reserved: list[float]) -> float:
+        """The largest rate up to ``limit_rps`` that ``single`` can take (bisection: its load and
+        steady latency grow with the rate), to 1% of its capacity."""
+        if self._sustainable(view, single, limit_rps, deadline, reserved):
+            return limit_rps
+        lo, hi = 0.0, limit_rps
+        step = 0.01 * self._capacity_rps[single.first]
+        while hi - lo > step:
+            mid = 0.5 * (lo + hi)
+            if self._sustainable(view, single, mid, deadline, reserved):
+                lo = mid
+            else:
+                hi = mid
+        return lo
 
     def _replan(self, view) -> None:
         now = view.now_s
-        rate = view.arrival_rate_rps(self.rate_window_s) if now > 0 else 0.0
+        # the rate over the window, or over its last quarter when higher: a burst is planned for
+        # within a quarter of the window, a lull only once the whole window has seen it
+        rate = max(view.arrival_rate_rps(self.rate_window_s), view.arrival_rate_rps(self.rate_window_s / 4)) if now > 0 else 0.0
         self.rate_rps = rate
-        options = []
-        self._busy: dict[tuple[int, float], float] = {}
-        for single in self._singles:
-            # a single that cannot carry all the traffic may still take a request it can start at
-            # once (no queue, a replica free), so idle capacity of accurate models is not wasted
-            single.spare_only = not self._sustainable(view, single, rate)
-            if self.mix or not single.spare_only:
-                options.append(single)
-        for pair in self._cascades:
-            usable = [o for o in pair if self._sustainable(view, o, rate)]
-            if usable:
-                options.append(max(usable, key=lambda o: o.accuracy))
-        options.sort(key=lambda o: -o.accuracy)
-        self._options = options
-        # each deployment's batch and service estimate at the rate this policy has been sending it
-        # (stage two counted at its expected share); before any traffic, at what the best option would
-        stage_rate = self._meter.take_rates(now)
-        if stage_rate is None:
-            stage_rate = [0.0] * len(self._models)
-            if options:
-                best = options[0]
-                stage_rate[best.first] = rate
+        self._capacity_rps = [m.profile.throughput_rps(_full_batch(view, m), view.replicas(m.name)) if view.replicas(m.name) > 0
+                              else 0.0 for m in self._models]
+        self._steady: dict[tuple[int, float], float] = {}
+        reserved = [0.0] * len(self._models)   # what the tighter classes' best options send each deployment
+        spare_claimed: set[int] = set()        # singles whose spare room a tighter class takes
+        self._plans: dict[float | None, list[tuple[_Option, bool, float]]] = {}
+        self._taken: dict[tuple[float | None, int], int] = {}   # per class and budgeted single, requests this window
+        for deadline, class_rps in self._classes(rate):
+            plan = []
+            for single in self._singles:
+                if self._sustainable(view, single, class_rps, deadline, reserved):
+                    plan.append((single, False, math.inf))
+                elif self.mix and single.first not in spare_claimed and \
+                        (deadline is None or self._models[single.first].by_size_ms[0] <= deadline):
+                    # not sustainable for the whole class, but it may take a request it can start
+                    # at once; its spare room goes to the tightest class it can serve
+                    plan.append((single, True, math.inf))
+                    spare_claimed.add(single.first)
+            for pair in self._cascades:
+                usable = [o for o in pair if self._sustainable(view, o, class_rps, deadline, reserved)]
+                if usable:
+                    plan.append((max(usable, key=lambda o: o.accuracy), False, math.inf))
+            plan.sort(key=lambda entry: -entry[0].accuracy)
+            best = next((o for o, spare, _ in plan if not spare), None)
+            if best is not None:
+                reserved[best.first] += class_rps
                 if best.second >= 0:
-                    stage_rate[best.second] = (1 - best.coverage) * rate
+                    reserved[best.second] += (1 - best.coverage) * class_rps
+            else:
+                plan = self._split(view, class_rps, deadline, reserved, plan)
+            self._plans[deadline] = plan
+        self._default_plan = self._plans[max(self._plans, key=lambda d: -1.0 if d is None else d)]
+        # each deployment's batch and service estimate at the rate this policy has been sending it
+        # (stage two counted at its expected share); before any traffic, at what the plans reserve
+        stage_rate = self._meter.take_rates(now) or reserved
         for index, model in enumerate(self._models):
             model.update(view, stage_rate[index])
 
@@ -145,20 +231,36 @@ class Planner(Policy):
         self._replan(view)
         return ()
 
+    def _plan_for(self, deadline_ms: float) -> list[tuple[_Option, bool, float]]:
+        """The plan of this deadline's class; a deadline the last window did not see takes the plan
+        of the loosest class at most as loose, else the loosest."""
+        plans = self._plans
+        plan = plans.get(deadline_ms)
+        if plan is None:
+            known = [d for d in plans if d is not None and d <= deadline_ms]
+            plan = plans[max(known)] if known else self._default_plan
+            plans[deadline_ms] = plan
+        return plan
+
     # --- per request -------------------------------------------------------------------------
     def route(self, request, view):
         now = view.now_s
         if now - self._meter.since_s >= self.refresh_s:
             self._replan(view)
-        left = request.deadline_ms - (now - request.arrival_s) * 1000.0
+        deadline = request.deadline_ms
+        deadlines = self._deadlines
+        deadlines[deadline] = deadlines.get(deadline, 0) + 1
+        left = deadline - (now - request.arrival_s) * 1000.0
         models = self._models
         predicted = [-1.0] * len(models)   # per deployment, computed at most once per request
-        for option in self._options:
+        for option, spare_only, budget_rps in self._plan_for(deadline):
             i = option.first
+            if budget_rps < math.inf and self._taken.get((deadline, i), 0) >= budget_rps * (now - self._meter.since_s) + 1:
+                continue  # its share of this class is spent for this window
             first = predicted[i]
-            if first < 0 or option.spare_only:
+            if first < 0 or spare_only:
                 load = view.load(models[i].name)
-                if option.spare_only and (load[0] >= models[i].batch or load[1] >= load[2]):
+                if spare_only and (load[0] >= models[i].batch or load[1] >= load[2]):
                     continue  # no room to start it at once
                 if first < 0:
                     first = predicted[i] = models[i].latency_at(*load)
@@ -174,14 +276,23 @@ class Planner(Policy):
                 counts[i] += 1.0
                 if j >= 0:
                     counts[j] += 1.0 - option.coverage
+                if budget_rps < math.inf:
+                    self._taken[(deadline, i)] = self._taken.get((deadline, i), 0) + 1
                 return option.route
         best = min(self._fallback, key=lambda k: predicted[k] if predicted[k] >= 0 else models[k].latency_ms(view))
         self._meter.counts[best] += 1.0
         return self._singles[best].route
 
-    def describe(self) -> list[dict]:
-        """The current option list, most accurate first (for reports and tests)."""
-        return [{"route": o.route.label, "accuracy": o.accuracy, "coverage": o.coverage} for o in self._options]
+    def describe(self, deadline_ms: float | None = None) -> list[dict]:
+        """A class's current plan, most accurate first (for reports and tests): the loosest
+        class's unless ``deadline_ms`` names one."""
+        plan = self._default_plan if deadline_ms is None else self._plan_for(deadline_ms)
+        return [{"route": o.route.label, "accuracy": o.accuracy, "coverage": o.coverage, "spare_only": spare,
+                 **({"budget_rps": budget} if budget < math.inf else {})} for o, spare, budget in plan]
+
+
+def _full_batch(view, model: DeploymentModel) -> int:
+    return max(1, min(view.max_batch_size(model.name), model.profile.max_batch_size))
 
 
 def _nan_low(value: float) -> float:

@@ -142,8 +142,11 @@ def test_a_fresh_model_predicts_the_unloaded_p95_of_a_single_request():
     model = DeploymentModel("m", _spread())
     assert model.batch == 1
     assert model.latency_at(0, 0, 1) == pytest.approx(5 + 9.5, rel=1e-12)  # p95 of size 1
-    # three waiting ahead at one busy replica: three more services, then half a service
-    assert model.latency_at(3, 1, 1) == pytest.approx(14.5 * 4.5, rel=1e-12)
+    # three waiting ahead at one busy replica: three more services at the planned batch of 1,
+    # then half a service; its own batch holds the three and itself: the service of a batch of 4
+    own = model.profile.percentile_ms(4, 95)
+    assert own > 14.5 + 1
+    assert model.latency_at(3, 1, 1) == pytest.approx(own + 14.5 * 3.5, rel=1e-12)
 
 
 FAKE = {"m": {"ms": 10.0, "per_item_ms": 2.0, "replicas": 2, "max_batch_size": 4, "timeout_ms": 20.0}}
@@ -153,7 +156,7 @@ def _model(batch: float, *, rate_rps: float = 100.0, timeout_ms: float = 20.0) -
     """A deployment serving a batch of b in 10 + 2 (b - 1) ms, set to plan with ``batch``."""
     model = DeploymentModel("m", FakeView(FAKE).latency_profile("m"))
     model.batch, model.service_ms = batch, 10.0 + 2.0 * (batch - 1)
-    model.timeout_ms, model.rate_rps = timeout_ms, rate_rps
+    model.timeout_ms, model.rate_rps, model.limit = timeout_ms, rate_rps, 4
     return model
 
 
@@ -170,10 +173,11 @@ def test_update_plans_the_batch_the_rate_forms_and_its_service():
 
 
 def test_a_request_with_every_replica_busy_waits_its_rounds_and_half_a_service():
-    model = _model(3.0)  # b = 3, s = 14 ms, 2 replicas
-    # 7 waiting: 7 // 3 = 2 full batches ahead over 2 replicas = 1 round, plus the residual 7 ms
-    assert model.latency_at(7, 2, 2) == pytest.approx(14 + 14 + 7, rel=1e-12)
-    assert model.latency_at(7, 3, 2) == pytest.approx(35.0, rel=1e-12)
+    model = _model(3.0)  # b = 3, s = 14 ms, 2 replicas, batches of at most 4
+    # 7 waiting: 7 // 3 = 2 full batches ahead over 2 replicas = 1 round, plus the residual 7 ms;
+    # its own batch is a full one (of 4, 16 ms): more wait ahead of it than the planned batch holds
+    assert model.latency_at(7, 2, 2) == pytest.approx(16 + 14 + 7, rel=1e-12)
+    assert model.latency_at(7, 3, 2) == pytest.approx(37.0, rel=1e-12)
 
 
 def test_a_request_at_an_idle_replica_waits_for_its_batch_to_fill_or_time_out():
@@ -182,10 +186,22 @@ def test_a_request_at_an_idle_replica_waits_for_its_batch_to_fill_or_time_out():
     assert model.latency_at(1, 1, 2) == pytest.approx(14 + 10, rel=1e-12)
     # none waiting: two more to come, 20 ms, which the timeout also gives
     assert model.latency_at(0, 0, 2) == pytest.approx(14 + 20, rel=1e-12)
-    # a full batch waiting (3) or more (4): no filling wait, 3 // 3 = 1 batch ahead over 2 replicas
+    # a full planned batch with it (2 waiting): no filling wait, the batch of 3's 14 ms
     assert model.latency_at(2, 0, 2) == pytest.approx(14.0, rel=1e-12)
-    assert model.latency_at(3, 0, 2) == pytest.approx(14 + 7, rel=1e-12)
-    assert model.latency_at(4, 0, 2) == pytest.approx(14 + 7, rel=1e-12)
+    # more waiting (3 or 4): 3 // 3 = 1 batch ahead over 2 replicas, and its own batch is of 4
+    # (16 ms), not the planned 3
+    assert model.latency_at(3, 0, 2) == pytest.approx(16 + 7, rel=1e-12)
+    assert model.latency_at(4, 0, 2) == pytest.approx(16 + 7, rel=1e-12)
+
+
+def test_a_request_joining_two_waiting_at_a_free_replica_is_predicted_a_batch_of_three():
+    # at a light rate the planned batch is near 1; two waiting and a free replica: the request
+    # is served with them, so its service is the batch of 3's (14 ms), not the batch of 1's (10 ms)
+    model = _model(1.2, rate_rps=10.0, timeout_ms=0.0)
+    assert model.latency_at(0, 0, 2) == pytest.approx(10.4, rel=1e-12)
+    assert model.latency_at(2, 0, 2) == pytest.approx(14 + (2 // 1.2) / 2 * 10.4, rel=1e-12)
+    # both replicas busy: the same batch, after the round ahead and half a service
+    assert model.latency_at(2, 2, 2) == pytest.approx(14 + 5.2 + 5.2, rel=1e-12)
     # a fractional batch: 2.5 requests, so 1.5 more to come after the one in hand, 15 ms
     assert _model(2.5).latency_at(0, 0, 2) == pytest.approx(13 + 15, rel=1e-12)
 

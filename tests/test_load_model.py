@@ -29,11 +29,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import traces
 from conftest import simulate
-from policies.estimates import formed_batch_size, utilization
+from policies.estimates import formed_batch_size, steady_latency_ms, utilization
 from traces.bundle import TraceBundle
 from traces.distributions import service_from_config
 from traces.profiles import LatencyProfile
@@ -89,7 +90,7 @@ def grid() -> list[dict]:
                 raw = {"duration_s": 8.0, "warmup_s": 1.0, "bundle": str(BUNDLE),
                        "arrivals": {"kind": "poisson", "rate_rps": load * capacity_rps},
                        "requests": {"deadline_ms": 1e9}, "policy": {"name": "static"}, "deployments": [deployment]}
-                _, summary = simulate(raw, seed=1)
+                frame, summary = simulate(raw, seed=1)
                 rate = summary["offered_rps"]
                 cells.append({
                     "cell": f"{name} x{replicas} at {load}", "load": load,
@@ -97,6 +98,8 @@ def grid() -> list[dict]:
                     "new": (formed_batch_size(profile, rate, replicas, max_batch, timeout_ms),
                             utilization(profile, rate, replicas, max_batch, timeout_ms)),
                     "old": _previous(profile, rate, replicas, max_batch, timeout_ms),
+                    "p95_ms": float(np.nanpercentile(frame["latency_ms"].to_numpy(), 95)),
+                    "steady_ms": steady_latency_ms(profile, rate, replicas, max_batch, timeout_ms),
                 })
     return cells
 
@@ -129,3 +132,25 @@ def test_the_previous_estimate_fails_the_same_tolerance(grid):
     worst_busy = max(abs(c["old"][1] - c["busy"]) for c in grid)
     worst_batch = max(abs(c["old"][0] / c["batch"] - 1.0) for c in grid)
     assert worst_busy > 3 * BUSY_TOLERANCE and worst_batch > 3 * BATCH_TOLERANCE[0.9]
+
+
+def test_the_steady_latency_follows_the_simulated_p95_up_to_0_7_of_capacity(grid):
+    """``steady_latency_ms``, the planner's test of whether an option fits its deadline at a rate,
+    within 0.6x to 2x of the simulated p95 latency up to 0.7 of capacity at full batches (it
+    over-predicts most for flat, low-variance services, whose queue carries less than the
+    heavy-traffic term says: the safe side); past capacity it is infinite."""
+    ratios = {c["cell"]: c["steady_ms"] / c["p95_ms"] for c in grid if c["load"] <= 0.7}
+    assert all(0.6 <= r <= 2.0 for r in ratios.values()), {k: round(v, 2) for k, v in ratios.items()}
+    at_most = {c["cell"]: c["steady_ms"] for c in grid if c["load"] == 0.9}
+    assert all(math.isfinite(v) for v in at_most.values())
+    profile = LatencyProfile.from_bundle(TraceBundle.load(BUNDLE), "resnet18/int8/cpu")
+    assert steady_latency_ms(profile, profile.throughput_rps(16, 2) * 1.01, 2, 16, 1.0) == math.inf
+
+
+def test_the_steady_latency_tells_a_flat_service_from_a_steep_one_at_the_same_busy_share(grid):
+    """Both busy over 90% of the time: MobileNetV2 INT8 (flat) at 0.4 of its capacity answers fast,
+    ResNet-18 INT8 (steep) at 0.7 carries a queue; the steady latency says so, the busy share cannot."""
+    cells = {c["cell"]: c for c in grid}
+    flat, steep = cells["mobilenet-int8 x1 at 0.4"], cells["resnet18-int8 x1 at 0.7"]
+    assert flat["busy"] > 0.9 and steep["busy"] > 0.9
+    assert steep["p95_ms"] > 1.5 * flat["p95_ms"] and steep["steady_ms"] > 1.5 * flat["steady_ms"]

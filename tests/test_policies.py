@@ -56,6 +56,96 @@ def test_planner_lets_an_overloaded_accurate_model_take_requests_it_can_start_at
     assert make("planner", view, mix=False).route(request(30), view).label != "slow"
 
 
+def _planned(planner, view, deadline_ms: float):
+    """The planner after one window of requests with this deadline (the plan's deadline)."""
+    planner.route(request(deadline_ms), view)
+    planner.plan(view)
+    return {o["route"]: o for o in planner.describe()}
+
+
+def test_planner_keeps_cascades_on_a_flat_model_that_is_busy_nearly_all_the_time():
+    """'fast' serves a batch of up to 16 in 2 ms, whatever its size: at 2,400 rps it is busy over
+    90% of the time (the cap on the busy share the planner had threw every cascade away) at 30%
+    of its capacity at full batches, and answers within a few ms: its cascades stay."""
+    from policies.estimates import utilization
+
+    flat = {"fast": {"ms": 2.0, "max_batch_size": 16, "timeout_ms": 1.0},
+            "slow": {"ms": 10.0, "max_batch_size": 16, "timeout_ms": 1.0, "replicas": 4}}
+    view = FakeView(flat, two_model_table(), rate_rps=2400.0)
+    assert utilization(view.latency_profile("fast"), 2400.0, 1, 16, 1.0) > 0.9
+    options = _planned(make("planner", view), view, 30.0)
+    assert any(label.startswith("fast@") for label in options)
+    assert not options["fast"]["spare_only"]   # 'fast' alone can carry everything too
+
+
+def test_planner_does_not_plan_all_traffic_on_a_steep_model_past_its_steady_latency():
+    """'slow' serves a batch of b in 10 b ms (100 rps at any size): at 70 rps, 0.7 of its capacity,
+    its queue carries over and its steady latency is past a 40 ms deadline, though its load is
+    under ``max_load``: it may only take requests it can start at once. At 40 rps it fits."""
+    from policies.estimates import steady_latency_ms
+
+    steep = {"fast": {"ms": 2.0}, "slow": {"ms": 10.0, "per_item_ms": 10.0, "max_batch_size": 16, "timeout_ms": 1.0}}
+    profile = FakeView(steep).latency_profile("slow")
+    assert steady_latency_ms(profile, 70.0, 1, 16, 1.0) > 40.0 >= steady_latency_ms(profile, 40.0, 1, 16, 1.0)
+    for rate_rps, spare in ((70.0, True), (40.0, False)):
+        view = FakeView(steep, two_model_table(), rate_rps=rate_rps)
+        assert _planned(make("planner", view), view, 40.0)["slow"]["spare_only"] is spare
+
+
+def _two_classes(planner, view, tight_ms: float, loose_ms: float):
+    planner.route(request(tight_ms), view)
+    planner.route(request(loose_ms), view)
+    planner.plan(view)
+    return ({o["route"]: o for o in planner.describe(tight_ms)}, {o["route"]: o for o in planner.describe(loose_ms)})
+
+
+def test_planner_plans_each_deadline_class_and_gives_spare_room_to_the_tightest():
+    """Half the requests at 12 ms, half at 60 ms, 300 rps: 'slow' (10 ms, 100 rps) cannot carry
+    either class. The 12 ms class can use it only when it is idle, so its spare room goes to that
+    class; the 60 ms class, which has cascades to fall back on, does not compete for it."""
+    deps = {"fast": {"ms": 2.0}, "slow": {"ms": 10.0}}
+    view = FakeView(deps, two_model_table(), rate_rps=300.0)
+    tight, loose = _two_classes(make("planner", view), view, 12.0, 60.0)
+    assert tight["slow"]["spare_only"] and "slow" not in loose
+    assert not any(label.startswith("fast@") for label in tight)   # a cascade's 12 ms worst case does not fit
+    assert any(label.startswith("fast@") for label in loose)
+
+
+def test_planner_reserves_what_a_tighter_class_sends_before_planning_a_looser_one():
+    """At 180 rps with two classes: 'fast' alone is the 5 ms class's plan, which reserves 90 rps on
+    it; the 60 ms class's cascade must fit beside it: its second stage on 'slow' (100 rps at most)
+    takes the unsure share of 90 rps only."""
+    deps = {"fast": {"ms": 2.0, "max_batch_size": 8}, "slow": {"ms": 10.0}}
+    view = FakeView(deps, two_model_table(), rate_rps=180.0)
+    planner = make("planner", view)
+    tight, loose = _two_classes(planner, view, 5.0, 60.0)
+    assert list(tight) == ["fast"]
+    cascade = next(o for label, o in loose.items() if label.startswith("fast@"))
+    assert (1 - cascade["coverage"]) * 90.0 <= planner.max_load * 100.0 < (1 - cascade["coverage"]) * 180.0
+
+
+def test_planner_splits_a_class_no_option_can_take_whole_over_budgets_most_accurate_first():
+    """At 400 rps no option carries the 60 ms class (ceilings of 100 rps on 'slow', 200 on
+    'fast', cascades through 'fast' included): its rate is split, 'slow' first, each single
+    its largest sustainable share; a budgeted single takes about budget x the window's time
+    elapsed, then no more (besides what it can start at once, which a busy one cannot)."""
+    deps = {"fast": {"ms": 5.0}, "slow": {"ms": 10.0}}
+    view = FakeView(deps, two_model_table(), rate_rps=400.0)
+    planner = make("planner", view, refresh_s=10.0)
+    plan = _planned(planner, view, 60.0)
+    assert not any(label.startswith("fast@") for label in plan)
+    assert list(plan) == ["slow", "fast"]
+    slow, fast = plan["slow"]["budget_rps"], plan["fast"]["budget_rps"]
+    assert 0.8 * planner.max_load * 100.0 <= slow <= planner.max_load * 100.0
+    assert 0.8 * planner.max_load * 200.0 <= fast <= planner.max_load * 200.0
+    # both busy with one waiting: no spare room, so only the budgets let requests in
+    later = FakeView({d: {**v, "busy": 1, "queue": 1} for d, v in deps.items()}, two_model_table(), rate_rps=400.0)
+    later.now_s = view.now_s + 0.5   # half a second into the window
+    routes = [planner.route(request(60.0, arrival_s=later.now_s), later).label for _ in range(400)]
+    assert routes.count("slow") == pytest.approx(0.5 * slow + 1, abs=1.0)
+    assert routes[:routes.count("slow")] == ["slow"] * routes.count("slow")   # the most accurate first
+
+
 def test_planner_falls_back_to_fast_when_only_fast_fits():
     view = FakeView(FAST_SLOW, two_model_table(), rate_rps=20.0)
     planner = make("planner", view)
@@ -208,7 +298,7 @@ TWO_DEPLOYMENTS = ('[[deployments]]\nname = "fast"\nvariant = "fast/int8/cpu"\nm
 @pytest.mark.parametrize("policy, line", [
     ('name = "infaas"\naccuracy_floor = "high"', "policy.accuracy_floor: must be a number in [0, 1], got 'high'"),
     ('name = "infaas"\nq = nan', "policy.q: must be a number in [0, 100], got nan"),
-    ('name = "planner"\nmax_utilization = true', "policy.max_utilization: must be a number in (0, 1], got True"),
+    ('name = "planner"\nmax_load = true', "policy.max_load: must be a number in (0, 1], got True"),
     ('name = "aimd-batching"\nincrease = 1.5', "policy.increase: must be an integer >= 0, got 1.5"),
     ('name = "aimd-batching"\nincrease = true', "policy.increase: must be an integer >= 0, got True"),
     ('name = "degrade"\non_overload = 3', "policy.on_overload: must be a string, got 3"),
