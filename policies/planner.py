@@ -26,8 +26,8 @@ expected accuracy whose predicted latency fits the time the request has left.
   only take a request it can start at once (fewer waiting than the batch it forms and a replica
   free), and that spare room goes to the tightest class whose deadline its batch-1 p``q`` fits:
   with 10 and 40 ms classes, an idle ResNet-18 serves 10 ms requests, which have no other
-  accurate option, rather than 40 ms ones, which have cascades (this took the widened study's
-  mixed-deadline cells from 29 losses against ``infaas`` to none).
+  accurate option, rather than 40 ms ones, which have cascades (with this, the widened study's
+  mixed-deadline cells lose none to ``infaas``, 9 before: ``docs/widened.md``).
 - A class that no option can take whole (a burst past what the fast model alone sustains) is
   *split*: the singles, most accurate first, each get a budget, the largest rate that keeps it
   sustainable beside what is reserved on it, and take requests while within it; what none can
