@@ -18,7 +18,7 @@ policy's route distribution over the measured requests (0: one route for everyth
 Adaptive Router seed's PPO collapsed to 0). With ``--out FILE.md`` it also writes the table.
 
     python bench/learned_eval.py examples/learned/digits.toml [--seeds 101-105] [--deadlines 10,20,40]
-                                 [--duration 30] [--out docs/results/learned/digits.md]
+                                 [--duration 30] [--out docs/results/learned/digits.md [--force]]
 """
 
 from __future__ import annotations
@@ -38,10 +38,12 @@ from analysis.runs import markdown_table  # noqa: E402
 from analysis.stats import paired_difference  # noqa: E402
 from policies.learned import entropy_bits  # noqa: E402
 from sim.runner import prepare, run_once  # noqa: E402
+from traces.outputs import atomic_file, check_file_target  # noqa: E402
 from traces.cli import run_command  # noqa: E402
 from traces.errors import InputError  # noqa: E402
 from traces.scenario import parse_seeds, read_toml, scenario_from_dict  # noqa: E402
 
+MARKER = "<!-- written by bench/learned_eval.py; replaced by its --force -->"
 TWITTER = REPO.parent / "shared" / "data" / "twitter_trace_ipa" / "workload.txt"
 # (start_s, mean rate over its 120 s): the study's window and one from another day
 TWITTER_WINDOWS = {"twitter-a": (1301520, 168.1), "twitter-b": (900000, 63.54)}
@@ -123,12 +125,13 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="101-105")
     parser.add_argument("--deadlines", default="10,20,40", help="one cell per deadline (ms)")
     parser.add_argument("--duration", type=float, default=30.0, help="simulated seconds per run")
-    parser.add_argument("--out", type=Path, help="also write the table here (Markdown; never overwritten)")
+    parser.add_argument("--out", type=Path, help="also write the table here (Markdown)")
+    parser.add_argument("--force", action="store_true", help="replace an earlier table of this command at --out")
     args = parser.parse_args(argv)
 
     def body() -> int:
-        if args.out is not None and args.out.exists():
-            raise InputError(str(args.out), "exists; choose another --out")
+        if args.out is not None:
+            check_file_target(args.out, force=args.force, marker_line=MARKER)
         seeds = parse_seeds(args.seeds)
         try:
             deadlines = [float(x) for x in args.deadlines.split(",")]
@@ -139,11 +142,9 @@ def main(argv=None) -> int:
         print(table)
         if args.out is not None:
             command = " ".join(["python bench/learned_eval.py", *(argv if argv is not None else sys.argv[1:])])
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.out.with_suffix(".tmp")
-            tmp.write_text(f"On-time accuracy, mean over seeds {args.seeds}; H: route entropy in bits.\n"
-                           f"Command: `{command}`\n\n{table}\n")
-            tmp.replace(args.out)
+            with atomic_file(args.out, force=args.force, marker_line=MARKER) as tmp:
+                tmp.write_text(f"{MARKER}\nOn-time accuracy, mean over seeds {args.seeds}; H: route entropy in bits.\n"
+                               f"Command: `{command}`\n\n{table}\n")
         return 0
 
     return run_command(body)

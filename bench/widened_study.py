@@ -21,15 +21,16 @@ its policies on a grid of shapes, paired by seed (a cell's policies see the same
   sustains, as ``infaas`` and ``simulate validate`` compute it), summed over the replicas.
 
 Per cell and seed it runs ``planner``, ``oracle-static``, ``infaas`` (``accuracy_floor`` as in the
-study: the accurate models only), ``degrade`` around the planner and the isolation bound, and
-writes into ``--out`` (atomically; ``--force`` replaces an earlier output of its own):
+study: the accurate models only), ``aimd-batching`` around that ``infaas`` (as in the study),
+``degrade`` around the planner and the isolation bound, and writes into ``--out`` (atomically;
+``--force`` replaces an earlier output of its own):
 
 - ``results.parquet``: one row per cell x seed x policy (every axis, on-time accuracy, hit rate,
   accuracy, p99, cost, replica-seconds, dropped and missed requests, route shares, utilisation);
 - ``widened.md``: per cell, the planner's on-time accuracy and its paired differences to
-  ``oracle-static`` and ``infaas`` (and degrade's to it): mean, min..max over seeds and a verdict,
-  ``tie`` when |mean| <= the seeds' spread, the 95% Student-t half-width t(0.975, n-1) s / sqrt(n)
-  of the differences (the interval holds 0), else ``win`` or ``loss`` (one seed: the sign); then
+  ``oracle-static``, ``infaas`` and ``aimd-batching`` (and degrade's to it): mean, min..max over
+  seeds and a verdict (``analysis.verdicts``: ``tie`` when |mean| <= the 95% Student-t half-width
+  of the differences, the interval holds 0, else ``win`` or ``loss``; one seed: the sign); then
   wins, ties and losses per comparison with the worst cell.
 
 Every finished (cell, seed, policy) is appended to ``--cache`` as a JSON line keyed by the exact
@@ -60,14 +61,14 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from analysis.runs import markdown_table  # noqa: E402
-from analysis.stats import mean_interval, paired_differences  # noqa: E402
+from analysis.stats import paired_differences  # noqa: E402
+from analysis.verdicts import Verdict, verdict  # noqa: E402
 from sim.runner import prepare, run_once  # noqa: E402
 from traces.arrivals import Replay  # noqa: E402
 from traces.cli import run_command  # noqa: E402
@@ -94,8 +95,8 @@ BASES = {"digits": Base(STUDY / "base.toml", ("fourth", "resnet18-channel/fp32/c
          "sst2": Base(STUDY / "sst2-base.toml", ("fourth", "bert-6/fp32/cpu"), (20.0, 80.0), 0.78)}
 AXES = {"bundles": ("digits", "sst2"), "replicas": (1, 2), "deployments": (3, 4), "deadlines": ("single", "mixed"),
         "workloads": ("poisson", "bursty", "twitter"), "loads": (0.5, 1.0, 1.5)}
-POLICIES = ("planner", "oracle-static", "infaas", "degrade", "isolation-bound")
-COMPARISONS = (("planner", "oracle-static"), ("planner", "infaas"), ("degrade", "planner"))
+POLICIES = ("planner", "oracle-static", "infaas", "aimd-batching", "degrade", "isolation-bound")
+COMPARISONS = (("planner", "oracle-static"), ("planner", "infaas"), ("planner", "aimd-batching"), ("degrade", "planner"))
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,9 @@ def grid(settings: Settings, **axes) -> list[tuple[Cell, dict]]:
 
 
 def policy_table(name: str, bundle: str) -> dict:
-    extra = {"infaas": {"accuracy_floor": BASES[bundle].accuracy_floor}, "degrade": {"inner": "planner"}}
+    floor = {"accuracy_floor": BASES[bundle].accuracy_floor}
+    extra = {"infaas": floor, "degrade": {"inner": "planner"},   # aimd-batching as in the study (study.toml)
+             "aimd-batching": {"inner": "infaas", "inner_params": floor, "plan_interval_s": 1.0}}
     return {"name": name, **extra.get(name, {})}
 
 
@@ -221,8 +224,9 @@ def _prepared(scenario_json: str):
 def simulate(scenario: dict, policy: dict, seed: int) -> dict:
     """One policy on one cell and seed: the figures of a results row."""
     prepared = _prepared(json.dumps(scenario, sort_keys=True))
-    params = {k: v for k, v in policy.items() if k != "name"}
-    prepared = replace(prepared, scenario=replace(prepared.scenario, policy=PolicyConfig(policy["name"], 0.0, params)))
+    params = {k: v for k, v in policy.items() if k not in ("name", "plan_interval_s")}
+    config = PolicyConfig(policy["name"], policy.get("plan_interval_s", 0.0), params)
+    prepared = replace(prepared, scenario=replace(prepared.scenario, policy=config))
     _, requests, summary = run_once(prepared, seed)
     measured = requests.column("measured").astype(bool)
     routes = Counter(str(r) for r in requests.column("route")[measured])
@@ -302,29 +306,7 @@ def run_grid(cells: list[tuple[Cell, dict]], seeds: list[int], cache: Path, jobs
                          for i, seed, name, key in rows])
 
 
-# --- the verdicts --------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Verdict:
-    mean: float       # mean paired difference a - b
-    low: float        # the smallest and largest difference over the seeds
-    high: float
-    spread: float     # half-width of the 95% Student-t interval of the mean (nan for one seed)
-    label: str        # win, tie or loss
-
-    def format(self, scale: float = 100.0) -> str:
-        return f"{scale * self.mean:+.2f} [{scale * self.low:+.2f}..{scale * self.high:+.2f}] {self.label}"
-
-
-def verdict(differences) -> Verdict:
-    """``tie`` when |mean| is within the 95% t half-width of the paired differences, else the sign's."""
-    d = np.asarray(differences, dtype=np.float64)
-    interval = mean_interval(d)   # t(0.975, n-1) s / sqrt(n) from scipy.stats
-    spread = interval.half_width
-    bound = 0.0 if np.isnan(spread) else spread
-    label = "tie" if abs(interval.mean) <= bound else ("win" if interval.mean > 0 else "loss")
-    return Verdict(interval.mean, float(d.min()), float(d.max()), spread, label)
-
+# --- the verdicts (analysis.verdicts) -----------------------------------------------------------
 
 def compare(frame: pd.DataFrame, a: str, b: str, metric: str = "ontime_accuracy") -> Verdict:
     """``a`` - ``b`` in one cell's rows, paired by seed."""
@@ -358,7 +340,7 @@ def report(frame: pd.DataFrame, cells: list[tuple[Cell, dict]], command: str) ->
         summary.append([f"{a} − {b}", count["win"], count["tie"], count["loss"], f"{cell.label}: {worst.format()}"])
         losing += [f"- {a} − {b}, {cell.label}: {v.format()}" for cell, v in found if v.label == "loss"]
     seeds = ", ".join(map(str, sorted(frame.seed.unique())))
-    header = ["cell", "rate/s", "planner", "planner − oracle-static", "planner − infaas", "degrade − planner",
+    header = ["cell", "rate/s", "planner", *(f"{a} − {b}" for a, b in COMPARISONS),
               "planner's main route", "oracle's route", "isolation"]
     return "\n".join([
         "# The widened study", "", f"`{command}`", "",

@@ -57,6 +57,7 @@ from .params import Fraction, NonNegative, Percentile, Positive, Range
 from .registry import register
 
 DEFAULT_TAUS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99)
+MAX_CLASSES = 8  # deadline classes planned apart (more distinct deadlines are grouped)
 MAX_LOAD = 0.9  # the share of a deployment's capacity at full batches that the planner plans to use
 
 
@@ -146,7 +147,14 @@ class Planner(Policy):
         counts = self._deadlines
         if counts:
             total = sum(counts.values())
-            self._shares = [(d, counts[d] / total) for d in sorted(counts)]
+            shares = [(d, counts[d] / total) for d in sorted(counts)]
+            if len(shares) > MAX_CLASSES:   # many distinct deadlines: 8 groups of about equal share,
+                groups = np.minimum((np.cumsum([w for _, w in shares]) - 1e-12) * MAX_CLASSES, MAX_CLASSES - 1).astype(int)
+                merged: dict[int, list] = {}
+                for (deadline, share), group in zip(shares, groups):   # each planned at its tightest
+                    merged.setdefault(int(group), [deadline, 0.0])[1] += share
+                shares = [(d, w) for d, w in merged.values()]
+            self._shares = shares
         self._deadlines = {}
         return [(d, share * rate_rps) for d, share in self._shares] or [(None, rate_rps)]
 

@@ -146,6 +146,18 @@ def test_planner_splits_a_class_no_option_can_take_whole_over_budgets_most_accur
     assert routes[:routes.count("slow")] == ["slow"] * routes.count("slow")   # the most accurate first
 
 
+def test_planner_groups_many_distinct_deadlines_into_a_few_classes_planned_at_their_tightest():
+    view = FakeView(FAST_SLOW, two_model_table(), rate_rps=20.0)
+    planner = make("planner", view)
+    deadlines = [11.0 + i for i in range(40)]   # 40 distinct deadlines, one request each
+    for deadline in deadlines:
+        planner.route(request(deadline), view)
+    planner.plan(view)
+    assert len(planner._plans) == 8
+    assert sorted(planner._plans) == deadlines[::5]   # 5 deadlines a group, each planned at its smallest
+    assert planner._plan_for(13.0) is planner._plans[11.0]
+
+
 def test_planner_falls_back_to_fast_when_only_fast_fits():
     view = FakeView(FAST_SLOW, two_model_table(), rate_rps=20.0)
     planner = make("planner", view)
