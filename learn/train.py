@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from policies.difficulty import auc, fit_difficulty, split_samples
-from policies.learned import PolicyArrays, observation_names
+from policies.learned import PolicyArrays, fastest_of, observation_names
 from sim.runner import prepare
 from traces.errors import InputError
 
@@ -38,8 +38,8 @@ def difficulty_model(prepared, config: TrainConfig, log=print):
     table = prepared.predictions
     if not config.difficulty or table is None or getattr(table, "features", None) is None:
         return None, {}
-    profiles = prepared.profiles
-    fastest = min(prepared.scenario.deployments, key=lambda d: profiles[d.name].percentile_ms(1, 50))
+    by_name = {d.name: d for d in prepared.scenario.deployments}
+    fastest = by_name[fastest_of(list(by_name), prepared.profiles.__getitem__)]
     train = split_samples(table.sample_ids.size, config.seed)
     model = fit_difficulty(table, fastest.variant, train)
     p = model.probability_fast_correct(table.features[:, [table.feature_names.index(n) for n in model.feature_names]])
