@@ -63,8 +63,13 @@ def test_a_real_and_a_simulated_run_have_summaries_with_the_same_keys(tmp_path):
     scenario.write_text(SCENARIO)
     sim = _run(tmp_path, "sim", "run", str(scenario), "--out", str(tmp_path / "sim"))
     real = _run(tmp_path, "measure", "serve", str(scenario), "--out", str(tmp_path / "real"))
-    assert list(flatten(real)) == list(flatten(sim))
-    assert set(real) >= {"seed", "deployments", "faults", "policy"}
+    # the same keys in the same order, but for the drop reasons: a summary lists only the reasons that
+    # occurred, and a real run on a busy machine may see a request expire that the simulation served
+    def keys(summary):
+        return [k for k in flatten(summary) if not k.startswith("dropped_by_reason.")]
+
+    assert keys(real) == keys(sim)
+    assert set(real) >= {"seed", "deployments", "faults", "policy", "dropped_by_reason"}
     assert real["policy"] == sim["policy"] == {"name": "static"}
     # the scheduled crash happens in both, at its time, on its replica
     for summary in (sim, real):
