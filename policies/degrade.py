@@ -38,7 +38,7 @@ from typing import Annotated
 from traces.errors import InputError
 
 from .base import Policy, Reject, Route
-from .estimates import DeploymentModel, TrafficMeter, route_shares
+from .estimates import DeploymentModel, TrafficMeter, capacity_rps, route_shares
 from .params import NonNegative, Percentile, Range
 from .registry import create_inner, inner_errors, register
 
@@ -79,8 +79,8 @@ class Degrade(Policy):
         rates = self._meter.take_rates(view.now_s) or [0.0] * len(self._models)
         for i, model in enumerate(self._models):
             model.update(view, rates[i])
-            capacity_rps = model.profile.throughput_rps(model.limit, view.replicas(model.name))
-            self._load[i] = rates[i] / capacity_rps if capacity_rps > 0 else math.inf
+            capacity = capacity_rps(model.profile, view.replicas(model.name), model.limit)
+            self._load[i] = rates[i] / capacity if capacity > 0 else math.inf
 
     def _sent(self, route: Route, view) -> Route:
         shares = self._shares.get(route)

@@ -107,15 +107,22 @@ def mean_service_ms(profile: "LatencyProfile", b: float) -> float:
     return _interpolate(lambda size: _service(profile, size)[1], b)
 
 
-def _batch_limit(profile: "LatencyProfile", max_batch_size: int) -> int:
+def full_batch_size(profile: "LatencyProfile", max_batch_size: int) -> int:
+    """B: the largest batch a deployment forms, its maximum within the sizes its profile covers."""
     return max(1, min(max_batch_size, profile.max_batch_size))
+
+
+def capacity_rps(profile: "LatencyProfile", replicas: int, max_batch_size: int) -> float:
+    """R B / m(B): what the replicas sustain back to back at full batches, the limit of a stable
+    queue (0 with no live replica); a rate over it is the load at full batches."""
+    return profile.throughput_rps(full_batch_size(profile, max_batch_size), replicas) if replicas > 0 else 0.0
 
 
 def formed_batch_size(profile: "LatencyProfile", rate_rps: float, replicas: int, max_batch_size: int,
                       timeout_ms: float) -> float:
     """The mean batch the batcher forms at ``rate_rps`` (the module docstring's fixed point); a
     deployment with no live replica is planned as one."""
-    limit = _batch_limit(profile, max_batch_size)
+    limit = full_batch_size(profile, max_batch_size)
     if rate_rps <= 0 or limit == 1:
         return 1.0
     r = max(replicas, 1)
@@ -167,6 +174,11 @@ def utilization(profile: "LatencyProfile", rate_rps: float, replicas: int, max_b
     if replicas <= 0:
         return math.inf
     b = formed_batch_size(profile, rate_rps, replicas, max_batch_size, timeout_ms)
+    return _busy_share(profile, rate_rps, replicas, b)
+
+
+def _busy_share(profile: "LatencyProfile", rate_rps: float, replicas: int, b: float) -> float:
+    """lambda m(b) / (R b): the share of the replicas' time that batches of ``b`` at this rate use."""
     return rate_rps * mean_service_ms(profile, b) / 1000.0 / (b * replicas)
 
 
@@ -190,13 +202,13 @@ def steady_latency_ms(profile: "LatencyProfile", rate_rps: float, replicas: int,
     carries less than the heavy-traffic term says (the safe side for a deadline test)."""
     if replicas <= 0:
         return math.inf
-    limit = _batch_limit(profile, max_batch_size)
+    limit = full_batch_size(profile, max_batch_size)
     full_ms = _service(profile, limit)[1]
     load = rate_rps * full_ms / 1000.0 / (limit * replicas)
     if load >= 1.0:
         return math.inf
     b = formed_batch_size(profile, rate_rps, replicas, max_batch_size, timeout_ms)
-    busy = min(1.0, rate_rps * mean_service_ms(profile, b) / 1000.0 / (b * replicas))
+    busy = min(1.0, _busy_share(profile, rate_rps, replicas, b))
     every_busy = busy ** replicas
     service = _interpolate(lambda size: profile.percentile_ms(size, q), b)
     fill = min(timeout_ms, (b - 1.0) / rate_rps * 1000.0) if rate_rps > 0 and b > 1 else 0.0
@@ -262,7 +274,7 @@ class DeploymentModel:
         """Recompute the formed batch and its service time for ``rate_rps`` reaching this deployment."""
         self.rate_rps = rate_rps
         self.timeout_ms = view.batch_wait_timeout_ms(self.name)
-        self.limit = _batch_limit(self.profile, view.max_batch_size(self.name))
+        self.limit = full_batch_size(self.profile, view.max_batch_size(self.name))
         self.batch = formed_batch_size(self.profile, rate_rps, view.replicas(self.name), self.limit, self.timeout_ms)
         self.service_ms = _interpolate(lambda size: self.by_size_ms[size - 1], self.batch)
 

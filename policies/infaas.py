@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 
 from .base import Policy, Route
-from .estimates import DeploymentModel, TrafficMeter
+from .estimates import DeploymentModel, TrafficMeter, capacity_rps, full_batch_size
 from .params import Fraction, Percentile, Positive
 from .registry import register
 
@@ -75,19 +75,17 @@ class Infaas(Policy):
         return self.accuracy_floor is None or (not math.isnan(accuracy) and accuracy >= self.accuracy_floor)
 
     @staticmethod
-    def _full_batch(view, deployment: str) -> int:
-        return max(1, min(view.max_batch_size(deployment), view.latency_profile(deployment).max_batch_size))
-
-    def _cost_ms(self, view, deployment: str) -> float:
-        batch = self._full_batch(view, deployment)
-        return view.latency_profile(deployment).mean_ms(batch) / batch
+    def _cost_ms(view, deployment: str) -> float:
+        profile = view.latency_profile(deployment)
+        batch = full_batch_size(profile, view.max_batch_size(deployment))
+        return profile.mean_ms(batch) / batch
 
     def _refresh(self, view) -> None:
         rates = self._meter.take_rates(view.now_s) or [0.0] * len(self._models)
         for i, model in enumerate(self._models):
             model.update(view, rates[i])
-            capacity_rps = model.profile.throughput_rps(self._full_batch(view, model.name), view.replicas(model.name))
-            self._budget[i] = (1.0 - CPU_HEURISTIC) * capacity_rps * self.refresh_s
+            capacity = capacity_rps(model.profile, view.replicas(model.name), view.max_batch_size(model.name))
+            self._budget[i] = (1.0 - CPU_HEURISTIC) * capacity * self.refresh_s
             self._active[i] = rates[i] > 0
 
     def route(self, request, view):

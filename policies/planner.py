@@ -51,7 +51,7 @@ import numpy as np
 from traces.errors import InputError
 
 from .base import Policy, Route
-from .estimates import DeploymentModel, TrafficMeter, steady_latency_ms
+from .estimates import DeploymentModel, TrafficMeter, capacity_rps, steady_latency_ms
 from .options import cascade_pairs
 from .params import Fraction, NonNegative, Percentile, Positive, Range
 from .registry import register
@@ -197,8 +197,7 @@ class Planner(Policy):
         # within a quarter of the window, a lull only once the whole window has seen it
         rate = max(view.arrival_rate_rps(self.rate_window_s), view.arrival_rate_rps(self.rate_window_s / 4)) if now > 0 else 0.0
         self.rate_rps = rate
-        self._capacity_rps = [m.profile.throughput_rps(_full_batch(view, m), view.replicas(m.name)) if view.replicas(m.name) > 0
-                              else 0.0 for m in self._models]
+        self._capacity_rps = [capacity_rps(m.profile, view.replicas(m.name), view.max_batch_size(m.name)) for m in self._models]
         self._steady: dict[tuple[int, float], float] = {}
         reserved = [0.0] * len(self._models)   # what the tighter classes' best options send each deployment
         spare_claimed: set[int] = set()        # singles whose spare room a tighter class takes
@@ -228,7 +227,8 @@ class Planner(Policy):
             else:
                 plan = self._split(view, class_rps, deadline, reserved, plan)
             self._plans[deadline] = plan
-        self._default_plan = self._plans[max(self._plans, key=lambda d: -1.0 if d is None else d)]
+        self._default_key = max(self._plans, key=lambda d: -1.0 if d is None else d)
+        self._keys: dict[float, float | None] = {}   # a request's deadline -> the class it is planned in
         # each deployment's batch and service estimate at the rate this policy has been sending it
         # (stage two counted at its expected share); before any traffic, at what the plans reserve
         stage_rate = self._meter.take_rates(now) or reserved
@@ -239,16 +239,19 @@ class Planner(Policy):
         self._replan(view)
         return ()
 
+    def _class_of(self, deadline_ms: float) -> float | None:
+        """The class a deadline is planned in: its own, else the loosest class at most as loose
+        (a group of deadlines is keyed by its tightest), else the loosest."""
+        try:
+            return self._keys[deadline_ms]
+        except KeyError:
+            known = [d for d in self._plans if d is not None and d <= deadline_ms]
+            key = self._keys[deadline_ms] = max(known) if known else self._default_key
+            return key
+
     def _plan_for(self, deadline_ms: float) -> list[tuple[_Option, bool, float]]:
-        """The plan of this deadline's class; a deadline the last window did not see takes the plan
-        of the loosest class at most as loose, else the loosest."""
-        plans = self._plans
-        plan = plans.get(deadline_ms)
-        if plan is None:
-            known = [d for d in plans if d is not None and d <= deadline_ms]
-            plan = plans[max(known)] if known else self._default_plan
-            plans[deadline_ms] = plan
-        return plan
+        """The plan of this deadline's class (``_class_of``)."""
+        return self._plans[self._class_of(deadline_ms)]
 
     # --- per request -------------------------------------------------------------------------
     def route(self, request, view):
@@ -261,9 +264,10 @@ class Planner(Policy):
         left = deadline - (now - request.arrival_s) * 1000.0
         models = self._models
         predicted = [-1.0] * len(models)   # per deployment, computed at most once per request
-        for option, spare_only, budget_rps in self._plan_for(deadline):
+        key = self._class_of(deadline)
+        for option, spare_only, budget_rps in self._plans[key]:
             i = option.first
-            if budget_rps < math.inf and self._taken.get((deadline, i), 0) >= budget_rps * (now - self._meter.since_s) + 1:
+            if budget_rps < math.inf and self._taken.get((key, i), 0) >= budget_rps * (now - self._meter.since_s) + 1:
                 continue  # its share of this class is spent for this window
             first = predicted[i]
             if first < 0 or spare_only:
@@ -285,7 +289,7 @@ class Planner(Policy):
                 if j >= 0:
                     counts[j] += 1.0 - option.coverage
                 if budget_rps < math.inf:
-                    self._taken[(deadline, i)] = self._taken.get((deadline, i), 0) + 1
+                    self._taken[(key, i)] = self._taken.get((key, i), 0) + 1
                 return option.route
         best = min(self._fallback, key=lambda k: predicted[k] if predicted[k] >= 0 else models[k].latency_ms(view))
         self._meter.counts[best] += 1.0
@@ -294,13 +298,9 @@ class Planner(Policy):
     def describe(self, deadline_ms: float | None = None) -> list[dict]:
         """A class's current plan, most accurate first (for reports and tests): the loosest
         class's unless ``deadline_ms`` names one."""
-        plan = self._default_plan if deadline_ms is None else self._plan_for(deadline_ms)
+        plan = self._plans[self._default_key] if deadline_ms is None else self._plan_for(deadline_ms)
         return [{"route": o.route.label, "accuracy": o.accuracy, "coverage": o.coverage, "spare_only": spare,
                  **({"budget_rps": budget} if budget < math.inf else {})} for o, spare, budget in plan]
-
-
-def _full_batch(view, model: DeploymentModel) -> int:
-    return max(1, min(view.max_batch_size(model.name), model.profile.max_batch_size))
 
 
 def _nan_low(value: float) -> float:
