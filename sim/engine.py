@@ -183,6 +183,7 @@ class Simulation:
                 log.make_room(i)
             stop = min(log.limit, n)
             bound = until_s if stop >= n else min(until_s, times[stop])  # no event past a blocked arrival
+            submit = core.fixed_segment(i, stop) if i < stop else None
             while True:
                 t_arrival = times[i] if i < stop else math.inf
                 t_event = self.next_event_s
@@ -191,13 +192,18 @@ class Simulation:
                         break
                     self.time_s = t_arrival
                     i += 1
-                    arrive(i - 1, t_arrival)
+                    if submit is None:
+                        arrive(i - 1, t_arrival)
+                    elif not submit(i - 1, t_arrival):
+                        core.drop(i - 1, t_arrival, "queue_full")
                 elif t_event <= bound and t_event != math.inf:
                     self.time_s = t_event
+                    core.arrivals_seen = i
                     step()
                     self.next_event_s = peek()
                 else:
                     break
+            core.arrivals_seen = i
             if stop >= n or until_s < times[stop]:
                 if until_s != math.inf and until_s > self.time_s:
                     self.time_s = until_s

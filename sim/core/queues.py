@@ -24,6 +24,8 @@ class FifoQueue(deque):
 
     def take_n(self, n: int) -> list[int]:
         """The next ``n`` (at most ``len``) in one call: the batch-taking hot path."""
+        if n == 1:  # batches of one are the most common of all
+            return [self.popleft()[1]]
         pop = self.popleft
         return [pop()[1] for _ in range(n)]
 

@@ -17,6 +17,7 @@ under its lock.
 from __future__ import annotations
 
 import math
+from array import array
 
 from policies.base import PlanAction, Policy, Reject, Request, Route, check_plan_action, check_route
 from policies.view import LiveView
@@ -117,6 +118,29 @@ class ServingCore(RunState):
         if resolved is None:
             resolved = self._fixed_resolved = self._routes.get(self._fixed) or self.resolve(self._fixed)
         self._admit(i, now, resolved)
+
+    def fixed_segment(self, lo: int, hi: int):
+        """Admit arrivals ``lo`` to ``hi`` ahead, when every one takes the same route and nothing
+        stands before its first queue (no tenants' admission): their route, first deployment and
+        enqueue time (the arrival time) are written at once, and the first hop's ``submit`` is
+        returned for the executor to call at each arrival (a False is a full queue: ``drop``).
+        None: arrivals go through ``arrive`` one at a time."""
+        if self._fixed is None or self.admission is not None:
+            return None
+        resolved = self._fixed_resolved
+        if resolved is None:
+            resolved = self._fixed_resolved = self._routes.get(self._fixed) or self.resolve(self._fixed)
+        if resolved.__class__ is Reject:
+            return None
+        log = self.log
+        first = resolved.stages[0][0]
+        hop0 = log.hops[0]
+        for a, b in log._spans(lo, hi):
+            log.route[a:b] = [resolved] * (b - a)
+            hop0.deployment[a:b] = array("q", [first.index]) * (b - a)
+            start = lo + (a - (lo & log.mask)) % log.capacity
+            hop0.enqueue_s[a:b] = self.arrival_times[start:start + b - a]  # both array("d")
+        return first.submit
 
     def _admit(self, i: int, now: float, resolved: "ResolvedRoute | Reject") -> None:
         """Request ``i`` joins its route's first hop, or is dropped (a rejection, a full queue)."""
