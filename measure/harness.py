@@ -130,7 +130,8 @@ def time_batches(runner: ModelRunner | ProcessRunner, profile: Profile, spec: Va
     of bending one size's numbers: timed one size after another, a MobileNetV2-int8 profile here
     once put batch 2 at 11.6 ms between 4.5 ms (batch 1) and 6.5 ms (batch 3). Each (variant,
     size) keeps its own seeded sample draws; a size stops after ``max_seconds_per_config`` of its
-    own timed runs (at least 3 per idle gap). Each row keeps when its run started (``started_at_s``, Unix
+    own timed runs, once it has ``min_timed_runs`` per idle gap (so that a slow variant's largest
+    sizes, seconds a batch, still get a distribution, not three points). Each row keeps when its run started (``started_at_s``, Unix
     time), from which the simulator measures how long slow spells last (``traces.profiles``).
     With several ``idle_gaps_ms``, each run is timed once per gap, after sleeping that long; the
     row's ``idle_ms`` names its gap.
@@ -147,7 +148,8 @@ def time_batches(runner: ModelRunner | ProcessRunner, profile: Profile, spec: Va
     spent = dict.fromkeys(sizes, 0.0)
     epoch = time.time() - time.perf_counter()  # perf_counter precision, Unix time origin
     for k in range(cfg.warmup_runs, cfg.warmup_runs + cfg.timed_runs):
-        active = [b for b in sizes if spent[b] <= cfg.max_seconds_per_config or len(rows[b]) < 3 * len(cfg.idle_gaps_ms)]
+        floor = cfg.min_timed_runs * len(cfg.idle_gaps_ms)
+        active = [b for b in sizes if spent[b] <= cfg.max_seconds_per_config or len(rows[b]) < floor]
         if not active:
             break
         for b in active:

@@ -16,7 +16,8 @@ task = "digits"                  # digits | sst2 | cifar10
 batch_sizes = [1, 2, 4, 8, 16, 32]
 warmup_runs = 5
 timed_runs = 30
-max_seconds_per_config = 20.0    # stop timing one (variant, batch) after this long (>= 3 runs)
+max_seconds_per_config = 20.0    # stop timing one (variant, batch) after this long of timed runs,
+min_timed_runs = 20              # but not before this many (default: 20, or timed_runs if fewer)
 replica = "process"              # time through a server replica process (as `measure serve`) | "inline"
 idle_gaps_ms = [0.0]             # also time each run after the replica sat idle this long (see below)
 
@@ -98,6 +99,7 @@ class LatencyConfig:
     max_seconds_per_config: float = 20.0
     replica: str = "process"
     idle_gaps_ms: tuple[float, ...] = (0.0,)
+    min_timed_runs: int = 20  # per idle gap: the time cap never stops a size below this many
 
 
 @dataclass(frozen=True)
@@ -161,17 +163,20 @@ def profile_from_dict(raw: dict, base_dir: Path = Path("."), source: Path | None
         if key in data:
             data = {**data, key: str((base_dir / text(data, key, "data")).resolve())}
     lat = table(raw, "latency", "", required=False)
-    reject_unknown(lat, ("batch_sizes", "warmup_runs", "timed_runs", "max_seconds_per_config", "replica",
-                        "idle_gaps_ms"), "latency")
+    reject_unknown(lat, ("batch_sizes", "warmup_runs", "timed_runs", "min_timed_runs", "max_seconds_per_config",
+                        "replica", "idle_gaps_ms"), "latency")
     sizes = lat.get("batch_sizes", list(LatencyConfig.batch_sizes))
     if (not isinstance(sizes, list) or not sizes or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes)
             or sizes != sorted(set(sizes))):
         raise InputError("latency.batch_sizes", f"must be increasing positive integers, got {sizes!r}")
-    latency = LatencyConfig(tuple(sizes), integer(lat, "warmup_runs", "latency", default=5, low=0),
-                            integer(lat, "timed_runs", "latency", default=30, low=3),
+    timed_runs = integer(lat, "timed_runs", "latency", default=30, low=3)
+    min_timed_runs = integer(lat, "min_timed_runs", "latency", default=min(20, timed_runs), low=3)
+    if min_timed_runs > timed_runs:
+        raise InputError("latency.min_timed_runs", f"must be at most timed_runs ({timed_runs}), got {min_timed_runs}")
+    latency = LatencyConfig(tuple(sizes), integer(lat, "warmup_runs", "latency", default=5, low=0), timed_runs,
                             number(lat, "max_seconds_per_config", "latency", default=20.0, low=0, strict=True),
                             text(lat, "replica", "latency", default="process", choices=REPLICA_MODES),
-                            _gaps(lat))
+                            _gaps(lat), min_timed_runs)
     device = text(raw, "device", "", default="cpu", choices=DEVICES)
     items = raw.get("variants")
     if not isinstance(items, list) or not items:
