@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -100,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: mutmut is not installed: pip install -e '.[dev]'", file=sys.stderr)
         return 2
     if not args.report:
-        run = subprocess.run(mutmut() + ["run", "--max-children", str(args.max_children)], cwd=ROOT)
+        # mutmut runs the tests from its copy of the tree (mutants/), where ../shared is not beside
+        # them: name it, or every test on the real traces would skip and their mutants survive
+        env = dict(os.environ)
+        if (ROOT.parent / "shared").is_dir():
+            env.setdefault("SERVESIM_SHARED", str(ROOT.parent / "shared"))
+        run = subprocess.run(mutmut() + ["run", "--max-children", str(args.max_children)], cwd=ROOT, env=env)
         if run.returncode != 0:
             print(f"error: mutmut run exited with {run.returncode}", file=sys.stderr)
             return run.returncode

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -9,7 +10,9 @@ import pytest
 
 from traces.bundle import TraceBundle
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+# ../shared beside the repository; SERVESIM_SHARED overrides it (bench/mutation.py sets it: mutmut runs
+# the tests from its copy of the tree, mutants/, one level down, where ../shared is not beside them)
+SHARED = Path(os.environ.get("SERVESIM_SHARED") or Path(__file__).resolve().parents[2] / "shared")
 
 # Two variants, four samples. "fast" is unsure on samples 2 and 3 and wrong on 3; "slow" is right
 # everywhere. Latencies are constant per batch size so every completion time is exact.

@@ -14,10 +14,10 @@ import pathlib
 import numpy as np
 import pytest
 
+from conftest import SHARED
 from traces.arrivals import Bursty, Piecewise, Poisson, Replay, from_config
 from traces.errors import InputError
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
 TWITTER = SHARED / "data" / "twitter_trace_ipa" / "workload.txt"
 
 

@@ -12,12 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import SHARED
 from sim.core.workload import make_workload
 from traces.bundle import TraceBundle
 from traces.scenario import scenario_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
-TWITTER = REPO.parent / "shared" / "data" / "twitter_trace_ipa" / "workload.txt"
+TWITTER = SHARED / "data" / "twitter_trace_ipa" / "workload.txt"
 T_975_4 = 2.7764451051977987   # t(0.975, 4 degrees of freedom), from tables
 
 

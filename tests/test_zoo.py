@@ -16,13 +16,14 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import SHARED
 from measure.data import DataConfig, load_task
 from measure.models import MODEL_NAMES, TEACHERS, build_model
 from measure.train import TrainConfig, accuracy, kd_loss, predict_logits, train_model
 from measure.zoo import DEFAULT_MODELS, load_model, load_zoo_task, train_zoo
 from traces.errors import InputError
 
-SST2_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2_glue"
+SST2_DIR = SHARED / "data" / "sst2_glue"
 TOKEN_META = {"vocab_size": 50, "max_len": 12, "pad_id": 0}
 
 
