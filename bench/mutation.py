@@ -104,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         # mutmut runs the tests from its copy of the tree (mutants/), where ../shared is not beside
         # them: name it, or every test on the real traces would skip and their mutants survive
         env = dict(os.environ)
-        if (ROOT.parent / "shared").is_dir():
-            env.setdefault("SERVESIM_SHARED", str(ROOT.parent / "shared"))
+        if not env.get("SERVESIM_SHARED") and (ROOT.parent / "shared").is_dir():
+            env["SERVESIM_SHARED"] = str(ROOT.parent / "shared")
         run = subprocess.run(mutmut() + ["run", "--max-children", str(args.max_children)], cwd=ROOT, env=env)
         if run.returncode != 0:
             print(f"error: mutmut run exited with {run.returncode}", file=sys.stderr)
