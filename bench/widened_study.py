@@ -34,9 +34,10 @@ study: the accurate models only), ``aimd-batching`` around that ``infaas`` (as i
   wins, ties and losses per comparison with the worst cell.
 
 Every finished (cell, seed, policy) is appended to ``--cache`` as a JSON line keyed by the exact
-scenario it ran (every setting included) and the seed, so an interrupted study resumes and a
-changed setting or a changed policy (its module and the ``policies`` modules it uses) reruns; a
-changed bundle or engine is not seen: delete the cache then.
+scenario it ran (every setting included), the seed and a digest of the bundles it runs on, so an
+interrupted study resumes and a changed setting, a re-measured bundle or a changed policy (its
+module and the ``policies`` modules it uses) reruns; a changed engine is not seen (a change that
+keeps scenarios' bytes, `bench/same_bytes.py`, should not rerun hours of runs): delete the cache then.
 
     python bench/widened_study.py --out docs/results/widened --jobs 2 [--seeds 1-5] [--duration 8]
     python bench/widened_study.py --out /tmp/one --bundles digits --replicas 2 --deployments 4 \\
@@ -208,9 +209,35 @@ def code_digest(name: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=None)
+def _files_digest(directory: str) -> str:
+    """A digest of every file in a bundle directory (its tables and ``bundle.json``)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(directory).iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+_DATA_DIGESTS: dict[str, list[str]] = {}
+
+
+def data_digest(scenario: dict) -> list[str]:
+    """Digests of the bundles a cell runs on, so that a re-measured bundle reruns its cells (worked
+    out once per distinct set of variants and bundles: loading them is what takes the time)."""
+    which = json.dumps([scenario.get("bundle"), [(d.get("bundle"), d.get("variant")) for d in scenario["deployments"]]])
+    if which not in _DATA_DIGESTS:
+        prepared = _prepared(json.dumps(scenario, sort_keys=True))
+        paths = {str(Path(b.path).resolve()) for b in (prepared.bundle, *prepared.bundles.values())
+                 if b is not None and b.path is not None}
+        _DATA_DIGESTS[which] = sorted(_files_digest(path) for path in paths)
+    return _DATA_DIGESTS[which]
+
+
 def cache_key(scenario: dict, policy: dict, seed: int) -> str:
     code = [code_digest(n) for n in (policy["name"], policy.get("inner")) if n]
-    text = json.dumps({"schema": SCHEMA, "scenario": scenario, "policy": policy, "code": code, "seed": seed}, sort_keys=True)
+    text = json.dumps({"schema": SCHEMA, "scenario": scenario, "policy": policy, "code": code, "seed": seed,
+                       "data": data_digest(scenario)}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -149,6 +150,19 @@ def test_the_cache_skips_finished_runs_and_not_changed_settings(widened, tmp_pat
     assert widened.main(["--out", str(out), "--force", "--cache", str(cache), "--duration", "2.5", *TINY]) == 0
     assert sorted(calls) == sorted((2.5, p, s) for p in widened.POLICIES for s in (1, 2))   # a new setting reruns
     assert len(cache.read_text().splitlines()) == 4 * len(widened.POLICIES)
+
+
+def test_a_remeasured_bundle_changes_the_cache_key(widened, tmp_path):
+    copy = tmp_path / "digits-cpu"
+    shutil.copytree(REPO / "traces" / "data" / "digits-cpu", copy)
+    raw, policy = {**widened.shape("digits", 1, 3), "bundle": str(copy)}, widened.policy_table("planner", "digits")
+    before = widened.cache_key(raw, policy, 1)
+    assert widened.cache_key(raw, policy, 1) == before
+    meta = json.loads((copy / "bundle.json").read_text())
+    (copy / "bundle.json").write_text(json.dumps({**meta, "created_at": "re-measured"}))
+    widened._files_digest.cache_clear()   # a new process starts with both empty
+    widened._DATA_DIGESTS.clear()
+    assert widened.cache_key(raw, policy, 1) != before
 
 
 def test_a_line_cut_short_is_skipped(widened, tmp_path):
