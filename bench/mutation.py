@@ -14,7 +14,10 @@ arrival generators, replica accounting and cost, the planner's estimates).
     python bench/mutation.py --json scores.json   # also write them as JSON
 
 Survivors are listed by name; ``mutmut show NAME`` prints one as a diff. Each one is either killed by
-a new test or listed in ``docs/mutation.md`` as equivalent (no test could tell it apart), with the reason.
+a new test or listed as equivalent (no test could tell it apart), with the reason, in
+``docs/mutation-equivalents.toml`` (the ledger this script reads; ``docs/mutation.md`` tells the
+story). The report then says how many survivors are listed and names those that are not, and gives
+the score over the mutants that are not equivalent beside the plain one.
 ``make mutation`` runs this script. mutmut works in ``mutants/`` (a copy of the tree it writes itself).
 """
 
@@ -26,11 +29,30 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNTED = ("killed", "survived", "timeout", "no tests")
+LEDGER = ROOT / "docs" / "mutation-equivalents.toml"
+
+
+def equivalents(path: Path = LEDGER) -> dict[str, str]:
+    """mutant name -> why it is equivalent, from the ledger (``[[equivalent]]`` tables with
+    ``mutants`` and ``why``); an empty mapping if there is none."""
+    if not path.is_file():
+        return {}
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    out: dict[str, str] = {}
+    for index, entry in enumerate(raw.get("equivalent", [])):
+        names, why = entry.get("mutants"), entry.get("why")
+        if not isinstance(names, list) or not names or not isinstance(why, str) or not why.strip():
+            raise ValueError(f"{path}: equivalent[{index}] needs a non-empty list 'mutants' and a reason 'why'")
+        for name in names:
+            out[str(name)] = why
+    return out
 
 
 def mutmut() -> list[str]:
@@ -54,7 +76,10 @@ def module_of(mutant: str) -> str:
     return mutant.rsplit(".", 1)[0]
 
 
-def scores(status: dict[str, str]) -> dict[str, dict]:
+def scores(status: dict[str, str], equivalent: dict[str, str] | None = None) -> dict[str, dict]:
+    """Per module: counts by outcome, the plain score, and the score over the mutants the ledger
+    does not list as equivalent (a listed survivor is not a gap in the tests)."""
+    equivalent = equivalent or {}
     by_module: dict[str, Counter] = defaultdict(Counter)
     survivors: dict[str, list[str]] = defaultdict(list)
     for name, state in status.items():
@@ -65,28 +90,46 @@ def scores(status: dict[str, str]) -> dict[str, dict]:
     for module in sorted(by_module):
         counts = by_module[module]
         counted = sum(counts[s] for s in COUNTED)
+        caught = counts["killed"] + counts["timeout"]
+        listed = sum(name in equivalent for name in survivors[module])
         table[module] = {"mutants": sum(counts.values()), "killed": counts["killed"], "survived": counts["survived"],
                          "timeout": counts["timeout"], "no_tests": counts["no tests"],
-                         "other": sum(counts.values()) - counted,
-                         "score": (counts["killed"] + counts["timeout"]) / counted if counted else None,
-                         "survivors": sorted(survivors[module])}
+                         "other": sum(counts.values()) - counted, "equivalent": listed,
+                         "score": caught / counted if counted else None,
+                         "score_excl_equivalent": caught / (counted - listed) if counted > listed else None,
+                         "survivors": sorted(survivors[module]),
+                         "unlisted": sorted(n for n in survivors[module] if n not in equivalent)}
     return table
 
 
-def render(table: dict[str, dict]) -> str:
-    lines = [f"{'module':28s} {'mutants':>7s} {'killed':>6s} {'survived':>8s} {'timeout':>7s} {'no tests':>8s} {'score':>6s}"]
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def render(table: dict[str, dict], equivalent: dict[str, str] | None = None) -> str:
+    lines = [f"{'module':28s} {'mutants':>7s} {'killed':>6s} {'survived':>8s} {'timeout':>7s} {'no tests':>8s} "
+             f"{'score':>6s} {'equiv.':>6s} {'excl. equiv.':>12s}"]
     total = Counter()
     for module, row in table.items():
-        score = "-" if row["score"] is None else f"{row['score']:.1%}"
         lines.append(f"{module:28s} {row['mutants']:7d} {row['killed']:6d} {row['survived']:8d} {row['timeout']:7d} "
-                     f"{row['no_tests']:8d} {score:>6s}")
-        total.update({k: row[k] for k in ("mutants", "killed", "survived", "timeout", "no_tests")})
+                     f"{row['no_tests']:8d} {_pct(row['score']):>6s} {row['equivalent']:6d} "
+                     f"{_pct(row['score_excl_equivalent']):>12s}")
+        total.update({k: row[k] for k in ("mutants", "killed", "survived", "timeout", "no_tests", "equivalent")})
     counted = total["killed"] + total["survived"] + total["timeout"] + total["no_tests"]
     caught = total["killed"] + total["timeout"]
     lines.append(f"{'all':28s} {total['mutants']:7d} {total['killed']:6d} {total['survived']:8d} {total['timeout']:7d} "
-                 f"{total['no_tests']:8d} {(caught / counted if counted else 0):6.1%}")
-    lines.append("score = (killed + timeout) / (killed + timeout + survived + no tests); "
-                 "'no tests': mutants no selected test executes")
+                 f"{total['no_tests']:8d} {_pct(caught / counted if counted else None):>6s} {total['equivalent']:6d} "
+                 f"{_pct(caught / (counted - total['equivalent']) if counted > total['equivalent'] else None):>12s}")
+    lines.append("score = (killed + timeout) / (killed + timeout + survived + no tests); 'no tests': mutants no "
+                 "selected test executes; excl. equiv.: the same without the survivors the ledger lists as equivalent")
+    unlisted = [name for row in table.values() for name in row["unlisted"]]
+    survived = {name for row in table.values() for name in row["survivors"]}
+    stale = sorted(set(equivalent or {}) - survived)
+    lines.append(f"survivors not listed as equivalent in {LEDGER.relative_to(ROOT)}: {len(unlisted)}"
+                 + ("" if not unlisted else " (--survivors names them)"))
+    if stale:
+        lines.append(f"ledger entries that are not survivors of this run (killed since, renamed, or not yet "
+                     f"tested): {len(stale)}")
     return "\n".join(lines)
 
 
@@ -110,12 +153,17 @@ def main(argv: list[str] | None = None) -> int:
         if run.returncode != 0:
             print(f"error: mutmut run exited with {run.returncode}", file=sys.stderr)
             return run.returncode
-    table = scores(results())
-    print(render(table))
+    try:
+        equivalent = equivalents()
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    table = scores(results(), equivalent)
+    print(render(table, equivalent))
     if args.survivors:
         for module, row in table.items():
             for name in row["survivors"]:
-                print(f"survived: {name}")
+                print(f"survived: {name}" + (f"  [equivalent: {equivalent[name]}]" if name in equivalent else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
     return 0

@@ -1,0 +1,72 @@
+"""bench/mutation.py's report: scores per module, and the ledger of equivalent survivors."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def mutation():
+    spec = importlib.util.spec_from_file_location("mutation_bench", REPO / "bench" / "mutation.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+STATUS = {
+    "sim.core.queues.x_take__mutmut_1": "killed",
+    "sim.core.queues.x_take__mutmut_2": "killed",
+    "sim.core.queues.x_take__mutmut_3": "timeout",
+    "sim.core.queues.x_take__mutmut_4": "survived",     # listed as equivalent below
+    "sim.core.queues.x_take__mutmut_5": "survived",     # not listed
+    "sim.core.queues.x_take__mutmut_6": "no tests",
+    "sim.core.queues.x_take__mutmut_7": "not checked",  # counts as a mutant, not in the score
+    "traces.summary.x_f__mutmut_1": "survived",         # listed
+}
+
+
+def test_scores_count_listed_survivors_apart(mutation):
+    ledger = {"sim.core.queues.x_take__mutmut_4": "a no-op", "traces.summary.x_f__mutmut_1": "prose"}
+    table = mutation.scores(STATUS, ledger)
+    queues = table["sim.core.queues"]
+    assert (queues["mutants"], queues["killed"], queues["timeout"], queues["survived"], queues["no_tests"],
+            queues["other"], queues["equivalent"]) == (7, 2, 1, 2, 1, 1, 1)
+    assert queues["score"] == pytest.approx(3 / 6)                  # killed + timeout over the 6 counted
+    assert queues["score_excl_equivalent"] == pytest.approx(3 / 5)  # the listed survivor left out
+    assert queues["unlisted"] == ["sim.core.queues.x_take__mutmut_5"]
+    summary = table["traces.summary"]
+    assert summary["score"] == 0.0 and summary["score_excl_equivalent"] is None   # nothing left to score
+
+
+def test_render_totals_and_names_what_is_left(mutation):
+    ledger = {"sim.core.queues.x_take__mutmut_4": "a no-op", "traces.summary.x_f__mutmut_1": "prose",
+              "sim.core.queues.x_take__mutmut_1": "listed, but killed in this run"}
+    text = mutation.render(mutation.scores(STATUS, ledger), ledger)
+    total = next(line for line in text.splitlines() if line.startswith("all "))
+    assert total.split() == ["all", "8", "2", "3", "1", "1", "42.9%", "2", "60.0%"]   # 3/7 and 3/5
+    assert "survivors not listed as equivalent in docs/mutation-equivalents.toml: 1" in text
+    assert "ledger entries that are not survivors of this run (killed since, renamed, or not yet tested): 1" in text
+
+
+def test_the_ledger_is_read_and_a_bad_entry_is_named(mutation, tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('[[equivalent]]\nmutants = ["a.x_f__mutmut_1", "a.x_f__mutmut_2"]\nwhy = "same value"\n')
+    assert mutation.equivalents(good) == {"a.x_f__mutmut_1": "same value", "a.x_f__mutmut_2": "same value"}
+    assert mutation.equivalents(tmp_path / "none.toml") == {}
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[equivalent]]\nmutants = ["a.x_f__mutmut_1"]\nwhy = "ok"\n[[equivalent]]\nmutants = []\nwhy = "x"\n')
+    with pytest.raises(ValueError, match=r"equivalent\[1\] needs a non-empty list 'mutants'"):
+        mutation.equivalents(bad)
+
+
+def test_the_shipped_ledger_parses_and_every_entry_has_a_reason(mutation):
+    ledger = mutation.equivalents()
+    assert all(why.strip() for why in ledger.values())
+    assert all("__mutmut_" in name for name in ledger)
