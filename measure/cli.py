@@ -65,7 +65,9 @@ def _measure(args, *, latency: bool, accuracy: bool, argv) -> int:
         bundle = assemble(profile, out, _command(argv), parts=parts)
     for failure in bundle.meta.get("failed", []):
         print(f"  skipped {failure['variant']}: {failure['reason']}")
-    print_bundle_table(bundle)
+    from .tables import render_variants, variant_rows
+
+    print(render_variants(variant_rows(bundle), (1, 8), markdown=False))
     print(f"wrote {out} ({len(bundle.service)} latency rows, {len(bundle.predictions)} predictions)")
     return track(target, Path(args.profile).stem, lambda: [bundle_run(out, _resolved(profile))], out)
 
@@ -75,20 +77,6 @@ def _resolved(profile: Profile) -> dict:
     from dataclasses import asdict
 
     return {**{k: v for k, v in asdict(profile).items() if k != "raw"}, "variants": [s.id for s in profile.variants]}
-
-
-def print_bundle_table(bundle) -> None:
-    """Per variant: p50 latency at batch 1 and 8 (where measured) and accuracy."""
-    from traces.profiles import LatencyProfile
-
-    print(f"{'variant':32s} {'p50 b1 ms':>10s} {'p50 b8 ms':>10s} {'accuracy':>9s}")
-    for variant in bundle.variants:
-        profile = LatencyProfile.from_bundle(bundle, variant)
-        cells = []
-        for b in (1, 8):
-            cells.append(f"{profile.percentile_ms(b, 50):10.3f}" if b in profile.measured_batch_sizes else f"{'-':>10s}")
-        acc = bundle.predictions.loc[bundle.predictions["variant"] == variant, "correct"]
-        print(f"{variant:32s} {cells[0]} {cells[1]} {acc.mean():9.4f}" if len(acc) else f"{variant:32s} {cells[0]} {cells[1]} {'-':>9s}")
 
 
 def cmd_startup(args, argv) -> int:
@@ -207,6 +195,14 @@ Rows by module are the model's top-level parts (a part over half of the time ope
 (other) is the time outside them: the input gather, the softmax, the model's glue code.
 A torchscript variant is profiled by operator; an onnxruntime one by ONNX Runtime's own profiler,
 by operator type (default) or by node (--by module), with (session) its time outside the kernels.""",
+    "table": """examples:
+  measure table traces/data/digits-cpu
+  measure table traces/data/digits-cpu-backends --by-backend --markdown
+  measure table traces/data/sst2-cpu --batch-sizes 1,8,32
+
+Per variant: the median of the runs timed at each batch size (blank where none was), how many
+runs that is, and the accuracy on the held-out split. --by-backend puts each model and
+precision's backends side by side (eager PyTorch, TorchScript, ONNX Runtime).""",
     "serve": """examples:
   measure serve examples/demo.toml
   measure serve examples/demo.toml --seeds 1-3 --out runs/demo-real --force
@@ -263,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     profiled.add_argument("--out", metavar="FILE.csv", help="also write every row as CSV (atomically)")
     profiled.add_argument("--force", action="store_true", help="replace an earlier CSV of this command at --out")
     profiled.set_defaults(func=lambda a, argv: layers.run(a))
+    table = _sub("table", "print a bundle's median latencies and accuracy per variant, or per backend side by side")
+    table.add_argument("bundle", help="the bundle directory")
+    table.add_argument("--batch-sizes", default="1,8", help="the batch sizes of the latency columns (default 1,8)")
+    table.add_argument("--by-backend", action="store_true", help="one row per model and precision, backends side by side")
+    table.add_argument("--markdown", action="store_true", help="a Markdown table")
+    table.set_defaults(func=lambda a, argv: _tables().run(a))
     serve = _sub("serve", "run a scenario on real model replicas; writes the simulator's run output")
     serve.add_argument("scenario", help="the scenario file (TOML), as `simulate run` takes it")
     serve.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -278,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "replicas on the others)")
     serve.set_defaults(func=lambda a, argv: cmd_serve(a))
     return parser
+
+
+def _tables():
+    from . import tables
+
+    return tables
 
 
 def _with_extra(call):

@@ -1,0 +1,64 @@
+"""`measure table`: a bundle's medians and accuracy per variant, and per backend side by side."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from measure.cli import main
+from measure.tables import backend_rows, variant_rows
+from traces.bundle import TraceBundle
+
+# m/fp32 under eager and ONNX Runtime at batch 1 and 8; m/int8 eager only, at batch 1 only
+RUNS_MS = {("m/fp32/cpu", 1): [1.0, 3.0, 2.0], ("m/fp32/cpu", 8): [5.0, 4.0, 6.0, 7.0],
+           ("m/fp32/cpu/onnxruntime", 1): [0.5, 0.7, 0.6], ("m/fp32/cpu/onnxruntime", 8): [1.0, 2.0, 3.0],
+           ("m/int8/cpu", 1): [1.5, 1.5, 1.5]}
+CORRECT = {"m/fp32/cpu": [True, True, False, True], "m/fp32/cpu/onnxruntime": [True, False, False, True],
+           "m/int8/cpu": [True, True, True, True]}
+
+
+@pytest.fixture
+def bundle_dir(tmp_path):
+    service = pd.DataFrame([(v, "m", v.split("/")[1], "cpu", b, ms) for (v, b), values in RUNS_MS.items() for ms in values],
+                           columns=["variant", "model", "precision", "device", "batch_size", "latency_ms"])
+    predictions = pd.DataFrame([(v, s, 0, 0 if ok else 1, 0.9, ok) for v, oks in CORRECT.items() for s, ok in enumerate(oks)],
+                               columns=["variant", "sample_id", "label", "pred", "confidence", "correct"])
+    return TraceBundle(meta={"name": "t", "units": {"latency": "ms"}}, service=service,
+                       predictions=predictions).save(tmp_path / "t", fmt="csv")
+
+
+def test_variant_rows_are_medians_of_the_measured_runs(bundle_dir):
+    rows = {r["variant"]: r for r in variant_rows(TraceBundle.load(bundle_dir), (1, 8))}
+    fp32 = rows["m/fp32/cpu"]
+    assert fp32["p50_b1_ms"] == pytest.approx(2.0) and fp32["runs_b1"] == 3
+    assert fp32["p50_b8_ms"] == pytest.approx(5.5) and fp32["runs_b8"] == 4   # median of an even count
+    assert fp32["accuracy"] == pytest.approx(0.75)
+    int8 = rows["m/int8/cpu"]
+    assert int8["p50_b8_ms"] is None and int8["runs_b8"] == 0   # not measured: blank, not interpolated
+    assert rows["m/fp32/cpu/onnxruntime"]["accuracy"] == pytest.approx(0.5)
+
+
+def test_backend_rows_put_each_backend_of_a_model_and_precision_side_by_side(bundle_dir):
+    backends, rows = backend_rows(TraceBundle.load(bundle_dir), (1, 8))
+    assert backends == ["eager", "onnxruntime"]
+    by_key = {(r["model"], r["precision"]): r["by"] for r in rows}
+    assert set(by_key) == {("m", "fp32"), ("m", "int8")}
+    assert by_key[("m", "fp32")]["onnxruntime"]["p50_b8_ms"] == pytest.approx(2.0)
+    assert set(by_key[("m", "int8")]) == {"eager"}
+
+
+def test_the_command_prints_markdown_and_refuses_bad_input(bundle_dir, tmp_path, capsys):
+    assert main(["table", str(bundle_dir), "--by-backend", "--markdown"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == ("| model | precision | p50 b1 eager | p50 b1 onnxruntime | p50 b8 eager | p50 b8 onnxruntime "
+                        "| accuracy eager / onnxruntime |")
+    assert "| m | fp32 | 2.000 | 0.600 | 5.500 | 2.000 | 0.7500 / 0.5000 |" in lines
+    assert "| m | int8 | 1.500 | - | - | - | 1.0000 / - |" in lines
+    assert main(["table", str(bundle_dir), "--batch-sizes", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "p50 batch 8 (ms)" in out and "p50 batch 1" not in out
+    assert main(["table", str(tmp_path / "missing")]) == 2
+    assert "is not a trace bundle" in capsys.readouterr().err
+    assert main(["table", str(bundle_dir), "--batch-sizes", "0,8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--batch-sizes" in err[0]
