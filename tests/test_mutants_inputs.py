@@ -175,3 +175,27 @@ def test_the_largest_int64_count_is_valid_and_not_blamed_for_the_one_past_it(tmp
         Replay(path, format="counts")
     assert info.value.where == f"{path} value 3"
     assert info.value.problem == f"expected a non-negative integer count, got '{largest + 1}'"
+
+
+@pytest.mark.parametrize("kwargs, where, problem", [
+    ({"start_s": [1, 2]}, "s.length_s", "is required with a list of starts (each window's length)"),
+    ({"start_s": [], "length_s": 2}, "s.start_s", "needs at least one start"),
+    ({"start_s": [1], "length_s": 2.5}, "s.length_s", "must be whole seconds for a counts trace, got 2.5"),
+    ({"start_s": [1, "x"], "length_s": 2}, "s.start_s[1]", "must be a number >= 0, got 'x'"),
+    ({"start_s": [0, 1.5], "length_s": 2}, "s.start_s[1]",
+     "window [1.5, 3.5) s must start on a whole second and lie inside the trace span of 8 s in {path}"),
+    ({"start_s": [7], "length_s": 2}, "s.start_s[0]",
+     "window [7, 9) s must start on a whole second and lie inside the trace span of 8 s in {path}"),
+])
+def test_each_refusal_of_a_list_of_windows_names_its_field_and_what_is_expected(tmp_path, kwargs, where, problem):
+    """The joined replay's refusals, word for word: the field (the list itself, or the one window
+    at fault) and what it must be, with the window worked out from the start and the length."""
+    path = _counts_trace(tmp_path, [10 + i for i in range(8)])
+    with pytest.raises(InputError) as info:
+        Replay(path, where="s", **kwargs)
+    assert (info.value.where, info.value.problem) == (where, problem.format(path=path))
+
+
+def test_a_window_that_ends_exactly_at_the_trace_end_is_accepted(tmp_path):
+    joined = Replay(_counts_trace(tmp_path, [10 + i for i in range(8)]), start_s=[6, 0], length_s=2)
+    assert joined.counts.tolist() == [16, 17, 10, 11]
