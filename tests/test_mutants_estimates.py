@@ -28,7 +28,8 @@ import pytest
 from scipy import integrate, optimize, stats
 
 from policies.base import Route
-from policies.estimates import _POINTS, _TOLERANCE, DeploymentModel, TrafficMeter, _service, formed_batch_size, route_shares
+from policies.estimates import (_POINTS, _TOLERANCE, DeploymentModel, TrafficMeter, _service, formed_batch_size,
+                                 route_shares, steady_latency_ms)
 from policy_fakes import FakeView
 from traces.profiles import LatencyProfile, PredictionTable
 
@@ -200,3 +201,43 @@ def test_a_fresh_model_plans_an_idle_deployment_at_its_percentile():
     assert (model.batch, model.rate_rps, model.timeout_ms, model.limit) == (1.0, 0.0, 0.0, 4)
     assert model.by_size_ms == [float(np.percentile(np.arange(1.0, 101.0), 90.0))] * 4
     assert model.service_ms == model.by_size_ms[0]
+
+
+def _steady_by_hand(samples_ms, rate_rps: float, replicas: int, max_batch: int, timeout_ms: float) -> float:
+    """``steady_latency_ms``'s docstring for a service the same at every size: the p95 service times
+    (1 + P / 2 + rho / (1 - rho) / R), plus the fill time with chance 1 - P, where P = U^R, U the busy
+    share at the formed batch b (lambda m / (R b)), rho the load at full batches (lambda m / (R B))."""
+    profile = _flat(samples_ms, max_batch)
+    mean_ms = float(np.mean(samples_ms))
+    rho = rate_rps * mean_ms / 1000.0 / (max_batch * replicas)
+    b = formed_batch_size(profile, rate_rps, replicas, max_batch, timeout_ms)   # pinned above on its own
+    every_busy = min(1.0, rate_rps * mean_ms / 1000.0 / (b * replicas)) ** replicas
+    fill_ms = min(timeout_ms, (b - 1.0) / rate_rps * 1000.0) if rate_rps > 0 and b > 1 else 0.0
+    p95 = float(np.percentile(samples_ms, 95))
+    return p95 * (1.0 + 0.5 * every_busy + rho / (1.0 - rho) / replicas) + (1.0 - every_busy) * fill_ms
+
+
+@pytest.mark.parametrize("rate_rps, replicas, timeout_ms, batch_between", [
+    (150.0, 1, 5.0, (1.5, 2.0)),        # a batch between 1 and 2 still waits its fill
+    (300.0, 2, 5.0, (2.0, 3.0)),
+    (0.5, 1, 10_000.0, (5.0, 6.0)),      # under one request a second, a long timeout forms batches
+    (0.0, 1, 5.0, (1.0, 1.0)),          # no traffic: the batch of one and no fill
+])
+def test_the_steady_latency_is_its_docstrings_formula(rate_rps, replicas, timeout_ms, batch_between):
+    samples = [2.0, 4.0, 6.0, 8.0]
+    profile = _flat(samples)
+    b = formed_batch_size(profile, rate_rps, replicas, 8, timeout_ms)
+    assert batch_between[0] <= b <= batch_between[1]
+    want = _steady_by_hand(samples, rate_rps, replicas, 8, timeout_ms)
+    assert steady_latency_ms(profile, rate_rps, replicas, 8, timeout_ms) == pytest.approx(want, rel=1e-12)
+    # the default percentile is the 95th: the 96th differs for these samples
+    assert profile.percentile_ms(1, 95) == pytest.approx(np.percentile(samples, 95))
+    assert profile.percentile_ms(1, 96) != pytest.approx(profile.percentile_ms(1, 95))
+
+
+def test_the_steady_latency_is_infinite_without_replicas_or_past_capacity():
+    profile = _flat([2.0, 4.0, 6.0, 8.0])
+    assert steady_latency_ms(profile, 100.0, 0, 8, 5.0) == math.inf
+    capacity = 8 * 1000.0 / 5.0   # one replica, batches of 8 taking 5 ms on average
+    assert steady_latency_ms(profile, capacity, 1, 8, 5.0) == math.inf
+    assert math.isfinite(steady_latency_ms(profile, capacity * 0.99, 1, 8, 5.0))
