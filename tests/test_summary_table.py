@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from traces.summary import COLUMNS, route_hops_of, summarize, summary_table
+from traces.summary import COLUMNS, legend, route_hops_of, summarize, summary_table
 
 
 def _summary(seed, requests, dropped, hit, acc, ontime, p50, p95, p99, tput, batch, cost) -> dict:
@@ -113,3 +113,14 @@ def test_a_whole_table_is_summarised_with_the_routes_it_went_or_those_it_is_told
     assert found["accuracy"] == pytest.approx(2 / 3) and found["ontime_accuracy"] == 0.5
     told = summarize(_requests(), route_hops={"x>y": 2}, **kwargs)
     assert told["cascade"] == {"x>y": {"hop0": {"reached": 1, "passed_on": 0, "passed_on_share": 0.0}}}
+
+
+def test_the_legend_states_the_published_definitions_word_for_word():
+    """What is printed under every summary table is the definitions the README publishes: a change
+    of wording here is a change of what we tell users the numbers mean, so it is made on purpose."""
+    one = ("hit: share of measured arrivals (those arriving in [warmup_s, duration_s)) completed by their deadline\n"
+           "acc: correct / completed; ontime: correct and on time / measured arrivals; p50/p95/p99 ms: latency\n"
+           "of completed requests; rps: completions per second; batch: mean batch size; cost: replica-hours x\n"
+           "price_per_replica_hour (price units)")
+    assert legend() == legend(1) == one
+    assert legend(2) == one + "\n±: the 95% Student-t half-width of the mean over seeds"
