@@ -118,6 +118,7 @@ class Batcher:
         self.enqueued = 0  # requests that joined this line, ever (the autoscalers' arrival rate)
         self.recent: deque = owner.recent  # the deployment's recent batches
         self._timer_s = math.inf  # when the batching wait's timer is set for (inf: none)
+        self._expired: list[tuple[int, str]] = []  # dropped while a batch formed, not yet reported
         self.charge = getattr(queue, "served", None)  # a fair queue charges each batch's service
         self.expire = getattr(queue, "expire", None) if getattr(queue, "_timeouts", None) else None
 
@@ -223,18 +224,30 @@ class Batcher:
                         self._timer_s = now + (ready_s - now)
                         self.executor.call_at(self._timer_s, self._timer_fired)
                     return
-            batch = take_batch(queue, max_b, now, self._expiry, self.sink.drop if self.charge is None else self._refunded)
+            batch = take_batch(queue, max_b, now, self._expiry, self._drop_later)
             if batch:
                 replica = free.pop()
                 self.sink.batch_started(self.deployment, batch, now, replica.index)
                 replica.batch = batch
                 replica.started_s = now
                 self.executor.start_batch(replica, batch, now)
+            if self._expired:
+                self._report_expired(now)
 
-    def _refunded(self, request: int, now: float, reason: str) -> None:
-        """Drop a request a fair queue handed out but nobody served: its charge is taken back."""
-        self.queue.refund((request,))
-        self.sink.drop(request, now, reason)
+    def _drop_later(self, request: int, now: float, reason: str) -> None:
+        """``take_batch``'s drop of an expired request: a fair queue's charge is taken back at once
+        (its next pick depends on it); the drop is reported once the batch has its replica
+        (``_report_expired``). Reporting it may free a tenant's place under a quota, and the held
+        request that takes it joins this very queue: reported mid-batch, that re-entered ``dispatch``,
+        which gave the free replica away under the batch being formed."""
+        if self.charge is not None:
+            self.queue.refund((request,))
+        self._expired.append((request, reason))
+
+    def _report_expired(self, now: float) -> None:
+        expired, self._expired = self._expired, []
+        for request, reason in expired:
+            self.sink.drop(request, now, reason)
 
     def _timer_fired(self, _event: object = None) -> None:
         now = self.executor.now()
