@@ -319,3 +319,44 @@ def test_an_expired_request_frees_its_place_for_a_held_one():
     # a place freed by an expiry is taken at the expiry's instant (the drop happens when a batch forms)
     batch_starts = set(requests["hop0_start_s"].dropna())
     assert late["hop0_enqueue_s"].isin(batch_starts).sum() > 10
+
+
+class _Recorder(Policy):
+    """Routes everything to the one deployment and records what it was shown of each request."""
+
+    name = "test-tenant-recorder"
+    seen: list = []
+
+    def setup(self, view):
+        self._route = Route.single(view.deployments[0])
+        _Recorder.seen = []
+
+    def route(self, request, view):
+        _Recorder.seen.append((request.id, request.arrival_s, request.deadline_ms, request.sample_index, request.tenant,
+                               view.now_s, view.arrival_rate_rps(0.25)))
+        return self._route
+
+
+def test_a_policy_sees_each_tenant_request_as_it_is_and_every_arrival_before_it():
+    """What ``route`` is shown under tenants: the request's own id, arrival time, deadline, sample and
+    tenant, and a view whose arrival rate counts every arrival up to and including this one (the
+    rate-limited ones too, which are never routed)."""
+    policies.register(_Recorder)
+    raw = tenants_scenario([tenant("a", 200.0, rate_limit={"rate_rps": 100.0, "burst": 2}),
+                            tenant("b", 80.0, deadline_ms=[20.0, 200.0], weights=[1, 1])],
+                           policy={"name": "test-tenant-recorder"}, duration_s=2.0)
+    requests, _ = run(raw)
+    seen = pd.DataFrame(_Recorder.seen, columns=["id", "arrival_s", "deadline_ms", "sample", "tenant", "now_s", "rate"])
+    requests = requests.reset_index(drop=True)   # one row per request, in id order
+    routed = requests.index[requests["drop_reason"] != "rate_limited"]
+    assert len(requests) - len(routed) > 20 and seen["id"].tolist() == routed.tolist()
+    assert (seen["arrival_s"].to_numpy() == requests.loc[routed, "arrival_s"].to_numpy()).all()
+    assert (seen["deadline_ms"].to_numpy() == requests.loc[routed, "deadline_ms"].to_numpy()).all()
+    assert (seen["tenant"].to_numpy() == requests.loc[routed, "tenant"].to_numpy()).all()
+    assert all(isinstance(s, (int, np.integer)) and s >= 0 for s in seen["sample"])
+    assert (seen["now_s"] == seen["arrival_s"]).all()
+    arrivals = requests["arrival_s"].to_numpy()
+    for i, now, rate in seen[["id", "now_s", "rate"]].itertuples(index=False):
+        span = min(0.25, now)
+        first = np.searchsorted(arrivals[: i + 1], now - span, side="left")
+        assert span <= 0 or rate == pytest.approx((i + 1 - first) / span, abs=1e-9)
