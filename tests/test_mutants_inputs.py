@@ -199,3 +199,15 @@ def test_each_refusal_of_a_list_of_windows_names_its_field_and_what_is_expected(
 def test_a_window_that_ends_exactly_at_the_trace_end_is_accepted(tmp_path):
     joined = Replay(_counts_trace(tmp_path, [10 + i for i in range(8)]), start_s=[6, 0], length_s=2)
     assert joined.counts.tolist() == [16, 17, 10, 11]
+
+
+def test_each_arrival_process_shows_its_settings_in_its_repr(tmp_path):
+    """What error messages and run listings show of a scenario's arrivals."""
+    from traces.arrivals import Bursty, Piecewise, Poisson
+
+    assert repr(Poisson(200.0)) == "Poisson(rate_rps=200.0)"
+    assert repr(Bursty([5.0, 50.0], [2.0, 0.5])) == "Bursty(rates_rps=[5.0, 50.0], mean_dwell_s=[2.0, 0.5])"
+    assert repr(Piecewise([10.0, 20.0], 1.5)) == "Piecewise(rates_rps=[10.0, 20.0], interval_s=1.5, repeat=True)"
+    path = _counts_trace(tmp_path, [1, 2, 3])
+    assert repr(Replay(path, start_s=1, length_s=2)) == (
+        f"Replay(path={path!r}, format='counts', start_s=1.0, length_s=2.0, rate_scale=1.0)")

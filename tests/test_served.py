@@ -192,3 +192,16 @@ def test_sizes_the_timeline_lacks_are_drawn_by_the_fallback_with_their_time_and_
     assert replay.draw_s(2) == twin.draw_s(2, 0.0, 0.0)  # no time, no idleness
     for now_s, idle_s in ((0.05, 0.0), (0.30, 0.005), (0.31, 0.02), (0.90, 0.0), (0.91, 0.001)):
         assert replay.draw_s(2, now_s, idle_s) == twin.draw_s(2, now_s, idle_s)
+
+
+def test_a_timeline_sampler_grows_its_fallback_with_the_batch():
+    """A plan that raises the batch cap past the timeline's sizes: the fallback is grown to it."""
+    class Fallback:
+        grown: list[int] = []
+
+        def ensure_batch(self, max_batch_size):
+            self.grown.append(max_batch_size)
+
+    fallback = Fallback()
+    _timeline_sampler(fallback).ensure_batch(12)
+    assert fallback.grown == [12]
