@@ -113,3 +113,28 @@ def test_a_tenants_quota_leaves_the_cascade_on_live_confidence():
     confident = np.array(CONF)[done["sample_id"].astype(int).to_numpy()] >= THRESHOLD
     assert confident.any() and (~confident).any()
     assert (done["hops"].to_numpy() == np.where(confident, 1, 2)).all()
+
+
+def test_the_real_server_waits_for_the_last_arrival_and_no_longer(tmp_path):
+    """Two arrivals (0 and 0.25 s) on a 300 ms service: when the arrivals are all dispatched the
+    last one is still in service, and the server waits for it (it completes, not "unfinished"),
+    then stops at once rather than after its 30 s stall limit."""
+    import time
+
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"t": [0.0, 0.25, 0.6]}).to_csv(path, index=False)   # 0.6 only ends the window
+    raw = {"duration_s": 0.5, "arrivals": {"kind": "replay", "path": str(path), "length_s": 0.5},
+           "requests": {"deadline_ms": 1e4}, "policy": {"name": "static"},
+           "deployments": [{"name": "slow", "service": {"kind": "deterministic", "mean_ms": 300.0}}]}
+    from measure.server import parametric_runners
+
+    scenario = scenario_from_dict(raw)
+    server = Server(dataclasses.replace(scenario, seed=1), policies.create("static", {}),
+                    parametric_runners(scenario, 1), seed=1, labels=None,
+                    profiles=check_against_bundle(scenario).profiles, predictions=None)
+    started = time.perf_counter()
+    requests = server.run().to_pandas()   # sleeping runners: each batch takes its 300 ms
+    elapsed_s = time.perf_counter() - started
+    assert len(requests) == 2 and requests["finish_s"].notna().all()
+    assert (requests["drop_reason"].fillna("") == "").all()
+    assert elapsed_s < 15.0   # the run takes about 0.6 s; a phantom open request would hold it 30 s
