@@ -360,3 +360,18 @@ def test_a_policy_sees_each_tenant_request_as_it_is_and_every_arrival_before_it(
         span = min(0.25, now)
         first = np.searchsorted(arrivals[: i + 1], now - span, side="left")
         assert span <= 0 or rate == pytest.approx((i + 1 - first) / span, abs=1e-9)
+
+
+def test_without_tenants_a_routing_policy_sees_every_arrival_before_it():
+    policies.register(_Recorder)
+    raw = {"seed": 3, "duration_s": 2.0, "arrivals": {"kind": "poisson", "rate_rps": 150.0},
+           "requests": {"deadline_ms": 100.0}, "deployments": [{"name": "m", "service": SERVICE}],
+           "policy": {"name": "test-tenant-recorder"}}
+    requests, _ = run(raw)
+    seen = pd.DataFrame(_Recorder.seen, columns=["id", "arrival_s", "deadline_ms", "sample", "tenant", "now_s", "rate"])
+    assert seen["id"].tolist() == list(range(len(requests))) and seen["tenant"].isna().all()
+    arrivals = requests["arrival_s"].to_numpy()
+    for i, now, rate in seen[["id", "now_s", "rate"]].itertuples(index=False):
+        span = min(0.25, now)
+        first = np.searchsorted(arrivals[: i + 1], now - span, side="left")
+        assert span <= 0 or rate == pytest.approx((i + 1 - first) / span, abs=1e-9)
