@@ -28,8 +28,8 @@ import pytest
 from scipy import integrate, optimize, stats
 
 from policies.base import Route
-from policies.estimates import (_POINTS, _TOLERANCE, DeploymentModel, TrafficMeter, _service, formed_batch_size,
-                                 route_shares, steady_latency_ms)
+from policies.estimates import (_POINTS, _TOLERANCE, DeploymentModel, TrafficMeter, _service, capacity_rps,
+                                 formed_batch_size, route_shares, steady_latency_ms)
 from policy_fakes import FakeView
 from traces.profiles import LatencyProfile, PredictionTable
 
@@ -241,3 +241,11 @@ def test_the_steady_latency_is_infinite_without_replicas_or_past_capacity():
     capacity = 8 * 1000.0 / 5.0   # one replica, batches of 8 taking 5 ms on average
     assert steady_latency_ms(profile, capacity, 1, 8, 5.0) == math.inf
     assert math.isfinite(steady_latency_ms(profile, capacity * 0.99, 1, 8, 5.0))
+
+
+def test_capacity_is_full_batches_back_to_back_on_every_live_replica():
+    profile = _flat([2.0, 4.0, 6.0, 8.0])   # a batch of any size takes 5 ms on average
+    assert capacity_rps(profile, 3, 8) == pytest.approx(3 * 8 * 1000.0 / 5.0)
+    assert capacity_rps(profile, 1, 4) == pytest.approx(4 * 1000.0 / 5.0)
+    assert capacity_rps(profile, 2, 64) == pytest.approx(2 * 8 * 1000.0 / 5.0)   # the profile covers sizes up to 8
+    assert capacity_rps(profile, 0, 8) == 0.0
