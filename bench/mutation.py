@@ -17,7 +17,10 @@ Survivors are listed by name; ``mutmut show NAME`` prints one as a diff. Each on
 a new test or listed as equivalent (no test could tell it apart), with the reason, in
 ``docs/mutation-equivalents.toml`` (the ledger this script reads; ``docs/mutation.md`` tells the
 story). The report then says how many survivors are listed and names those that are not, and gives
-the score over the mutants that are not equivalent beside the plain one.
+the score over the mutants that are not equivalent beside the plain one. mutmut numbers a function's
+mutants in order, so editing a function renumbers them: its ledger entries must be checked again
+against ``mutmut show`` (the report counts entries that are no longer survivors; an entry that now
+names another survivor it cannot see).
 ``make mutation`` runs this script. mutmut works in ``mutants/`` (a copy of the tree it writes itself).
 """
 
@@ -143,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which(mutmut()[0]) is None and not Path(mutmut()[0]).exists():
         print("error: mutmut is not installed: pip install -e '.[dev]'", file=sys.stderr)
         return 2
+    try:  # read first: a malformed ledger is refused before hours of mutants, not after them
+        equivalent = equivalents()
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not args.report:
         # mutmut runs the tests from its copy of the tree (mutants/), where ../shared is not beside
         # them: name it, or every test on the real traces would skip and their mutants survive
@@ -153,11 +161,6 @@ def main(argv: list[str] | None = None) -> int:
         if run.returncode != 0:
             print(f"error: mutmut run exited with {run.returncode}", file=sys.stderr)
             return run.returncode
-    try:
-        equivalent = equivalents()
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     table = scores(results(), equivalent)
     print(render(table, equivalent))
     if args.survivors:

@@ -211,10 +211,12 @@ def code_digest(name: str) -> str:
 
 @functools.lru_cache(maxsize=None)
 def _files_digest(directory: str) -> str:
-    """A digest of every file in a bundle directory (its tables and ``bundle.json``)."""
+    """A digest of the tables of a bundle that a run reads (latencies, predictions, start-ups), not
+    of its metadata or of tables these runs do not read, so that rewriting a bundle with the same
+    measurements reruns nothing."""
     digest = hashlib.sha256()
     for path in sorted(Path(directory).iterdir()):
-        if path.is_file():
+        if path.is_file() and path.name.split(".")[0] in ("service", "predictions", "startup"):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 

@@ -2,8 +2,9 @@
 accuracy; and the same side by side per backend, the serving-stack comparison (eager PyTorch,
 TorchScript, ONNX Runtime) the README and docs/bundles.md print.
 
-Medians are of the measured runs at that size (``LatencyProfile.percentile_ms``); a size that was
-not measured is left blank rather than interpolated, since these tables report measurements.
+Medians are of the runs measured back to back at that size (the shortest idle gap the bundle
+timed, as ``LatencyProfile.percentile_ms`` reads them), and the run count is of those runs; a size
+that was not measured is left blank rather than interpolated, since these tables report measurements.
 Accuracy is the mean of ``correct`` over the held-out split's predictions of that variant.
 
     measure table traces/data/digits-cpu
@@ -31,12 +32,12 @@ def variant_rows(bundle: TraceBundle, batch_sizes: tuple[int, ...] = (1, 8)) -> 
     rows = []
     for variant in bundle.variants:
         profile = LatencyProfile.from_bundle(bundle, variant)
-        runs = bundle.service.loc[bundle.service["variant"] == variant, "batch_size"].value_counts()
+        samples = bundle.latency_samples(variant)   # the back-to-back runs (shortest idle gap): the median's
         row: dict = {"variant": variant}
         for b in batch_sizes:
             measured = b in profile.measured_batch_sizes
             row[f"p50_b{b}_ms"] = profile.percentile_ms(b, 50) if measured else None
-            row[f"runs_b{b}"] = int(runs.get(b, 0))
+            row[f"runs_b{b}"] = int(samples[b].size) if b in samples else 0
         correct = predictions.loc[predictions["variant"] == variant, "correct"] if len(predictions) else []
         row["accuracy"] = float(correct.mean()) if len(correct) else None
         rows.append(row)

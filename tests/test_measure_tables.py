@@ -62,3 +62,12 @@ def test_the_command_prints_markdown_and_refuses_bad_input(bundle_dir, tmp_path,
     assert main(["table", str(bundle_dir), "--batch-sizes", "0,8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--batch-sizes" in err[0]
+
+
+def test_with_idle_gaps_the_median_and_its_count_are_of_the_back_to_back_runs(tmp_path):
+    rows = [("m/fp32/cpu", "m", "fp32", "cpu", 1, ms, gap) for ms, gap in
+            ((1.0, 0.0), (2.0, 0.0), (3.0, 0.0), (10.0, 50.0), (11.0, 50.0), (12.0, 50.0))]
+    service = pd.DataFrame(rows, columns=["variant", "model", "precision", "device", "batch_size", "latency_ms", "idle_ms"])
+    bundle = TraceBundle(meta={"name": "g", "units": {"latency": "ms"}}, service=service, predictions=pd.DataFrame())
+    (row,) = variant_rows(bundle, (1,))
+    assert row["p50_b1_ms"] == pytest.approx(2.0) and row["runs_b1"] == 3 and row["accuracy"] is None

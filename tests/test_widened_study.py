@@ -159,8 +159,13 @@ def test_a_remeasured_bundle_changes_the_cache_key(widened, tmp_path):
     before = widened.cache_key(raw, policy, 1)
     assert widened.cache_key(raw, policy, 1) == before
     meta = json.loads((copy / "bundle.json").read_text())
-    (copy / "bundle.json").write_text(json.dumps({**meta, "created_at": "re-measured"}))
+    (copy / "bundle.json").write_text(json.dumps({**meta, "created_at": "rewritten"}))   # metadata only
     widened._files_digest.cache_clear()   # a new process starts with both empty
+    widened._DATA_DIGESTS.clear()
+    assert widened.cache_key(raw, policy, 1) == before
+    service = next(copy.glob("service.*"))
+    service.write_bytes(service.read_bytes() + b"\n")   # a re-measured table
+    widened._files_digest.cache_clear()
     widened._DATA_DIGESTS.clear()
     assert widened.cache_key(raw, policy, 1) != before
 
