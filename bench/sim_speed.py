@@ -4,9 +4,9 @@ Canonical scenario: Poisson arrivals at 80% of capacity, 4 replicas, dynamic bat
 a 2 ms wait, service times drawn by the measured-variant sampler from a latency table shaped like
 a small CNN on CPU (lognormal, 1.5 ms + 0.35 ms per extra item, cv 0.08). The table is synthetic on
 purpose: this benchmark times the engine, not a model. Then M/M/4 at rho = 0.8 (mean service 2 ms)
-in our engine and in ciw, same arrivals count, one core each, and the barest M/M/4 loops on
-SimPy and on heapq alone (``time_bare_loops``), the scale the ratio to ciw is read against. The canonical scenario is also
-timed end to end as ``simulate run`` pays it (workload, simulation, summary, run output written),
+in our engine and in ciw, same arrivals count, one core each, and bare M/M/4 loops on SimPy and
+on heapq alone (``time_bare_loops``), the scale the ratio to ciw is read against. The canonical
+scenario is also timed end to end as ``simulate run`` pays it (workload, simulation, summary, run output written),
 the figure to compare across versions: since the request log streams, ``Simulation.run`` itself
 includes writing the requests to Parquet, which used to come after it.
 
@@ -215,8 +215,8 @@ def main() -> None:
     print(f"M/M/4 rho=0.8, {n} customers: engine {ours:.2f} us, ciw {theirs:.2f} us per customer; "
           f"engine is {theirs / ours:.1f}x faster")
     simpy_loop_us, heap_loop_us = time_bare_loops(mm4_rate, mean_ms / 1000.0, n, args.repeats)
-    print(f"M/M/4 bare loops, nothing logged or decided: on SimPy {simpy_loop_us:.2f} us ({theirs / simpy_loop_us:.1f}x ciw), "
-          f"on heapq {heap_loop_us:.2f} us; 8x ciw would be {theirs / 8:.2f} us, "
+    print(f"M/M/4 bare loops, nothing logged or decided: on SimPy {simpy_loop_us:.2f} us "
+          f"({theirs / simpy_loop_us:.1f}x ciw), on heapq {heap_loop_us:.2f} us; 8x ciw would be {theirs / 8:.2f} us, "
           f"{theirs / 8 / simpy_loop_us:.2f}x the bare SimPy loop")
 
 

@@ -19,9 +19,11 @@ CORRECT = {"m/fp32/cpu": [True, True, False, True], "m/fp32/cpu/onnxruntime": [T
 
 @pytest.fixture
 def bundle_dir(tmp_path):
-    service = pd.DataFrame([(v, "m", v.split("/")[1], "cpu", b, ms) for (v, b), values in RUNS_MS.items() for ms in values],
+    service = pd.DataFrame([(v, "m", v.split("/")[1], "cpu", b, ms)
+                            for (v, b), values in RUNS_MS.items() for ms in values],
                            columns=["variant", "model", "precision", "device", "batch_size", "latency_ms"])
-    predictions = pd.DataFrame([(v, s, 0, 0 if ok else 1, 0.9, ok) for v, oks in CORRECT.items() for s, ok in enumerate(oks)],
+    predictions = pd.DataFrame([(v, s, 0, 0 if ok else 1, 0.9, ok)
+                                for v, oks in CORRECT.items() for s, ok in enumerate(oks)],
                                columns=["variant", "sample_id", "label", "pred", "confidence", "correct"])
     return TraceBundle(meta={"name": "t", "units": {"latency": "ms"}}, service=service,
                        predictions=predictions).save(tmp_path / "t", fmt="csv")
@@ -67,7 +69,8 @@ def test_the_command_prints_markdown_and_refuses_bad_input(bundle_dir, tmp_path,
 def test_with_idle_gaps_the_median_and_its_count_are_of_the_back_to_back_runs(tmp_path):
     rows = [("m/fp32/cpu", "m", "fp32", "cpu", 1, ms, gap) for ms, gap in
             ((1.0, 0.0), (2.0, 0.0), (3.0, 0.0), (10.0, 50.0), (11.0, 50.0), (12.0, 50.0))]
-    service = pd.DataFrame(rows, columns=["variant", "model", "precision", "device", "batch_size", "latency_ms", "idle_ms"])
+    service = pd.DataFrame(rows, columns=["variant", "model", "precision", "device", "batch_size", "latency_ms",
+                                          "idle_ms"])
     bundle = TraceBundle(meta={"name": "g", "units": {"latency": "ms"}}, service=service, predictions=pd.DataFrame())
     (row,) = variant_rows(bundle, (1,))
     assert row["p50_b1_ms"] == pytest.approx(2.0) and row["runs_b1"] == 3 and row["accuracy"] is None

@@ -61,7 +61,8 @@ def test_the_ledger_is_read_and_a_bad_entry_is_named(mutation, tmp_path):
     assert mutation.equivalents(good) == {"a.x_f__mutmut_1": "same value", "a.x_f__mutmut_2": "same value"}
     assert mutation.equivalents(tmp_path / "none.toml") == {}
     bad = tmp_path / "bad.toml"
-    bad.write_text('[[equivalent]]\nmutants = ["a.x_f__mutmut_1"]\nwhy = "ok"\n[[equivalent]]\nmutants = []\nwhy = "x"\n')
+    bad.write_text('[[equivalent]]\nmutants = ["a.x_f__mutmut_1"]\nwhy = "ok"\n'
+                   '[[equivalent]]\nmutants = []\nwhy = "x"\n')
     with pytest.raises(ValueError, match=r"equivalent\[1\] needs a non-empty list 'mutants'"):
         mutation.equivalents(bad)
 
