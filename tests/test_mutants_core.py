@@ -19,7 +19,7 @@ import pytest
 
 import policies
 from conftest import FAST_MS, SLOW_MS, ScriptedExecutor, replay_arrivals, simulate
-from policies.base import PlanAction, Policy, Route
+from policies.base import PlanAction, Policy, Reject, Route
 
 SERVICE_S = 1 / 64  # a deterministic batch service time that is an exact binary fraction
 SERVICE = {"kind": "deterministic", "mean_ms": SERVICE_S * 1000.0}
@@ -154,6 +154,32 @@ def test_a_policy_routes_on_the_sample_each_request_carries(tiny_bundle, monkeyp
     sample = requests["sample_id"].astype(int)
     assert set(sample) == {0, 1, 2, 3} and len(requests) > 40
     assert (requests["hop0_deployment"] == np.where(sample % 2 == 0, "fast", "slow")).all()
+
+
+class _RejectOdd(Policy):
+    """Test policy: a request with an odd id is refused at arrival, with its own reason."""
+
+    name = "test-reject-odd"
+
+    def setup(self, view):
+        self._route, self._reject = Route.single("m"), Reject("odd id")
+
+    def route(self, request, view):
+        return self._reject if request.id % 2 else self._route
+
+
+def test_a_refused_request_ends_at_its_arrival_with_the_policys_reason(tmp_path, monkeypatch):
+    monkeypatch.setitem(policies.registry._REGISTRY, _RejectOdd.name, _RejectOdd)
+    raw = {"duration_s": 2.0, "arrivals": {"kind": "poisson", "rate_rps": 50.0}, "requests": {"deadline_ms": 1e4},
+           "deployments": [{"name": "m", "service": {"kind": "deterministic", "mean_ms": 1.0}}],
+           "policy": {"name": _RejectOdd.name}}
+    requests, summary = simulate(raw, seed=2)
+    odd = (np.arange(len(requests)) % 2).astype(bool)
+    assert len(requests) > 60
+    assert (requests.loc[odd, "drop_reason"] == "odd id").all() and requests.loc[odd, "dropped"].all()
+    assert (requests.loc[odd, "hops"] == 0).all() and requests.loc[odd, "hop0_deployment"].isna().all()
+    assert not requests.loc[~odd, "dropped"].any() and requests.loc[~odd, "finish_s"].notna().all()
+    assert summary["dropped_by_reason"] == {"odd id": int(odd.sum())}
 
 
 class _ToM(Policy):

@@ -249,3 +249,10 @@ def test_capacity_is_full_batches_back_to_back_on_every_live_replica():
     assert capacity_rps(profile, 1, 4) == pytest.approx(4 * 1000.0 / 5.0)
     assert capacity_rps(profile, 2, 64) == pytest.approx(2 * 8 * 1000.0 / 5.0)   # the profile covers sizes up to 8
     assert capacity_rps(profile, 0, 8) == 0.0
+
+
+def test_a_cap_of_two_still_forms_batches_above_one():
+    """Only a cap of 1 makes the formed batch 1 outright; under load a cap of 2 forms more."""
+    profile = _flat([2.0, 4.0, 6.0, 8.0], max_batch=2)
+    assert formed_batch_size(profile, 300.0, 1, 1, 5.0) == 1.0
+    assert 1.5 < formed_batch_size(profile, 300.0, 1, 2, 5.0) <= 2.0

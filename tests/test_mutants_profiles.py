@@ -55,3 +55,24 @@ def test_a_correlation_that_grows_with_time_apart_is_no_spell():
     slope = np.polyfit([0.3, 0.6, 0.9], np.log(rho), 1)[0]
     assert 0.0 < slope < 1.0
     assert measure_spells(np.ones(latency_ms.size), latency_ms, started_at_s) == SlowSpells()
+
+
+@pytest.mark.parametrize("cv", [0.5, 2.0])
+def test_a_gamma_service_gets_gamma_quantiles(cv):
+    """shape 1 / cv^2 and a unit mean: at cv 0.5 a shape of 4, at cv 2 a shape of 1/4 (an exponential,
+    shape 1, would sit between them)."""
+    from traces.distributions import Gamma
+
+    profile = LatencyProfile.from_distribution(Gamma(4.0, 0.0, cv), 2)
+    shape = 1.0 / cv**2
+    grid = profile.grid(2)
+    for q in (0.5, 0.9):
+        want = 4.0 * stats.gamma.ppf(q, a=shape, scale=1.0 / shape)
+        assert np.quantile(grid, q) == pytest.approx(want, rel=5e-3)
+
+
+def test_an_exponential_service_gets_exponential_quantiles():
+    profile = LatencyProfile.from_distribution(Exponential(4.0), 1)
+    grid = profile.grid(1)
+    assert np.median(grid) == pytest.approx(4.0 * np.log(2.0), rel=2e-3)
+    assert np.quantile(grid, 0.9) == pytest.approx(4.0 * np.log(10.0), rel=2e-3)
