@@ -27,7 +27,7 @@ mutation: $(PY)
 	$(PY) bench/mutation.py
 
 # every table and figure the simulator publishes (README, docs/results, docs/figures): the sweeps
-# (resumable, into runs/), then the analyse commands; about 30 minutes on 2 cores
+# and studies (resumable, into runs/), then the analyse commands; about two hours on 2 cores
 reproduce: $(PY)
 	$(PIP) -e '.[dev]'
 	$(PY) bench/reproduce.py
