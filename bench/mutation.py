@@ -125,6 +125,10 @@ def render(table: dict[str, dict], equivalent: dict[str, str] | None = None) -> 
                  f"{_pct(caught / (counted - total['equivalent']) if counted > total['equivalent'] else None):>12s}")
     lines.append("score = (killed + timeout) / (killed + timeout + survived + no tests); 'no tests': mutants no "
                  "selected test executes; excl. equiv.: the same without the survivors the ledger lists as equivalent")
+    untested = sum(row["other"] for row in table.values())
+    if untested:
+        lines.append(f"not tested yet: {untested} of {total['mutants']} (a run in progress or stopped: the scores "
+                     "are over the mutants tested so far)")
     unlisted = [name for row in table.values() for name in row["unlisted"]]
     survived = {name for row in table.values() for name in row["survivors"]}
     stale = sorted(set(equivalent or {}) - survived)

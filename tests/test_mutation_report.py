@@ -52,6 +52,7 @@ def test_render_totals_and_names_what_is_left(mutation):
     total = next(line for line in text.splitlines() if line.startswith("all "))
     assert total.split() == ["all", "8", "2", "3", "1", "1", "42.9%", "2", "60.0%"]   # 3/7 and 3/5
     assert "survivors not listed as equivalent in docs/mutation-equivalents.toml: 1" in text
+    assert "not tested yet: 1 of 8" in text
     assert "ledger entries that are not survivors of this run (killed since, renamed, or not yet tested): 1" in text
 
 
