@@ -12,6 +12,7 @@ arrival generators, replica accounting and cost, the planner's estimates).
     python bench/mutation.py            # run mutmut (long: hours on 2 cores; resumes), then print the scores
     python bench/mutation.py --report   # print the scores of the last run again
     python bench/mutation.py --json scores.json   # also write them as JSON
+    python bench/mutation.py --recheck  # test the survivors and timeouts again (after new tests), then report
 
 Survivors are listed by name; ``mutmut show NAME`` prints one as a diff. Each one is either killed by
 a new test or listed as equivalent (no test could tell it apart), with the reason, in
@@ -146,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested in parallel (default 2)")
     parser.add_argument("--json", help="also write the scores (and survivors) to this JSON file")
     parser.add_argument("--survivors", action="store_true", help="list every surviving mutant by module")
+    parser.add_argument("--recheck", action="store_true",
+                        help="test the last run's survivors and timeouts again (after new tests: mutmut keeps a "
+                             "verdict until the mutant is named), then report")
     args = parser.parse_args(argv)
     if shutil.which(mutmut()[0]) is None and not Path(mutmut()[0]).exists():
         print("error: mutmut is not installed: pip install -e '.[dev]'", file=sys.stderr)
@@ -161,7 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ)
         if not env.get("SERVESIM_SHARED") and (ROOT.parent / "shared").is_dir():
             env["SERVESIM_SHARED"] = str(ROOT.parent / "shared")
-        run = subprocess.run(mutmut() + ["run", "--max-children", str(args.max_children)], cwd=ROOT, env=env)
+        names: list[str] = []
+        if args.recheck:  # a timeout may also be a slow machine's: it is tested again as well
+            names = sorted(n for n, state in results().items() if state in ("survived", "timeout"))
+            if not names:
+                print("nothing to recheck: no survivor or timeout in the last run")
+        run = subprocess.run(mutmut() + ["run", "--max-children", str(args.max_children), *names], cwd=ROOT, env=env)
         if run.returncode != 0:
             print(f"error: mutmut run exited with {run.returncode}", file=sys.stderr)
             return run.returncode
