@@ -147,8 +147,8 @@ def time_batches(runner: ModelRunner | ProcessRunner, profile: Profile, spec: Va
     rows: dict[int, list[tuple[float, float, float]]] = {b: [] for b in sizes}  # (latency_ms, started_at_s, idle_ms)
     spent = dict.fromkeys(sizes, 0.0)
     epoch = time.time() - time.perf_counter()  # perf_counter precision, Unix time origin
+    floor = cfg.min_timed_runs * len(cfg.idle_gaps_ms)   # runs a size gets whatever the time cap
     for k in range(cfg.warmup_runs, cfg.warmup_runs + cfg.timed_runs):
-        floor = cfg.min_timed_runs * len(cfg.idle_gaps_ms)
         active = [b for b in sizes if spent[b] <= cfg.max_seconds_per_config or len(rows[b]) < floor]
         if not active:
             break

@@ -46,14 +46,17 @@ def variant_rows(bundle: TraceBundle, batch_sizes: tuple[int, ...] = (1, 8)) -> 
 
 def backend_rows(bundle: TraceBundle, batch_sizes: tuple[int, ...] = (1, 8)) -> tuple[list[str], list[dict]]:
     """The backends the bundle has (in ``BACKENDS`` order), and one row per model, pruning,
-    precision and device: ``{backend: variant row}`` for the backends measured there."""
+    precision and device: ``{backend: variant row}`` for the backends measured there (the
+    precision column names the device too when the bundle has several)."""
     groups: dict[tuple, dict] = defaultdict(dict)
     for row in variant_rows(bundle, batch_sizes):
         spec = VariantSpec.parse(row["variant"])
         model = spec.model if spec.pruning == "none" else f"{spec.model}-{spec.pruning}"
         groups[(model, spec.precision, spec.device)][spec.backend] = row
     present = [b for b in BACKENDS if any(b in by for by in groups.values())]
-    return present, [{"model": m, "precision": p, "device": d, "by": by} for (m, p, d), by in groups.items()]
+    devices = {d for _, _, d in groups}
+    return present, [{"model": m, "precision": p if len(devices) == 1 else f"{p}/{d}", "device": d, "by": by}
+                     for (m, p, d), by in groups.items()]
 
 
 def _num(value: float | None, digits: int) -> str:
