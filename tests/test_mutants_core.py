@@ -95,6 +95,28 @@ def test_a_crash_under_fair_sharing_takes_back_the_lost_batchs_charge(tmp_path):
     assert after["hop0_start_s"].tolist() == [recover_s, recover_s + S, recover_s + 2 * S]
 
 
+def test_an_expiry_under_fair_sharing_takes_back_the_expired_requests_charge(tmp_path):
+    """Fair sharing charges a request an estimate when it is taken; one that has expired by then is
+    dropped and its charge taken back (the fair queue's refund, at once, before the next pick). x0 is
+    served from 0 to S; y0 (deadline S / 2) waits and has expired when the replica frees at S, so
+    the batch formed then drops it and serves x1 instead; y1 is served when it arrives."""
+    S = SERVICE_S
+
+    def tenant(name: str, arrival_s: list[float], deadline_ms: float) -> dict:
+        return {"name": name, "deadline_ms": deadline_ms, "weight": 1.0,
+                "arrivals": replay_arrivals(tmp_path / f"{name}.csv", arrival_s, 1.0)}
+
+    raw = {"duration_s": 1.0, "warmup_s": 0.0, "policy": {"name": "static"},
+           "tenants": [tenant("x", [0.0, TICK_S], 1e7), tenant("y", [TICK_S / 2, 0.5], S * 1000.0 / 2)],
+           "deployments": [{"name": "m", "service": SERVICE, "replicas": 1, "max_batch_size": 1,
+                            "drop_expired": True, "queue": "fair"}]}
+    requests, summary = simulate(raw, seed=1)
+    rows = requests.sort_values("arrival_s").reset_index(drop=True)
+    assert rows["tenant"].tolist() == ["x", "y", "x", "y"]
+    assert rows.loc[1, "drop_reason"] == "expired" and summary["completed"] == 3
+    assert rows.loc[[0, 2, 3], "hop0_start_s"].tolist() == [0.0, S, 0.5]
+
+
 # ---------------------------------------------------------------- cascades: a full next hop
 
 
