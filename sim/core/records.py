@@ -158,6 +158,17 @@ class RequestLog:
         a, b = lo & self.mask, ((hi - 1) & self.mask) + 1
         return [(a, b)] if a < b else [(a, self.capacity), (0, b)]
 
+    def admit_stretch(self, lo: int, hi: int, route, deployment: int, arrival_times: array) -> None:
+        """Requests [lo, hi) (all with a slot) join ``deployment`` on ``route`` at their arrival
+        times: what admitting each would write, written for the whole stretch at once."""
+        hop0 = self.hops[0]
+        first = lo & self.mask
+        for a, b in self._spans(lo, hi):
+            start = lo + (a - first) % self.capacity   # the request in slot a
+            self.route[a:b] = [route] * (b - a)
+            hop0.deployment[a:b] = array("q", [deployment]) * (b - a)
+            hop0.enqueue_s[a:b] = arrival_times[start:start + b - a]   # both array("d")
+
     def _take(self, column, spans) -> np.ndarray:
         """A copy of a numeric ring column over ``spans``."""
         values = np.frombuffer(column, dtype=_np_type(column))

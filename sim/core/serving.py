@@ -17,7 +17,6 @@ under its lock.
 from __future__ import annotations
 
 import math
-from array import array
 
 from policies.base import PlanAction, Policy, Reject, Request, Route, check_plan_action, check_route
 from policies.view import LiveView
@@ -114,10 +113,13 @@ class ServingCore(RunState):
     def _arrive_fixed(self, i: int, now: float) -> None:
         """``arrive`` for a policy with a fixed route: no per-request call to the policy."""
         self.arrivals_seen = i + 1
-        resolved = self._fixed_resolved
-        if resolved is None:
-            resolved = self._fixed_resolved = self._routes.get(self._fixed) or self.resolve(self._fixed)
-        self._admit(i, now, resolved)
+        self._admit(i, now, self._fixed_route())
+
+    def _fixed_route(self) -> "ResolvedRoute | Reject":
+        """The fixed route, resolved at its first use (an arrival, or a segment of them)."""
+        if self._fixed_resolved is None:
+            self._fixed_resolved = self._routes.get(self._fixed) or self.resolve(self._fixed)
+        return self._fixed_resolved
 
     def fixed_segment(self, lo: int, hi: int):
         """Admit arrivals ``lo`` to ``hi`` ahead, when every one takes the same route and nothing
@@ -127,19 +129,11 @@ class ServingCore(RunState):
         None: arrivals go through ``arrive`` one at a time."""
         if self._fixed is None or self.admission is not None:
             return None
-        resolved = self._fixed_resolved
-        if resolved is None:
-            resolved = self._fixed_resolved = self._routes.get(self._fixed) or self.resolve(self._fixed)
+        resolved = self._fixed_route()
         if resolved.__class__ is Reject:
             return None
-        log = self.log
         first = resolved.stages[0][0]
-        hop0 = log.hops[0]
-        for a, b in log._spans(lo, hi):
-            log.route[a:b] = [resolved] * (b - a)
-            hop0.deployment[a:b] = array("q", [first.index]) * (b - a)
-            start = lo + (a - (lo & log.mask)) % log.capacity
-            hop0.enqueue_s[a:b] = self.arrival_times[start:start + b - a]  # both array("d")
+        self.log.admit_stretch(lo, hi, resolved, first.index, self.arrival_times)
         return first.submit
 
     def _admit(self, i: int, now: float, resolved: "ResolvedRoute | Reject") -> None:
