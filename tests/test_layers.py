@@ -1,6 +1,6 @@
 """`measure layers`: the profiler's rows name a model's layers, partition its CPU time and find the
-heaviest layer; the CSV; bad input; the command on a tiny trained zoo (and on the bundled digits
-profile when its zoo has been trained); TorchScript variants by operator; ONNX Runtime variants
+heaviest layer; the CSV; bad input; the command on a tiny trained zoo (a small CNN, and ResNet-18 read by
+stage); TorchScript variants by operator; ONNX Runtime variants
 under ONNX Runtime's own profiler (a synthetic trace, then real sessions when onnxruntime is here).
 
 The models are built here so that one layer does far more arithmetic than the others (a Linear of
@@ -23,7 +23,6 @@ from measure.layers import (CSV_COLUMNS, OTHER, RANGE_PREFIX, LayerProfile, Laye
                             profile_layers, write_csv)
 from traces.errors import InputError
 
-REPO = Path(__file__).resolve().parents[1]
 BATCH = 16
 
 
@@ -228,14 +227,21 @@ def test_the_command_profiles_a_trained_variant_and_writes_its_csv(tmp_path, tin
     assert "by operator" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not (REPO / "zoo" / "digits" / "zoo.json").is_file(),
-                    reason="zoo/digits/zoo.json is missing: train it with `measure train examples/profiles/digits-cpu.toml`")
-def test_the_bundled_digits_profile_reads_resnet18_by_stage(capsys):
-    profile = REPO / "examples" / "profiles" / "digits-cpu.toml"
+def test_a_resnet18_variant_reads_by_stage(tmp_path_factory, capsys):
+    """ResNet-18's stages are the rows (or a stage's blocks, when it holds over half of the time),
+    whatever its width: a tiny one (one block a stage) is trained here so the test needs no zoo."""
+    from measure.data import DataConfig
+    from measure.train import TrainConfig
+    from measure.zoo import train_zoo
+
+    zoo = tmp_path_factory.mktemp("resnet_zoo")
+    train_zoo("digits", zoo, DataConfig.tiny(), TrainConfig.tiny(), models=["resnet18"], tiny=True)
+    profile = tmp_path_factory.mktemp("profile") / "resnet.toml"
+    profile.write_text(f'name = "tiny"\nzoo_dir = "{zoo}"\n[data]\ntask = "digits"\n'
+                       '[[variants]]\nmodel = "resnet18"\nprecisions = ["fp32"]\n')
     assert run_layers(str(profile), "--variant", "resnet18/fp32/cpu", "--batch", "8", "--runs", "2") == 0
     printed = capsys.readouterr().out
     rows = {line.split()[0] for line in printed.splitlines() if line.startswith("layer")}
-    # each stage is a row, or its two blocks are when it holds over half of the time
     assert {name.split(".")[0] for name in rows} == {"layer1", "layer2", "layer3", "layer4"}
     assert all(name.count(".") == 0 or name.split(".")[1] in ("0", "1") for name in rows)
 
