@@ -12,7 +12,7 @@ arrival generators, replica accounting and cost, the planner's estimates).
     python bench/mutation.py            # run mutmut (long: hours on 2 cores; resumes), then print the scores
     python bench/mutation.py --report   # print the scores of the last run again
     python bench/mutation.py --json scores.json   # also write them as JSON
-    python bench/mutation.py --recheck  # test the survivors and timeouts again (after new tests), then report
+    python bench/mutation.py --recheck  # test survivors, timeouts and untested mutants again, then report
 
 Survivors are listed by name; ``mutmut show NAME`` prints one as a diff. Each one is either killed by
 a new test or listed as equivalent (no test could tell it apart), with the reason, in
@@ -40,6 +40,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 COUNTED = ("killed", "survived", "timeout", "no tests")
 LEDGER = ROOT / "docs" / "mutation-equivalents.toml"
+
+
+RECHECKED = ("survived", "timeout", "no tests")
+STATS = ROOT / "mutants" / "mutmut-stats.json"
+
+
+def forget_test_map(stats: Path | None = None) -> bool:
+    """Make mutmut map tests to functions afresh on its next run (True if there was a map).
+
+    mutmut maps which tests execute which function once, then adds only new *tests* to the map: a
+    function added to a module since (a helper split out of another) has no tests in it, and its
+    mutants are marked "no tests" without running. The map is mutmut's cache, in its own
+    ``mutants/`` directory; the verdicts are kept apart and survive this."""
+    stats = stats or STATS
+    if not stats.is_file():
+        return False
+    stats.unlink()
+    return True
 
 
 def equivalents(path: Path = LEDGER) -> dict[str, str]:
@@ -148,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the scores (and survivors) to this JSON file")
     parser.add_argument("--survivors", action="store_true", help="list every surviving mutant by module")
     parser.add_argument("--recheck", action="store_true",
-                        help="test the last run's survivors and timeouts again (after new tests: mutmut keeps a "
-                             "verdict until the mutant is named), then report")
+                        help="test the last run's survivors, timeouts and 'no tests' mutants again (after new tests "
+                             "or functions: mutmut keeps a verdict until the mutant is named), then report")
     args = parser.parse_args(argv)
     if shutil.which(mutmut()[0]) is None and not Path(mutmut()[0]).exists():
         print("error: mutmut is not installed: pip install -e '.[dev]'", file=sys.stderr)
@@ -167,9 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             env["SERVESIM_SHARED"] = str(ROOT.parent / "shared")
         names: list[str] = []
         if args.recheck:  # a timeout may also be a slow machine's: it is tested again as well
-            names = sorted(n for n, state in results().items() if state in ("survived", "timeout"))
+            names = sorted(n for n, state in results().items() if state in RECHECKED)
             if not names:
-                print("nothing to recheck: no survivor or timeout in the last run")
+                print("nothing to recheck: no survivor, timeout or untested mutant in the last run")
+            if any(results()[n] == "no tests" for n in names):
+                forget_test_map()
         run = subprocess.run(mutmut() + ["run", "--max-children", str(args.max_children), *names], cwd=ROOT, env=env)
         if run.returncode != 0:
             print(f"error: mutmut run exited with {run.returncode}", file=sys.stderr)

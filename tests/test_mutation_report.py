@@ -72,3 +72,25 @@ def test_the_shipped_ledger_parses_and_every_entry_has_a_reason(mutation):
     ledger = mutation.equivalents()
     assert all(why.strip() for why in ledger.values())
     assert all("__mutmut_" in name for name in ledger)
+
+
+def test_recheck_names_survivors_timeouts_and_untested_and_forgets_the_test_map(mutation, tmp_path, monkeypatch):
+    """A 'no tests' mutant may sit in a function added since mutmut mapped tests to functions: the
+    recheck names it with the survivors and timeouts and makes mutmut map the tests afresh."""
+    stats = tmp_path / "mutmut-stats.json"
+    stats.write_text("{}")
+    monkeypatch.setattr(mutation, "STATS", stats)
+    calls = []
+
+    class Done:
+        returncode = 0
+
+    monkeypatch.setattr(mutation, "results", lambda: STATUS)
+    monkeypatch.setattr(mutation.subprocess, "run", lambda argv, **kw: calls.append(argv) or Done())
+    monkeypatch.setattr(mutation.shutil, "which", lambda name: name)
+    assert mutation.main(["--recheck"]) == 0
+    named = [a for a in calls[0] if "__mutmut_" in a]
+    assert named == ["sim.core.queues.x_take__mutmut_3", "sim.core.queues.x_take__mutmut_4",
+                     "sim.core.queues.x_take__mutmut_5", "sim.core.queues.x_take__mutmut_6",
+                     "traces.summary.x_f__mutmut_1"]
+    assert not stats.exists()
