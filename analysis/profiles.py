@@ -14,18 +14,20 @@ reader wants them side by side:
   tau, the share of samples it is at least that confident about (*coverage*: what the first hop
   of a cascade at tau answers itself) and the accuracy on those (*selective accuracy*). A useful
   first hop is much more accurate on what it keeps than overall;
-- **the price of a compression** (``cost_table``): each precision and pruning method against the
-  FP32, unpruned variant of the same model (the *reference*), as the ratio of median latencies at
+- **the price of a compression** (``cost_table``): each precision, pruning method and backend
+  against the FP32, unpruned, eager PyTorch variant of the same model (the *reference*), as the ratio of median latencies at
   batch 1 and 8 (below 1: faster) and the difference in accuracy on the samples both were evaluated
   on (below 0: less accurate), with its paired interval and McNemar's test: two variants that
   disagree on three samples of 540 are not told apart by them. Quantisation that halves latency
   for a tenth of a point of accuracy is worth it; pruning that saves nothing on this hardware is not.
 
 Each has a figure (``latency_figure``, ``confidence_figure``, ``cost_figure``) in the style of
-``analysis.figures``: a colour per model, a dash per precision, a marker per pruning method.
+``analysis.figures``: a colour per model, a dash per precision, a marker per pruning method, a
+line width per backend.
 
 Every table carries the variant's parts as columns (``model``, ``precision``, ``pruning``,
-``device``; a variant id is ``model[-pruning]/precision/device``), so it can be filtered or pivoted
+``device``, ``backend``; a variant id is ``model[-pruning]/precision/device[/backend]``, ``eager``
+when the backend is left out), so it can be filtered or pivoted
 by any of them. Latencies are the back-to-back runs (``TraceBundle.latency_samples``), the ones the
 simulator and the policies plan with; percentiles are numpy's (linear interpolation).
 """
@@ -49,21 +51,25 @@ if TYPE_CHECKING:
 PERCENTILES = (50, 95, 99)
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 COST_BATCH_SIZES = (1, 8)
-PARTS = ("variant", "model", "precision", "pruning", "device")
+PARTS = ("variant", "model", "precision", "pruning", "device", "backend")
 REFERENCE_PRECISION = "fp32"
 UNPRUNED = "none"
+EAGER = "eager"   # the backend of an id without a fourth part
 _LINESTYLES = {"fp32": "-", "int8": "--", "bf16": ":", "fp16": "-."}
 _MARKERS = {"none": "o", "channel": "s", "l1": "^"}
+_LINEWIDTHS = {EAGER: 1.5, "torchscript": 0.8, "onnxruntime": 2.8}
 _TOP = 0.9999  # the confidence axes end here: a logit axis cannot reach 1
 
 
 def variant_table(bundle: TraceBundle) -> pd.DataFrame:
     """One row per variant of the service table: ``PARTS``, sorted by variant. ``pruning`` is what
-    the variant id adds to its model (``resnet18-l1`` of model ``resnet18``: ``l1``), else ``none``."""
+    the variant id adds to its model (``resnet18-l1`` of model ``resnet18``: ``l1``), else ``none``;
+    ``backend`` is the id's fourth part (``resnet18/int8/cpu/onnxruntime``), else ``eager``."""
     rows = bundle.service.drop_duplicates("variant")[["variant", "model", "precision", "device"]]
-    base = rows["variant"].str.split("/").str[0]
-    pruning = [b[len(m) + 1:] if b != m else UNPRUNED for b, m in zip(base, rows["model"])]
-    table = rows.assign(pruning=pruning)[list(PARTS)]
+    ids = rows["variant"].str.split("/")
+    pruning = [b[len(m) + 1:] if b != m else UNPRUNED for b, m in zip(ids.str[0], rows["model"])]
+    backend = [parts[3] if len(parts) > 3 else EAGER for parts in ids]
+    table = rows.assign(pruning=pruning, backend=backend)[list(PARTS)]
     return table.sort_values("variant").reset_index(drop=True)
 
 
@@ -136,9 +142,11 @@ def threshold_table(bundle: TraceBundle, thresholds: Sequence[float] = THRESHOLD
 
 
 def reference_of(parts: pd.DataFrame) -> pd.Series:
-    """Each variant's reference: the FP32, unpruned variant of its model on its device (NaN when the
-    bundle has none), indexed like ``parts`` (``variant_table``'s rows)."""
-    plain = parts[(parts["precision"] == REFERENCE_PRECISION) & (parts["pruning"] == UNPRUNED)]
+    """Each variant's reference: the FP32, unpruned, eager variant of its model on its device (NaN when
+    the bundle has none), indexed like ``parts`` (``variant_table``'s rows). One reference for every
+    backend, so that a TorchScript or ONNX Runtime variant is priced against eager PyTorch FP32."""
+    plain = parts[(parts["precision"] == REFERENCE_PRECISION) & (parts["pruning"] == UNPRUNED)
+                  & (parts["backend"] == EAGER)]
     lookup = dict(zip(zip(plain["model"], plain["device"]), plain["variant"]))
     return pd.Series([lookup.get(key, np.nan) for key in zip(parts["model"], parts["device"])],
                      index=parts.index, dtype=object)
@@ -193,9 +201,9 @@ def cost_table(bundle: TraceBundle, batch_sizes: Sequence[int] = COST_BATCH_SIZE
 
 def variant_style(row, colors: dict[str, str]) -> dict:
     """A variant's line: its model's colour (``colors``: ``model_colors``), a dash per precision, a
-    marker per pruning method."""
+    marker per pruning method, a width per backend (thin TorchScript, thick ONNX Runtime)."""
     return {"color": colors[row.model], "linestyle": _LINESTYLES.get(row.precision, (0, (3, 1, 1, 1))),
-            "marker": _MARKERS.get(row.pruning, "D")}
+            "marker": _MARKERS.get(row.pruning, "D"), "linewidth": _LINEWIDTHS.get(row.backend, 2.0)}
 
 
 def model_colors(parts: pd.DataFrame) -> dict[str, str]:
@@ -230,7 +238,7 @@ def latency_figure(latency: pd.DataFrame, percentile: str = "p50_ms", title: str
     axes[0, 0].set_ylabel(f"{percentile.removesuffix('_ms')} batch latency (ms)")
     axes[0, 1].set_ylabel("throughput (requests/s, back to back)")
     _legend(fig, axes[0, 0])
-    fig.suptitle((title + ": " if title else "") + "colour: model; dash: precision; marker: pruning", fontsize=10)
+    fig.suptitle((title + ": " if title else "") + "colour: model; dash: precision; marker: pruning; width: backend", fontsize=10)
     return fig
 
 
@@ -295,7 +303,8 @@ def cost_figure(costs: pd.DataFrame, title: str = "") -> "Figure":
     ratio_ax.axvline(1.0, color="#444444", linewidth=1.0)
     accuracy_ax.axvline(0.0, color="#444444", linewidth=1.0)
     log_axis_if_wide(ratio_ax, rows[columns].to_numpy().ravel(), "x")
-    ratio_ax.set_yticks(rows.index, [f"{v.split('/')[0]} {p}" for v, p in zip(rows["variant"], rows["precision"])])
+    ratio_ax.set_yticks(rows.index, [f"{v.split('/')[0]} {p}" + (f" {b}" if b != EAGER else "")
+                                     for v, p, b in zip(rows["variant"], rows["precision"], rows["backend"])])
     ratio_ax.invert_yaxis()
     ratio_ax.grid(False, axis="y")
     accuracy_ax.grid(False, axis="y")

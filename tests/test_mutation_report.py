@@ -94,3 +94,26 @@ def test_recheck_names_survivors_timeouts_and_untested_and_forgets_the_test_map(
                      "sim.core.queues.x_take__mutmut_5", "sim.core.queues.x_take__mutmut_6",
                      "traces.summary.x_f__mutmut_1"]
     assert not stats.exists()
+
+
+def test_under_mutmut_a_mutants_tests_run_fastest_first(tmp_path, monkeypatch):
+    """tests/conftest.py orders the tests by mutmut's recorded durations when a mutant is under test
+    (so -x stops at the quickest failing test), and leaves pytest's order alone otherwise."""
+    import conftest
+
+    class Item:
+        def __init__(self, nodeid):
+            self.nodeid = nodeid
+
+    (tmp_path / "mutmut-stats.json").write_text(
+        '{"duration_by_test": {"tests/a.py::slow": 30.0, "tests/b.py::fast": 0.1, "tests/c.py::mid": 2.0}}')
+    monkeypatch.chdir(tmp_path)
+    order = ["mutants/tests/a.py::slow", "tests/c.py::mid", "tests/d.py::unknown", "tests/b.py::fast"]
+    items = [Item(n) for n in order]
+    monkeypatch.delenv("MUTANT_UNDER_TEST", raising=False)
+    conftest.pytest_collection_modifyitems(None, items)
+    assert [i.nodeid for i in items] == order
+    monkeypatch.setenv("MUTANT_UNDER_TEST", "sim.core.queues.x_take__mutmut_1")
+    conftest.pytest_collection_modifyitems(None, items)
+    assert [i.nodeid for i in items] == ["tests/d.py::unknown", "tests/b.py::fast", "tests/c.py::mid",
+                                         "mutants/tests/a.py::slow"]

@@ -179,3 +179,34 @@ def test_one_paired_sample_has_no_interval_not_a_zero_wide_one(tmp_path, bundle)
     row = pf.cost_table(loaded).set_index("variant").loc["m/int8/cpu"]
     assert row["paired_samples"] == 1 and row["accuracy_diff"] == 1.0        # right where the reference was wrong
     assert math.isnan(row["accuracy_diff_low"]) and math.isnan(row["accuracy_diff_high"])
+
+
+def test_a_backend_variant_is_priced_against_eager_fp32_of_its_model(tmp_path, bundle):
+    """The backend is an id's fourth part; TorchScript and ONNX Runtime variants, FP32 ones included,
+    are compared with the eager FP32 variant (an FP32 backend variant is not a reference itself)."""
+    service, predictions = _service(), _predictions()
+    extra_service, extra_predictions = [], []
+    for backend, factor in (("onnxruntime", 0.5), ("torchscript", 0.8)):
+        for precision in ("fp32", "int8"):
+            variant = f"m/{precision}/cpu/{backend}"
+            source = f"m/{precision}/cpu"
+            rows = service[service["variant"] == source].assign(variant=variant)
+            extra_service.append(rows.assign(latency_ms=rows["latency_ms"] * factor))
+            extra_predictions.append(predictions[predictions["variant"] == source].assign(variant=variant))
+    made = TraceBundle(meta={"name": "tiny-backends", "description": "hand-made", "units": {"latency": "ms"}},
+                       service=pd.concat([service, *extra_service]), predictions=pd.concat([predictions, *extra_predictions]))
+    bundle = TraceBundle.load(made.save(tmp_path / "backends", fmt="csv"))
+    parts = pf.variant_table(bundle).set_index("variant")
+    assert parts.loc["m/fp32/cpu/onnxruntime", ["model", "precision", "pruning", "backend"]].tolist() == \
+        ["m", "fp32", "none", "onnxruntime"]
+    assert parts.loc["m/fp32/cpu", "backend"] == "eager"
+    costs = pf.cost_table(bundle).set_index("variant")
+    assert set(costs["reference"].dropna()) == {"m/fp32/cpu"}
+    assert "m/fp32/cpu" not in costs.index
+    # the ONNX Runtime copy runs at half the eager latencies: at batch 1 the medians are 1.25 against 2.5
+    assert costs.loc["m/fp32/cpu/onnxruntime", "latency_ratio_b1"] == pytest.approx(0.5)
+    assert costs.loc["m/fp32/cpu/torchscript", "latency_ratio_b8"] == pytest.approx(0.8)
+    assert costs.loc["m/fp32/cpu/onnxruntime", "accuracy_diff"] == 0.0
+    figure = pf.cost_figure(costs.reset_index())
+    labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+    assert "m fp32 onnxruntime" in labels and "m int8" in labels
