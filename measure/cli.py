@@ -197,12 +197,13 @@ A torchscript variant is profiled by operator; an onnxruntime one by ONNX Runtim
 by operator type (default) or by node (--by module), with (session) its time outside the kernels.""",
     "table": """examples:
   measure table traces/data/digits-cpu
-  measure table traces/data/digits-cpu-backends --by-backend --markdown
+  measure table traces/data/digits-cpu --by-backend --markdown
   measure table traces/data/sst2-cpu --batch-sizes 1,8,32
 
 Per variant: the median of the runs timed at each batch size (blank where none was), how many
 runs that is, and the accuracy on the held-out split. --by-backend puts each model and
-precision's backends side by side (eager PyTorch, TorchScript, ONNX Runtime).""",
+precision's backends side by side (eager PyTorch, TorchScript, ONNX Runtime), for those measured
+under more than one.""",
     "serve": """examples:
   measure serve examples/demo.toml
   measure serve examples/demo.toml --seeds 1-3 --out runs/demo-real --force
@@ -262,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     table = _sub("table", "print a bundle's median latencies and accuracy per variant, or per backend side by side")
     table.add_argument("bundle", help="the bundle directory")
     table.add_argument("--batch-sizes", default="1,8", help="the batch sizes of the latency columns (default 1,8)")
-    table.add_argument("--by-backend", action="store_true", help="one row per model and precision, backends side by side")
+    table.add_argument("--by-backend", action="store_true", help="one row per model and precision measured under several backends, "
+                       "backends side by side")
     table.add_argument("--markdown", action="store_true", help="a Markdown table")
     table.set_defaults(func=lambda a, argv: _tables().run(a))
     serve = _sub("serve", "run a scenario on real model replicas; writes the simulator's run output")

@@ -8,7 +8,7 @@ that was not measured is left blank rather than interpolated, since these tables
 Accuracy is the mean of ``correct`` over the held-out split's predictions of that variant.
 
     measure table traces/data/digits-cpu
-    measure table traces/data/digits-cpu-backends --by-backend --markdown
+    measure table traces/data/digits-cpu --by-backend --markdown
 """
 
 from __future__ import annotations
@@ -46,13 +46,17 @@ def variant_rows(bundle: TraceBundle, batch_sizes: tuple[int, ...] = (1, 8)) -> 
 
 def backend_rows(bundle: TraceBundle, batch_sizes: tuple[int, ...] = (1, 8)) -> tuple[list[str], list[dict]]:
     """The backends the bundle has (in ``BACKENDS`` order), and one row per model, pruning,
-    precision and device: ``{backend: variant row}`` for the backends measured there (the
-    precision column names the device too when the bundle has several)."""
+    precision and device measured under more than one backend (every one when none is):
+    ``{backend: variant row}`` for the backends measured there (the precision column names the
+    device too when the bundle has several). Only rows with something to compare are kept: a study
+    bundle holds many eager-only variants beside the few it also serves under other stacks."""
     groups: dict[tuple, dict] = defaultdict(dict)
     for row in variant_rows(bundle, batch_sizes):
         spec = VariantSpec.parse(row["variant"])
         model = spec.model if spec.pruning == "none" else f"{spec.model}-{spec.pruning}"
         groups[(model, spec.precision, spec.device)][spec.backend] = row
+    compared = {key: by for key, by in groups.items() if len(by) > 1}
+    groups = compared or groups
     present = [b for b in BACKENDS if any(b in by for by in groups.values())]
     devices = {d for _, _, d in groups}
     return present, [{"model": m, "precision": p if len(devices) == 1 else f"{p}/{d}", "device": d, "by": by}
