@@ -199,11 +199,12 @@ by operator type (default) or by node (--by module), with (session) its time out
   measure table traces/data/digits-cpu
   measure table traces/data/digits-cpu --by-backend --markdown
   measure table traces/data/sst2-cpu --batch-sizes 1,8,32
+  measure table traces/data/sst2-cpu --startup --markdown
 
 Per variant: the median of the runs timed at each batch size (blank where none was), how many
 runs that is, and the accuracy on the held-out split. --by-backend puts each model and
 precision's backends side by side (eager PyTorch, TorchScript, ONNX Runtime), for those measured
-under more than one.""",
+under more than one. --startup prints the start-ups `measure startup` timed instead.""",
     "serve": """examples:
   measure serve examples/demo.toml
   measure serve examples/demo.toml --seeds 1-3 --out runs/demo-real --force
@@ -263,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     table = _sub("table", "print a bundle's median latencies and accuracy per variant, or per backend side by side")
     table.add_argument("bundle", help="the bundle directory")
     table.add_argument("--batch-sizes", default="1,8", help="the batch sizes of the latency columns (default 1,8)")
+    table.add_argument("--startup", action="store_true",
+                       help="the replica start-ups instead: median (min-max) and median phases per variant")
     table.add_argument("--by-backend", action="store_true", help="one row per model and precision measured under several backends, "
                        "backends side by side")
     table.add_argument("--markdown", action="store_true", help="a Markdown table")

@@ -1,6 +1,8 @@
 """The tables a bundle is read by: per variant, the median latency at a few batch sizes and the
 accuracy; and the same side by side per backend, the serving-stack comparison (eager PyTorch,
-TorchScript, ONNX Runtime) the README and docs/bundles.md print.
+TorchScript, ONNX Runtime) the README and docs/bundles.md print; and the replica start-ups of a
+bundle with a ``startup`` table (``measure startup``): per variant the median time from spawn to
+ready with its range, and the median of each phase.
 
 Medians are of the runs measured back to back at that size (the shortest idle gap the bundle
 timed, as ``LatencyProfile.percentile_ms`` reads them), and the run count is of those runs; a size
@@ -9,6 +11,7 @@ Accuracy is the mean of ``correct`` over the held-out split's predictions of tha
 
     measure table traces/data/digits-cpu
     measure table traces/data/digits-cpu --by-backend --markdown
+    measure table traces/data/digits-cpu --startup --markdown
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from traces.bundle import TraceBundle
+from traces.startup import PHASE_COLUMNS as PHASES
 from traces.errors import InputError
 from traces.profiles import LatencyProfile
 
@@ -61,6 +65,32 @@ def backend_rows(bundle: TraceBundle, batch_sizes: tuple[int, ...] = (1, 8)) -> 
     devices = {d for _, _, d in groups}
     return present, [{"model": m, "precision": p if len(devices) == 1 else f"{p}/{d}", "device": d, "by": by}
                      for (m, p, d), by in groups.items()]
+
+
+def startup_rows(bundle: TraceBundle) -> list[dict]:
+    """Per variant with timed start-ups, in id order: ``startups`` (how many), ``median_s``,
+    ``min_s``, ``max_s`` of ``startup_s``, and the median of each phase (None where none was
+    recorded)."""
+    table = bundle.startup
+    if not len(table):
+        raise InputError(str(bundle.path or bundle.name), "has no startup table (measure startup adds one)")
+    rows = []
+    for variant, group in table.groupby("variant", sort=True):
+        seconds = group["startup_s"]
+        row = {"variant": variant, "startups": int(seconds.size), "median_s": float(seconds.median()),
+               "min_s": float(seconds.min()), "max_s": float(seconds.max())}
+        for phase in PHASES:
+            known = group[phase].dropna() if phase in group else []
+            row[phase] = float(known.median()) if len(known) else None
+        rows.append(row)
+    return rows
+
+
+def render_startup(rows: list[dict], markdown: bool) -> str:
+    head = ["variant", "startup_s median (min-max)", "runs", *(p.removesuffix("_s") for p in PHASES)]
+    body = [[r["variant"], f"{r['median_s']:.2f} ({r['min_s']:.2f}-{r['max_s']:.2f})", str(r["startups"]),
+             *(_num(r[p], 2) for p in PHASES)] for r in rows]
+    return _render(head, body, markdown)
 
 
 def _num(value: float | None, digits: int) -> str:
@@ -110,13 +140,16 @@ def batch_sizes_of(text: str) -> tuple[int, ...]:
 
 
 def run(args) -> int:
-    """``measure table``: print a bundle's table (per variant, or per backend side by side)."""
+    """``measure table``: print a bundle's table (per variant, per backend side by side, or its
+    start-ups)."""
     path = Path(args.bundle)
     if not (path / "bundle.json").is_file():
         raise InputError(str(path), "is not a trace bundle (no bundle.json)")
     bundle = TraceBundle.load(path)
     sizes = batch_sizes_of(args.batch_sizes)
-    if args.by_backend:
+    if getattr(args, "startup", False):
+        print(render_startup(startup_rows(bundle), args.markdown))
+    elif args.by_backend:
         backends, rows = backend_rows(bundle, sizes)
         print(render_backends(backends, rows, sizes, args.markdown))
     else:

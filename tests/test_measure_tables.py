@@ -1,4 +1,4 @@
-"""`measure table`: a bundle's medians and accuracy per variant, and per backend side by side."""
+"""`measure table`: a bundle's medians and accuracy per variant, per backend side by side, and its start-ups."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from measure.cli import main
-from measure.tables import backend_rows, variant_rows
+from measure.tables import backend_rows, startup_rows, variant_rows
 from traces.bundle import TraceBundle
 
 # m/fp32 under eager and ONNX Runtime at batch 1 and 8; m/int8 eager only, at batch 1 only
@@ -78,3 +78,23 @@ def test_with_idle_gaps_the_median_and_its_count_are_of_the_back_to_back_runs(tm
     bundle = TraceBundle(meta={"name": "g", "units": {"latency": "ms"}}, service=service, predictions=pd.DataFrame())
     (row,) = variant_rows(bundle, (1,))
     assert row["p50_b1_ms"] == pytest.approx(2.0) and row["runs_b1"] == 3 and row["accuracy"] is None
+
+
+def test_the_startup_table_gives_each_variants_median_range_and_phases(bundle_dir, capsys):
+    bundle = TraceBundle.load(bundle_dir)
+    assert main(["table", str(bundle_dir), "--startup"]) == 2   # none timed yet: refused in one line
+    assert "no startup table" in capsys.readouterr().err
+    bundle.startup = pd.DataFrame({"variant": ["m/fp32/cpu"] * 3 + ["m/int8/cpu"] * 2,
+                                   "startup_s": [4.0, 6.0, 5.0, 3.0, 2.0],
+                                   "spawn_s": [0.5, 0.3, 0.4, None, None],
+                                   "import_s": [1.0, 1.2, 1.1, 1.0, 1.0]})
+    saved = bundle.save(bundle_dir.parent / "with-startup", fmt="csv")
+    rows = {r["variant"]: r for r in startup_rows(TraceBundle.load(saved))}
+    fp32, int8 = rows["m/fp32/cpu"], rows["m/int8/cpu"]
+    assert (fp32["startups"], fp32["median_s"], fp32["min_s"], fp32["max_s"]) == (3, 5.0, 4.0, 6.0)
+    assert fp32["spawn_s"] == pytest.approx(0.4) and fp32["import_s"] == pytest.approx(1.1)
+    assert int8["median_s"] == 2.5 and int8["spawn_s"] is None and int8["build_s"] is None
+    assert main(["table", str(saved), "--startup", "--markdown"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "| variant | startup_s median (min-max) | runs | spawn | import | load | build | warmup |"
+    assert "| m/fp32/cpu | 5.00 (4.00-6.00) | 3 | 0.40 | 1.10 | - | - | - |" in lines
