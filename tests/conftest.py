@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
 import pytest
@@ -14,6 +17,17 @@ from traces.bundle import TraceBundle
 # ../shared beside the repository; SERVESIM_SHARED overrides it (bench/mutation.py sets it: mutmut runs
 # the tests from its copy of the tree, mutants/, one level down, where ../shared is not beside them)
 SHARED = Path(os.environ.get("SERVESIM_SHARED") or Path(__file__).resolve().parents[2] / "shared")
+
+
+def load_bench(name: str) -> ModuleType:
+    """A script of ``bench/`` (not a package) imported as module ``<name>_bench``, registered in
+    ``sys.modules`` first (its dataclasses look their module up by name)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,7 +11,6 @@ byte-identical either way.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -24,6 +23,7 @@ import pytest
 
 from analysis.study import REPORT_MARKER
 from analysis.study import main as study_main
+from conftest import load_bench
 from measure.cli import main as measure_main
 from sim.cli import main as simulate_main
 from traces import outputs
@@ -433,10 +433,7 @@ def test_measure_serve_checks_its_out_first(capsys, tmp_path, short, monkeypatch
 
 @pytest.fixture(scope="module")
 def fidelity():
-    spec = importlib.util.spec_from_file_location("fidelity_bench", REPO / "bench" / "fidelity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("fidelity")
 
 
 def test_fidelity_refuses_what_is_not_its_own(capsys, tmp_path, fidelity):

@@ -224,3 +224,27 @@ def test_a_bundles_profile_is_measured_and_has_spells_and_a_timeline_only_when_a
     [(size, (started, latency))] = asked.timeline.items()
     assert size == 1 and started.size == 800 and (np.diff(started) > 0).all()
     np.testing.assert_array_equal(latency, in_time_order_ms)
+
+
+def test_a_distribution_drops_what_is_not_finite_and_leaves_its_input_as_it_was():
+    """The summary's distributions (``traces.summary.distribution``): the mean, percentiles and max
+    of the finite values only; the caller's array is not reordered unless it says it may be; and the
+    figures are worked out in float64 whatever the column's type."""
+    from traces.summary import distribution
+
+    with_nan = distribution(np.array([3.0, np.nan, 1.0, np.inf, 2.0]))
+    assert (with_nan["mean"], with_nan["p50"], with_nan["max"]) == (2.0, 2.0, 3.0)
+    values = np.array([5.0, 1.0, 4.0, 2.0, 3.0])
+    distribution(values)
+    assert values.tolist() == [5.0, 1.0, 4.0, 2.0, 3.0]
+    single = np.array([0.1, 0.2, 0.7, 1e8, 3.3], dtype=np.float32)
+    assert distribution(single) == distribution(single.astype(np.float64))
+
+
+def test_a_poisson_process_built_directly_names_its_rate_in_a_refusal():
+    from traces.arrivals import Poisson
+    from traces.errors import InputError
+
+    with pytest.raises(InputError) as error:
+        Poisson(-1.0)
+    assert error.value.where == "arrivals.rate_rps"

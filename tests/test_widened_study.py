@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
@@ -13,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SHARED
+from conftest import SHARED, load_bench
 from sim.core.workload import make_workload
 from traces.bundle import TraceBundle
 from traces.scenario import scenario_from_dict
@@ -25,11 +24,7 @@ T_975_4 = 2.7764451051977987   # t(0.975, 4 degrees of freedom), from tables
 
 @pytest.fixture(scope="module")
 def widened():
-    spec = importlib.util.spec_from_file_location("widened_study", REPO / "bench" / "widened_study.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module   # its dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("widened_study")
 
 
 def full_batch_capacity(bundle_dir: Path, variant: str, replicas: int, batch: int = 16) -> float:
