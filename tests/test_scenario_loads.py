@@ -3,22 +3,14 @@ measurements, so a re-measured bundle cannot leave a study of overload running a
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_bench
 
 
 @pytest.fixture(scope="module")
 def loads():
-    spec = importlib.util.spec_from_file_location("scenario_loads", REPO / "bench" / "scenario_loads.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("scenario_loads")
 
 
 @pytest.mark.parametrize("value, rounded", [(1886.0, 1900.0), (596.2, 600.0), (1257.0, 1300.0), (0.0449, 0.045)])
