@@ -78,6 +78,14 @@ def _study_sst2(m: Measured) -> float:
     return m.capacity_rps("medium") + m.capacity_rps("large")
 
 
+def _ipa_scale(m: Measured) -> float:
+    """The replay's scale that makes the window's mean 0.75x one middle judge replica's throughput
+    at batches of 8 (the scenario's own scale times the ratio of that target to its mean now)."""
+    scenario = m.prepared.scenario
+    mean_rps = scenario.arrivals.mean_rate_rps(scenario.duration_s)
+    return float(scenario.arrivals_cfg["rate_scale"]) * 0.75 * m.capacity_rps("judge-medium", 8, 1) / mean_rps
+
+
 def _ablation(share_of_one_replica: float) -> Callable[[Measured], float]:
     def rate(m: Measured) -> float:
         return share_of_one_replica * m.capacity_rps("large", 8, 1) / m.passed_share("small", m.threshold())
@@ -97,6 +105,9 @@ RULES = (
          _ablation(0.7)),
     Rule("examples/ablation/sst2-base.toml", "large gets 0.65 of one replica's throughput at batches of 8",
          _ablation(0.65)),
+    Rule("examples/ipa/pipeline.toml", "the replayed window's mean is 0.75x what one BERT-4 INT8 judge replica "
+         "sustains at batches of 8", _ipa_scale, field="arrivals.rate_scale",
+         also="every window's rate_scale in ipa/study.toml"),
     Rule("examples/autoscale.toml", "the step is 1.5x what one replica sustains at batches of 8 (4x the base)",
          lambda m: 1.5 * m.capacity_rps("m", 8, 1), field="arrivals.rates_rps[1]"),
 )
@@ -115,6 +126,8 @@ def held_rate(prepared: Prepared, field: str) -> float:
     arrivals = prepared.scenario.arrivals_cfg
     if field == "arrivals.rates_rps[1]":
         return float(arrivals["rates_rps"][1])
+    if field == "arrivals.rate_scale":
+        return float(arrivals["rate_scale"])
     return float(arrivals["rate_rps"])
 
 
@@ -123,14 +136,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when a scenario is more than 10%% off its rule")
     args = parser.parse_args(argv)
     off = 0
-    print(f"{'scenario':38s} {'holds':>7s} {'rule gives':>10s} {'factor':>7s}  rule")
+    print(f"{'scenario':38s} {'holds':>7s} {'rule gives':>10s} {'factor':>7s}  rule (rates in requests/s; a replay's scale)")
     for rule in RULES:
         prepared = check_against_bundle(load_scenario(ROOT / rule.scenario))
         wanted = two_figures(rule.rate_rps(Measured(prepared)))
         held = held_rate(prepared, rule.field)
         factor = wanted / held
         off += abs(factor - 1.0) > 0.10
-        print(f"{rule.scenario:38s} {held:7.0f} {wanted:10.0f} {factor:7.3f}  {rule.rule}"
+        print(f"{rule.scenario:38s} {held:7.4g} {wanted:10.4g} {factor:7.3f}  {rule.rule}"
               + (f" (also: {rule.also})" if rule.also else ""))
     return 1 if args.check and off else 0
 
