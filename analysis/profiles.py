@@ -15,11 +15,12 @@ reader wants them side by side:
   of a cascade at tau answers itself) and the accuracy on those (*selective accuracy*). A useful
   first hop is much more accurate on what it keeps than overall;
 - **the price of a compression** (``cost_table``): each precision, pruning method and backend
-  against the FP32, unpruned, eager PyTorch variant of the same model (the *reference*), as the ratio of median latencies at
-  batch 1 and 8 (below 1: faster) and the difference in accuracy on the samples both were evaluated
-  on (below 0: less accurate), with its paired interval and McNemar's test: two variants that
-  disagree on three samples of 540 are not told apart by them. Quantisation that halves latency
-  for a tenth of a point of accuracy is worth it; pruning that saves nothing on this hardware is not.
+  against the FP32, unpruned, eager PyTorch variant of the same model (the *reference*), as the
+  ratio of median latencies at batch 1 and 8 (below 1: faster) and the difference in accuracy on
+  the samples both were evaluated on (below 0: less accurate), with its paired interval and
+  McNemar's test: two variants that disagree on three samples of 540 are not told apart by them.
+  Quantisation that halves latency for a tenth of a point of accuracy is worth it; pruning that
+  saves nothing on this hardware is not.
 
 Each has a figure (``latency_figure``, ``confidence_figure``, ``cost_figure``) in the style of
 ``analysis.figures``: a colour per model, a dash per precision, a marker per pruning method, a
@@ -27,9 +28,9 @@ line width per backend.
 
 Every table carries the variant's parts as columns (``model``, ``precision``, ``pruning``,
 ``device``, ``backend``; a variant id is ``model[-pruning]/precision/device[/backend]``, ``eager``
-when the backend is left out), so it can be filtered or pivoted
-by any of them. Latencies are the back-to-back runs (``TraceBundle.latency_samples``), the ones the
-simulator and the policies plan with; percentiles are numpy's (linear interpolation).
+when the backend is left out), so it can be filtered or pivoted by any of them. Latencies are the
+back-to-back runs (``TraceBundle.latency_samples``), the ones the simulator and the policies plan
+with; percentiles are numpy's (linear interpolation).
 """
 
 from __future__ import annotations
@@ -238,7 +239,8 @@ def latency_figure(latency: pd.DataFrame, percentile: str = "p50_ms", title: str
     axes[0, 0].set_ylabel(f"{percentile.removesuffix('_ms')} batch latency (ms)")
     axes[0, 1].set_ylabel("throughput (requests/s, back to back)")
     _legend(fig, axes[0, 0])
-    fig.suptitle((title + ": " if title else "") + "colour: model; dash: precision; marker: pruning; width: backend", fontsize=10)
+    fig.suptitle((title + ": " if title else "") + "colour: model; dash: precision; marker: pruning; width: backend",
+                 fontsize=10)
     return fig
 
 

@@ -20,9 +20,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from traces.bundle import TraceBundle
-from traces.startup import PHASE_COLUMNS as PHASES
 from traces.errors import InputError
 from traces.profiles import LatencyProfile
+from traces.startup import PHASE_COLUMNS as PHASES
 
 from .profile import BACKENDS, VariantSpec
 

@@ -194,7 +194,8 @@ def test_a_backend_variant_is_priced_against_eager_fp32_of_its_model(tmp_path, b
             extra_service.append(rows.assign(latency_ms=rows["latency_ms"] * factor))
             extra_predictions.append(predictions[predictions["variant"] == source].assign(variant=variant))
     made = TraceBundle(meta={"name": "tiny-backends", "description": "hand-made", "units": {"latency": "ms"}},
-                       service=pd.concat([service, *extra_service]), predictions=pd.concat([predictions, *extra_predictions]))
+                       service=pd.concat([service, *extra_service]),
+                       predictions=pd.concat([predictions, *extra_predictions]))
     bundle = TraceBundle.load(made.save(tmp_path / "backends", fmt="csv"))
     parts = pf.variant_table(bundle).set_index("variant")
     assert parts.loc["m/fp32/cpu/onnxruntime", ["model", "precision", "pruning", "backend"]].tolist() == \
