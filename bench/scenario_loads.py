@@ -65,8 +65,8 @@ class Measured:
 class Rule:
     scenario: str                            # relative to the repository
     rule: str                                # the rule, as the scenario's header states it
-    rate_rps: Callable[[Measured], float]    # the rate the rule gives
-    field: str = "arrivals.rate_rps"         # where the scenario holds its rate
+    target: Callable[[Measured], float]      # what the rule gives: a rate (requests/s) or a replay's scale
+    field: str = "arrivals.rate_rps"         # where the scenario holds it
     also: str = ""                           # what else scales by the same factor
 
 
@@ -121,8 +121,8 @@ def two_figures(value: float) -> float:
     return round(value, digits)
 
 
-def held_rate(prepared: Prepared, field: str) -> float:
-    """The rate the scenario file holds (its arrivals' configuration, as written)."""
+def held_value(prepared: Prepared, field: str) -> float:
+    """What the scenario file holds at ``field`` (its arrivals' configuration, as written)."""
     arrivals = prepared.scenario.arrivals_cfg
     if field == "arrivals.rates_rps[1]":
         return float(arrivals["rates_rps"][1])
@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'scenario':38s} {'holds':>7s} {'rule gives':>10s} {'factor':>7s}  rule (rates in requests/s; a replay's scale)")
     for rule in RULES:
         prepared = check_against_bundle(load_scenario(ROOT / rule.scenario))
-        wanted = two_figures(rule.rate_rps(Measured(prepared)))
-        held = held_rate(prepared, rule.field)
+        wanted = two_figures(rule.target(Measured(prepared)))
+        held = held_value(prepared, rule.field)
         factor = wanted / held
         off += abs(factor - 1.0) > 0.10
         print(f"{rule.scenario:38s} {held:7.4g} {wanted:10.4g} {factor:7.3f}  {rule.rule}"

@@ -26,7 +26,7 @@ def test_every_shipped_scenario_holds_the_rate_its_rule_gives(loads, capsys):
 
 def test_a_rate_off_its_rule_is_reported(loads, monkeypatch, capsys):
     rule = loads.RULES[0]
-    doubled = loads.Rule(rule.scenario, rule.rule, lambda m: 2 * rule.rate_rps(m))
+    doubled = loads.Rule(rule.scenario, rule.rule, lambda m: 2 * rule.target(m))
     monkeypatch.setattr(loads, "RULES", (doubled,))
     assert loads.main(["--check"]) == 1
     assert " 2.000 " in capsys.readouterr().out
