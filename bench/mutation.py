@@ -185,10 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             env["SERVESIM_SHARED"] = str(ROOT.parent / "shared")
         names: list[str] = []
         if args.recheck:  # a timeout may also be a slow machine's: it is tested again as well
-            names = sorted(n for n, state in results().items() if state in RECHECKED)
+            last = results()
+            names = sorted(n for n, state in last.items() if state in RECHECKED)
             if not names:
                 print("nothing to recheck: no survivor, timeout or untested mutant in the last run")
-            if any(results()[n] == "no tests" for n in names):
+            if any(last[n] == "no tests" for n in names):
                 forget_test_map()
         run = subprocess.run(mutmut() + ["run", "--max-children", str(args.max_children), *names], cwd=ROOT, env=env)
         if run.returncode != 0:

@@ -266,8 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--batch-sizes", default="1,8", help="the batch sizes of the latency columns (default 1,8)")
     table.add_argument("--startup", action="store_true",
                        help="the replica start-ups instead: median (min-max) and median phases per variant")
-    table.add_argument("--by-backend", action="store_true", help="one row per model and precision measured under several backends, "
-                       "backends side by side")
+    table.add_argument("--by-backend", action="store_true",
+                       help="one row per model and precision measured under several backends, backends side by side")
     table.add_argument("--markdown", action="store_true", help="a Markdown table")
     table.set_defaults(func=lambda a, argv: _tables().run(a))
     serve = _sub("serve", "run a scenario on real model replicas; writes the simulator's run output")

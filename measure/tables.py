@@ -147,7 +147,7 @@ def run(args) -> int:
         raise InputError(str(path), "is not a trace bundle (no bundle.json)")
     bundle = TraceBundle.load(path)
     sizes = batch_sizes_of(args.batch_sizes)
-    if getattr(args, "startup", False):
+    if args.startup:
         print(render_startup(startup_rows(bundle), args.markdown))
     elif args.by_backend:
         backends, rows = backend_rows(bundle, sizes)
