@@ -54,8 +54,10 @@ from traces.served import served_batches, served_bundle  # noqa: E402
 SINGLE = "mobilenet_v2/int8/cpu"
 FAST, SLOW = "cnn-small-kd/fp32/cpu", "resnet18/int8/cpu"
 MAX_BATCH, TIMEOUT_MS = 8, 2.0
-# 29% of requests go on to the slow stage, which keeps the cascade's rates (up to ~1,400 rps at
-# 0.9 load) within what a Python front end sustains
+# 31% of requests go on to the slow stage (29% on the zoo before 2026-12-05), which kept the
+# cascade's rates (up to ~1,200 requests/s at 0.9 load) within what a Python front end sustains on
+# the host before; on the faster host of 2026-12-05 they reach 3,200/s at 0.9, where the fast stage,
+# sharing the front end's core, served 2.5x slower than profiled (docs/fidelity.md)
 THRESHOLD = 0.999
 IDLE_GAPS_MS = [0.0, 1.0, 3.0, 10.0, 30.0]
 SINGLE_REPLICAS = 1  # on 2 cores: one for the replica, one for the front end (dispatcher, batchers)

@@ -1,12 +1,12 @@
 """The study's policies on the two system shapes the study was not tuned on, paired by seed.
 
-The study's base (``examples/study/base.toml``: three digits classifiers, one replica each, 600
-requests/s, the accurate models 1.5x overloaded) is one shape. An independent review reported that
+The study's base (``examples/study/base.toml``: three digits classifiers, one replica each, 1,900
+requests/s, the large model 1.5x overloaded) is one shape. An independent review reported that
 on two others, with spare capacity on the accurate models, the best fixed configuration in
 hindsight (``oracle-static``) beat the planner in every seed; this script runs them:
 
 - ``two-large``: the base with a second replica of ``large`` (ResNet-18 INT8), so ``large`` alone
-  carries 600 requests/s at about 0.72 of its capacity at full batches;
+  carries 1,900 requests/s at about 0.76 of its capacity at full batches;
 - ``four-deployments``: the base with a fourth deployment (``--fourth``, default MobileNetV2 FP32);
 - ``base``: the study's own shape, to check that what helps the other two does not hurt it.
 

@@ -189,7 +189,7 @@ evaluation data, no model run (see docs/difficulty.md). A bundle that has one is
   measure layers examples/profiles/digits-cpu.toml --variant resnet18/int8/cpu --batch 8   # by operator
   measure layers examples/profiles/sst2-cpu.toml --variant bert-6/fp32/cpu --batch 16 --by operator \\
       --runs 20 --out bert6-ops.csv
-  measure layers examples/profiles/digits-cpu-backends.toml --variant mobilenet_v2/fp32/cpu/onnxruntime --batch 8
+  measure layers examples/profiles/digits-cpu.toml --variant mobilenet_v2/fp32/cpu/onnxruntime --batch 8
 
 Rows by module are the model's top-level parts (a part over half of the time opens into its parts);
 (other) is the time outside them: the input gather, the softmax, the model's glue code.

@@ -257,15 +257,15 @@ def test_an_existing_report_is_replaced_only_with_force(results, tmp_path, capsy
 # --- the shipped sweeps -------------------------------------------------------------------------
 
 def _variant_parts(variant: str) -> dict[str, str]:
-    """A variant id ``model[-kd][-pruning]/precision/device`` as the factors an ablation names."""
-    name, precision, device = variant.split("/")
+    """A variant id ``model[-kd][-pruning]/precision/device[/backend]`` as the factors an ablation names."""
+    name, precision, device, *rest = variant.split("/")
     pruning = "none"
     for method in ("channel", "l1"):
         if name.endswith(f"-{method}"):
             name, pruning = name[: -len(method) - 1], method
     distillation = "kd" if name.endswith("-kd") else "none"
     return {"model": name.removesuffix("-kd"), "distillation": distillation, "pruning": pruning,
-            "precision": precision, "device": device}
+            "precision": precision, "device": device, "backend": rest[0] if rest else "eager"}
 
 
 def _facets(raw, path: str = "") -> dict[str, object]:
@@ -312,7 +312,7 @@ def test_each_variation_changes_exactly_the_factor_it_names(path):
         names = {k.rsplit(".", 1)[-1] for k in changed} - allowed
         assert names == {factor}, f"{label} changes {sorted(changed)}"
         assert {_level(facets[k]) for k in changed if k.rsplit(".", 1)[-1] == factor} == {level}, label
-    assert {"model", "precision", "pruning", "distillation", "max_batch_size", "threshold"} <= factors
+    assert {"model", "precision", "pruning", "distillation", "backend", "max_batch_size", "threshold"} <= factors
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)

@@ -51,18 +51,14 @@ def test_the_study_sweeps_expand(path, shared_data):
     assert len({t.run_id for t in tasks}) == len(tasks)
 
 
-def test_the_study_bundles_stay_the_default_for_their_variants():
-    """A scenario without `bundle` takes the first bundled bundle that measured its variant: the
-    backend comparison bundle repeats the eager digits variants and must not take them over."""
+def test_a_variant_without_a_bundle_finds_the_study_bundle_that_measured_it():
+    """A scenario without `bundle` takes the bundled bundle that measured its variant: the backend
+    variants sit in the study bundles beside the eager ones they are compared with."""
     from sim.core.prepare import bundled_bundle_for
 
     assert bundled_bundle_for("resnet18/int8/cpu").name == "digits-cpu"
+    assert bundled_bundle_for("resnet18/int8/cpu/onnxruntime").name == "digits-cpu"
+    assert bundled_bundle_for("mobilenet_v2/fp32/cpu/torchscript").name == "digits-cpu"
     assert bundled_bundle_for("bert-6/int8/cpu").name == "sst2-cpu"
-    assert bundled_bundle_for("resnet18/int8/cpu/onnxruntime").name == "digits-cpu-backends"
-
-
-def test_the_text_study_bundle_stays_the_default_too():
-    from sim.core.prepare import bundled_bundle_for
-
     assert bundled_bundle_for("bert-2-kd/fp32/cpu").name == "sst2-cpu"
-    assert bundled_bundle_for("bert-6/int8/cpu/onnxruntime").name == "sst2-cpu-backends"
+    assert bundled_bundle_for("bert-6/int8/cpu/onnxruntime").name == "sst2-cpu"

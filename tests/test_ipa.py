@@ -57,7 +57,10 @@ def run(tmp_path: Path, scenario: Path) -> tuple[dict, pd.DataFrame, pd.DataFram
             pd.read_parquet(seed / "timeline.parquet"))
 
 
-STEP = {"kind": "piecewise", "rates_rps": [60.0, 600.0], "interval_s": 20.0}
+# The step's high rate is 5.7x BERT-6 INT8's capacity at batches of 8 (439/s on the bundle measured
+# on 2026-12-05): IPA's replica cost there outweighs BERT-6's accuracy (it keeps BERT-6 up to about
+# 1,500/s and gives it up from 2,000/s).
+STEP = {"kind": "piecewise", "rates_rps": [60.0, 2500.0], "interval_s": 20.0}
 
 
 def test_ipa_sizes_a_load_step_and_switches_variants_before_breaking(tmp_path):
@@ -65,10 +68,10 @@ def test_ipa_sizes_a_load_step_and_switches_variants_before_breaking(tmp_path):
                                                           arrivals=STEP))
     report = summary["policy"]
     assert report["plans"] == 4 and report["infeasible_plans"] == 0  # at 1, 11, 21 and 31 s
-    # at 60 rps IPA prefers the accurate pair (its accuracy is worth more than its replicas) ...
+    # at 60/s IPA prefers the accurate pair (its accuracy is worth more than its replicas) ...
     early = requests[(requests["arrival_s"] > 10) & (requests["arrival_s"] < 20)]
     assert set(early["stage0_deployment"].dropna()) == {"read-large"} and set(early["stage1_deployment"].dropna()) == {"judge-large"}
-    # ... and at 600 rps it adds replicas to the first stage and gives up BERT-6, whose replicas cost more
+    # ... and at the high rate it adds replicas to the first stage and gives up BERT-6, whose replicas cost more
     late = requests[requests["arrival_s"] > 32]
     assert set(late["stage1_deployment"].dropna()) == {"judge-small"}
     replicas = timeline.pivot(index="time_s", columns="deployment", values="replicas")
@@ -171,7 +174,8 @@ def test_recommend_sizes_a_window_for_its_peak(tmp_path):
     scenario = pipeline(tmp_path, {"name": "ipa", "plan_interval_s": 1.0}, arrivals=STEP)
     done = simulate("recommend", str(scenario), "--window", "20:20", "--json")
     answer = json.loads(done.stdout)
-    assert 600 < answer["rate_rps"] < 700  # the peak second of Poisson 600/s over 20 s
+    high = STEP["rates_rps"][1]
+    assert high < answer["rate_rps"] < 1.1 * high  # the peak second of Poisson at the high rate over 20 s
     assert answer["simulated"]["hit_rate"] >= 0.97
 
 

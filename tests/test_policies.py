@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -382,6 +383,15 @@ STUDY_DEPLOYMENTS = [  # examples/study/base.toml's three deployments
                           ("large", "resnet18/int8/cpu"))]
 
 
+def _study_rate_rps() -> float:
+    """The study base's rate (examples/study/base.toml: 1.5x what its large model sustains, a rule
+    bench/scenario_loads.py works out on the bundle), so these runs follow a re-measured bundle."""
+    import tomllib
+
+    base = Path(__file__).resolve().parents[1] / "examples" / "study" / "base.toml"
+    return float(tomllib.loads(base.read_text())["arrivals"]["rate_rps"])
+
+
 def _study_run(tmp_path, name: str, policy: str, rate_rps: float, deadline_ms: float):
     """``simulate run`` of the study's deployments for 5 s; (requests.parquet bytes, summary)."""
     import json
@@ -401,17 +411,27 @@ def _study_run(tmp_path, name: str, policy: str, rate_rps: float, deadline_ms: f
 
 
 def test_degrade_overrides_nothing_where_its_inner_policy_meets_every_deadline(tmp_path):
-    alone, alone_summary = _study_run(tmp_path, "planner", 'name = "planner"', 300.0, 40.0)
-    wrapped, summary = _study_run(tmp_path, "degrade", 'name = "degrade"\ninner = "planner"', 300.0, 40.0)
+    half = 0.5 * _study_rate_rps()
+    alone, alone_summary = _study_run(tmp_path, "planner", 'name = "planner"', half, 40.0)
+    wrapped, summary = _study_run(tmp_path, "degrade", 'name = "degrade"\ninner = "planner"', half, 40.0)
     assert alone_summary["hit_rate"] == 1.0
     assert summary["policy"]["overrides"] == {}
     assert wrapped == alone
 
 
 def test_degrade_spreads_its_step_downs_over_the_deployments_that_can_take_them(tmp_path):
+    """At 1.25x what large and medium sustain together at full batches, the requests large cannot
+    take are more than medium can: the step-downs must reach small as well as medium."""
     import pandas as pd
 
-    _, summary = _study_run(tmp_path, "degrade", 'name = "degrade"\ninner = "static-large"', 600.0, 20.0)
+    from sim.core.prepare import BUNDLED
+    from traces.bundle import TraceBundle
+    from traces.profiles import LatencyProfile
+
+    bundle = TraceBundle.load(BUNDLED / "digits-cpu")
+    capacity_rps = sum(LatencyProfile.from_bundle(bundle, d["variant"]).throughput_rps(d["max_batch_size"])
+                       for d in STUDY_DEPLOYMENTS if d["name"] in ("medium", "large"))
+    _, summary = _study_run(tmp_path, "degrade", 'name = "degrade"\ninner = "static-large"', 1.25 * capacity_rps, 20.0)
     requests = pd.read_parquet(tmp_path / "degrade" / "seed-3" / "requests.parquet")
     stepped = requests.loc[requests["route"] != "large", "route"].value_counts()
     assert summary["policy"]["overrides"]["step_down"] == stepped.sum() > 1000
