@@ -152,7 +152,7 @@ def render(table: dict[str, dict], equivalent: dict[str, str] | None = None) -> 
     survived = {name for row in table.values() for name in row["survivors"]}
     stale = sorted(set(equivalent or {}) - survived)
     lines.append(f"survivors not listed as equivalent in {LEDGER.relative_to(ROOT)}: {len(unlisted)}"
-                 + ("" if not unlisted else " (--survivors names them)"))
+                 + ("" if not unlisted else " (--report --survivors names them)"))
     if stale:
         lines.append(f"ledger entries that are not survivors of this run (killed since, renamed, or not yet "
                      f"tested): {len(stale)}")
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="print the scores of the last run without running")
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested in parallel (default 2)")
     parser.add_argument("--json", help="also write the scores (and survivors) to this JSON file")
-    parser.add_argument("--survivors", action="store_true", help="list every surviving mutant by module")
+    parser.add_argument("--survivors", action="store_true", help="also list every surviving mutant by module (with --report: list only, run nothing)")
     parser.add_argument("--recheck", action="store_true",
                         help="test the last run's survivors, timeouts and 'no tests' mutants again (after new tests "
                              "or functions: mutmut keeps a verdict until the mutant is named), then report")
