@@ -28,7 +28,7 @@ from policies.base import PlanAction, Policy, Route
 from sim.core import records
 from traces.bundle import TraceBundle
 from traces.profiles import LatencyProfile, SlowSpells
-from traces.summary import stage_breakdown
+from traces.summary import Tally, stage_breakdown
 
 SERVICE_S = 1 / 64  # a deterministic batch service time that is an exact binary fraction
 SERVICE = {"kind": "deterministic", "mean_ms": SERVICE_S * 1000.0}
@@ -248,3 +248,21 @@ def test_a_poisson_process_built_directly_names_its_rate_in_a_refusal():
     with pytest.raises(InputError) as error:
         Poisson(-1.0)
     assert error.value.where == "arrivals.rate_rps"
+
+
+def test_the_tally_keeps_every_latency_when_its_column_grows_past_its_reserve():
+    """A tally with no reserve holds 1,024 values at first; 3,000 latencies in three chunks make
+    its column grow twice, and every value survives the copies (the distribution drops what is not
+    finite, so a value lost to NaN would shift the mean and median, not raise)."""
+    tally = Tally()
+    n = 1000
+    for start in (0, n, 2 * n):
+        latency_ms = np.arange(start, start + n, dtype=np.float64)
+        tally.add(pd.DataFrame({
+            "measured": True, "dropped": False, "hit": True, "drop_reason": None, "route": "m", "hops": 1,
+            "correct": pd.array([pd.NA] * n, dtype="boolean"), "latency_ms": latency_ms,
+            "arrival_s": 0.0, "hop0_start_s": latency_ms / 1000.0}))
+    summary = tally.summary(warmup_s=0.0, duration_s=1.0, deployments={}, price_per_replica_hour=0.0)
+    for name in ("latency_ms", "wait_ms"):
+        assert summary[name]["mean"] == pytest.approx(1499.5)
+        assert summary[name]["p50"] == pytest.approx(1499.5) and summary[name]["max"] == pytest.approx(2999.0)
