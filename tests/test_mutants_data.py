@@ -266,3 +266,19 @@ def test_the_tally_keeps_every_latency_when_its_column_grows_past_its_reserve():
     for name in ("latency_ms", "wait_ms"):
         assert summary[name]["mean"] == pytest.approx(1499.5)
         assert summary[name]["p50"] == pytest.approx(1499.5) and summary[name]["max"] == pytest.approx(2999.0)
+
+
+def test_the_tallys_waits_are_the_measured_requests_only():
+    """The warm-up's requests (``measured`` False) are simulated but not measured: a wait of 500 ms
+    among them leaves the wait distribution of the measured ones (10 ms each) as it is."""
+    tally = Tally()
+    measured = np.array([False, False, True, True, True, True])
+    arrival_s = np.zeros(measured.size)
+    tally.add(pd.DataFrame({
+        "measured": measured, "dropped": False, "hit": True, "drop_reason": None, "route": "m", "hops": 1,
+        "correct": pd.array([pd.NA] * measured.size, dtype="boolean"),
+        "latency_ms": np.where(measured, 12.0, 502.0), "arrival_s": arrival_s,
+        "hop0_start_s": np.where(measured, 0.010, 0.500)}))
+    summary = tally.summary(warmup_s=0.0, duration_s=1.0, deployments={}, price_per_replica_hour=0.0)
+    assert summary["wait_ms"]["mean"] == pytest.approx(10.0) and summary["wait_ms"]["max"] == pytest.approx(10.0)
+    assert summary["latency_ms"]["max"] == pytest.approx(12.0)
