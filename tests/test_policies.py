@@ -386,10 +386,10 @@ STUDY_DEPLOYMENTS = [  # examples/study/base.toml's three deployments
 def _study_rate_rps() -> float:
     """The study base's rate (examples/study/base.toml: 1.5x what its large model sustains, a rule
     bench/scenario_loads.py works out on the bundle), so these runs follow a re-measured bundle."""
-    import tomllib
+    from traces.scenario import read_toml
 
     base = Path(__file__).resolve().parents[1] / "examples" / "study" / "base.toml"
-    return float(tomllib.loads(base.read_text())["arrivals"]["rate_rps"])
+    return float(read_toml(base)["arrivals"]["rate_rps"])
 
 
 def _study_run(tmp_path, name: str, policy: str, rate_rps: float, deadline_ms: float):
