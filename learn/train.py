@@ -53,6 +53,7 @@ def difficulty_model(prepared, config: TrainConfig, log=print):
 def make_model(config: TrainConfig, log=print):
     """The environments (normalised) and an untrained MaskablePPO, plus what the export needs."""
     from sb3_contrib import MaskablePPO
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
     import torch
 
@@ -74,6 +75,9 @@ def make_model(config: TrainConfig, log=print):
                         gae_lambda=config.gae_lambda, ent_coef=config.entropy_start, seed=config.seed, device="cpu",
                         policy_kwargs={"net_arch": {"pi": list(config.hidden), "vf": list(config.hidden)},
                                        "activation_fn": torch.nn.Tanh})
+    # Progress is our own callback's line; SB3's default logger would also make an empty folder in the
+    # system temp dir on every learn(), so the model gets a logger that writes nowhere.
+    model.set_logger(Logger(folder=None, output_formats=[]))
     probe = envs.envs[0]
     return model, normalised, probe, model_d, difficulty_meta
 

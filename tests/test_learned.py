@@ -5,6 +5,7 @@ training run of the command (no assertion on quality)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -142,10 +143,15 @@ def smoke(tmp_path_factory):
     scenario = folder / "train.toml"
     _write_toml(scenario, raw_scenario(rate_rps=400.0, duration_s=2.0))
     out = folder / "router.npz"
+    scratch = folder / "tmp"  # the run's system temp dir: training must leave no litter in it
+    scratch.mkdir()
     done = subprocess.run([sys.executable, "-m", "learn", "train", str(scenario), "--out", str(out), "--steps", "2048",
                            "--envs", "2", "--rollout-steps", "512", "--batch-size", "256", "--episode-s", "1.0"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TMPDIR": str(scratch)})
     assert done.returncode == 0, done.stderr
+    # torch keeps one per-user compile cache there (torchinductor_USER), reused by every run; nothing else
+    assert [p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor_")] == []
     return scenario, out, done
 
 
