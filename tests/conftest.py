@@ -76,6 +76,44 @@ def tiny_bundle(tmp_path: Path) -> Path:
     return bundle.save(tmp_path / "tiny", fmt="csv")
 
 
+# a measure profile's [latency] for the tiny zoo: one batch size, a few runs, timed in the process
+QUICK_LATENCY = {"batch_sizes": [1], "warmup_runs": 1, "timed_runs": 3, "replica": "inline"}
+
+
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory) -> Path:
+    """A tiny trained digits zoo (cnn-small only), trained once per session on one thread: the
+    measure tests read it and never write into it."""
+    torch = pytest.importorskip("torch", reason="measure needs the 'measure' extra")
+    from measure.data import DataConfig
+    from measure.train import TrainConfig
+    from measure.zoo import train_zoo
+
+    path = tmp_path_factory.mktemp("zoo")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_zoo("digits", path, DataConfig.tiny(), TrainConfig.tiny(), models=["cnn-small"], tiny=True)
+    finally:
+        torch.set_num_threads(threads)
+    return path
+
+
+def write_profile(path: Path, zoo_dir: Path, *, model: str = "cnn-small", precisions=("fp32",),
+                  latency: dict | None = None, backends=None) -> Path:
+    """A digits measure profile named "tiny" at ``path``: one model, its precisions (and backends),
+    and ``latency`` as its [latency] table (none when None). Values are written as JSON, which TOML
+    reads the same for strings, numbers and lists of them."""
+    lines = ['name = "tiny"', f"zoo_dir = {json.dumps(str(zoo_dir))}", "[data]", 'task = "digits"']
+    if latency is not None:
+        lines += ["[latency]"] + [f"{key} = {json.dumps(value)}" for key, value in latency.items()]
+    lines += ["[[variants]]", f"model = {json.dumps(model)}", f"precisions = {json.dumps(list(precisions))}"]
+    if backends is not None:
+        lines.append(f"backends = {json.dumps(list(backends))}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def write_scenario(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

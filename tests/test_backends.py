@@ -22,7 +22,6 @@ from measure.profile import BACKENDS, DEVICES, PRECISIONS, PRUNING, VariantSpec,
 from measure.variants import ModelRunner, VariantUnsupported, build_variant
 from traces.errors import InputError
 
-from test_harness import zoo  # noqa: F401 - the tiny trained digits zoo (a fixture), shared
 
 FP32_RTOL = 1e-4
 INT8_LABEL_SHARE = 0.95

@@ -23,14 +23,14 @@ import pytest
 
 from analysis.study import REPORT_MARKER
 from analysis.study import main as study_main
-from conftest import load_bench
+from conftest import QUICK_LATENCY, load_bench, write_profile
 from measure.cli import main as measure_main
 from sim.cli import main as simulate_main
 from traces import outputs
 from traces.bundle import TraceBundle
 from traces.errors import InputError
 
-from test_harness import _profile, zoo  # noqa: F401 - zoo: the tiny zoo fixture, trained once per module
+from test_harness import _profile
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -358,21 +358,7 @@ def test_scratch_directory_is_removed_however_the_block_ends(tmp_path):
 
 def bad_zoo_profile(tmp_path: Path) -> Path:
     """A well-formed profile whose zoo holds no models: it fails once measuring starts."""
-    path = tmp_path / "profile.toml"
-    path.write_text(f"""name = "tiny"
-zoo_dir = "{tmp_path / 'no-zoo'}"
-[data]
-task = "digits"
-[latency]
-batch_sizes = [1]
-warmup_runs = 1
-timed_runs = 3
-replica = "inline"
-[[variants]]
-model = "cnn-small"
-precisions = ["fp32"]
-""")
-    return path
+    return write_profile(tmp_path / "profile.toml", tmp_path / "no-zoo", latency=QUICK_LATENCY)
 
 
 @pytest.mark.parametrize("profile", ["missing-zoo", "malformed"])

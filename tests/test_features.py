@@ -15,6 +15,8 @@ from policies.difficulty import (DifficultyModel, _penalised_loss, auc, fit_diff
                                  split_samples)
 from traces.bundle import TraceBundle
 from traces.errors import InputError
+
+from conftest import QUICK_LATENCY, write_profile
 from traces.features import add_features
 from traces.profiles import PredictionTable
 
@@ -181,25 +183,12 @@ def test_measure_features_adds_a_table_to_a_copy_and_refuses_to_replace_it(tmp_p
     assert (copy / "features.parquet").read_bytes() == written
 
 
-def test_measure_accuracy_records_the_features_of_the_samples_it_evaluates(tmp_path):
-    torch = pytest.importorskip("torch", reason="measure needs the 'measure' extra")
+def test_measure_accuracy_records_the_features_of_the_samples_it_evaluates(tmp_path, zoo):
     from measure.cli import main as measure_main
-    from measure.data import DataConfig
     from measure.features import sample_features
-    from measure.train import TrainConfig
-    from measure.zoo import load_zoo_task, train_zoo
+    from measure.zoo import load_zoo_task
 
-    zoo = tmp_path / "zoo"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train_zoo("digits", zoo, DataConfig.tiny(), TrainConfig.tiny(), models=["cnn-small"], tiny=True)
-    finally:
-        torch.set_num_threads(threads)
-    profile = tmp_path / "tiny.toml"
-    profile.write_text(f'name = "tiny"\nzoo_dir = "{zoo}"\n[data]\ntask = "digits"\n[latency]\n'
-                       'batch_sizes = [1]\nwarmup_runs = 1\ntimed_runs = 3\nreplica = "inline"\n'
-                       '[[variants]]\nmodel = "cnn-small"\nprecisions = ["fp32"]\n')
+    profile = write_profile(tmp_path / "tiny.toml", zoo, latency=QUICK_LATENCY)
     out = tmp_path / "bundle"
     assert measure_main(["latency", str(profile), "--out", str(out)]) == 0
     assert TraceBundle.load(out).features.empty          # no predictions, no features

@@ -9,46 +9,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from measure.cli import main as measure_main
-from measure.data import DataConfig
 from measure.replicas import ProcessRunner, RunnerRecipe, build_runner
-from measure.train import TrainConfig
-from measure.zoo import train_zoo
 from sim.cli import main as simulate_main
 from traces.bundle import TraceBundle
 
-
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
-    path = tmp_path_factory.mktemp("zoo")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    train_zoo("digits", path, DataConfig.tiny(), TrainConfig.tiny(), models=["cnn-small"], tiny=True)
-    torch.set_num_threads(before)
-    return path
+from conftest import write_profile
 
 
 def _profile(tmp_path: Path, zoo: Path, *, sizes=(1, 4), precisions=("fp32", "bf16", "int8", "fp16"),
              replica="inline", gaps=(0.0,)) -> Path:
-    path = tmp_path / "profile.toml"
-    path.write_text(f"""name = "tiny"
-zoo_dir = "{zoo}"
-[data]
-task = "digits"
-[latency]
-batch_sizes = {list(sizes)}
-warmup_runs = 1
-timed_runs = 3
-max_seconds_per_config = 2.0
-replica = "{replica}"
-idle_gaps_ms = {list(gaps)}
-[[variants]]
-model = "cnn-small"
-precisions = {json.dumps(list(precisions))}
-""")
-    return path
+    latency = {"batch_sizes": list(sizes), "warmup_runs": 1, "timed_runs": 3, "max_seconds_per_config": 2.0,
+               "replica": replica, "idle_gaps_ms": list(gaps)}
+    return write_profile(tmp_path / "profile.toml", zoo, precisions=precisions, latency=latency)
 
 
 def test_every_precision_is_timed_and_evaluated_and_a_failure_is_recorded(tmp_path, zoo):

@@ -23,6 +23,8 @@ from measure.layers import (CSV_COLUMNS, OTHER, RANGE_PREFIX, LayerProfile, Laye
                             profile_layers, write_csv)
 from traces.errors import InputError
 
+from conftest import write_profile
+
 BATCH = 16
 
 
@@ -163,31 +165,13 @@ def run_layers(*argv: str) -> int:
     return layers.run(build_parser().parse_args(["layers", *argv]))
 
 
-def write_profile(tmp_path: Path, zoo: Path, backends: tuple[str, ...] = ("eager",)) -> Path:
-    path = tmp_path / "tiny.toml"
-    path.write_text(f"""name = "tiny"
-zoo_dir = "{zoo}"
-[data]
-task = "digits"
-[latency]
-warmup_runs = 1
-[[variants]]
-model = "cnn-small"
-precisions = ["fp32", "int8"]
-backends = {list(backends)!r}
-""")
-    return path
-
-
-@pytest.mark.parametrize("argv, where", [(["--batch", "0"], "--batch"), (["--batch", "2", "--runs", "0"], "--runs")])
-def test_a_bad_batch_size_or_run_count_is_refused_before_anything_loads(tmp_path, argv, where):
-    with pytest.raises(InputError) as error:
-        run_layers(str(tmp_path / "missing.toml"), "--variant", "cnn-small/fp32/cpu", *argv)
-    assert error.value.where == where and "from 1 to" in error.value.problem
+def layers_profile(tmp_path: Path, zoo: Path, backends: tuple[str, ...] = ("eager",)) -> Path:
+    return write_profile(tmp_path / "tiny.toml", zoo, precisions=("fp32", "int8"), latency={"warmup_runs": 1},
+                         backends=backends)
 
 
 def test_an_unknown_variant_a_bad_profile_and_an_untrained_zoo_are_one_line_each(tmp_path):
-    profile = write_profile(tmp_path, tmp_path / "empty-zoo")
+    profile = layers_profile(tmp_path, tmp_path / "empty-zoo")
     with pytest.raises(InputError) as error:
         run_layers(str(profile), "--variant", "resnet18/fp32/cpu", "--batch", "2")
     assert error.value.where == "--variant" and "'resnet18/fp32/cpu'" in error.value.problem
@@ -200,19 +184,8 @@ def test_an_unknown_variant_a_bad_profile_and_an_untrained_zoo_are_one_line_each
         run_layers(str(bad), "--variant", "cnn-small/fp32/cpu", "--batch", "2")
 
 
-@pytest.fixture(scope="module")
-def tiny_zoo(tmp_path_factory):
-    from measure.data import DataConfig
-    from measure.train import TrainConfig
-    from measure.zoo import train_zoo
-
-    path = tmp_path_factory.mktemp("zoo")
-    train_zoo("digits", path, DataConfig.tiny(), TrainConfig.tiny(), models=["cnn-small"], tiny=True)
-    return path
-
-
-def test_the_command_profiles_a_trained_variant_and_writes_its_csv(tmp_path, tiny_zoo, capsys):
-    profile = write_profile(tmp_path, tiny_zoo)
+def test_the_command_profiles_a_trained_variant_and_writes_its_csv(tmp_path, zoo, capsys):
+    profile = layers_profile(tmp_path, zoo)
     out = tmp_path / "layers.csv"
     assert run_layers(str(profile), "--variant", "cnn-small/fp32/cpu", "--batch", "4", "--runs", "2",
                       "--out", str(out)) == 0
@@ -236,9 +209,7 @@ def test_a_resnet18_variant_reads_by_stage(tmp_path_factory, capsys):
 
     zoo = tmp_path_factory.mktemp("resnet_zoo")
     train_zoo("digits", zoo, DataConfig.tiny(), TrainConfig.tiny(), models=["resnet18"], tiny=True)
-    profile = tmp_path_factory.mktemp("profile") / "resnet.toml"
-    profile.write_text(f'name = "tiny"\nzoo_dir = "{zoo}"\n[data]\ntask = "digits"\n'
-                       '[[variants]]\nmodel = "resnet18"\nprecisions = ["fp32"]\n')
+    profile = write_profile(tmp_path_factory.mktemp("profile") / "resnet.toml", zoo, model="resnet18")
     assert run_layers(str(profile), "--variant", "resnet18/fp32/cpu", "--batch", "8", "--runs", "2") == 0
     printed = capsys.readouterr().out
     rows = {line.split()[0] for line in printed.splitlines() if line.startswith("layer")}
@@ -248,8 +219,8 @@ def test_a_resnet18_variant_reads_by_stage(tmp_path_factory, capsys):
 
 # ---- TorchScript and ONNX Runtime variants ---------------------------------------------------
 
-def test_a_torchscript_variant_is_profiled_by_operator_and_refuses_modules_before_building(tmp_path, tiny_zoo, capsys):
-    profile = write_profile(tmp_path, tiny_zoo, ("torchscript",))
+def test_a_torchscript_variant_is_profiled_by_operator_and_refuses_modules_before_building(tmp_path, zoo, capsys):
+    profile = layers_profile(tmp_path, zoo, ("torchscript",))
     with pytest.raises(InputError) as error:
         run_layers(str(profile), "--variant", "cnn-small/fp32/cpu/torchscript", "--batch", "4", "--by", "module")
     assert error.value.where == "--by" and "by operator" in error.value.problem
@@ -340,7 +311,7 @@ def test_ort_nodes_run_once_per_run_and_the_rows_sum_to_the_kernels_of_the_last_
         spans["dur"].sum() / runs / 1000.0 - sum(rows[name].self_cpu_ms for name in nodes), abs=1e-9)
 
 
-def test_an_onnxruntime_variant_splits_by_onnx_operator_and_leaves_no_trace_file(tmp_path, tiny_zoo, capsys,
+def test_an_onnxruntime_variant_splits_by_onnx_operator_and_leaves_no_trace_file(tmp_path, zoo, capsys,
                                                                                   monkeypatch):
     onnxruntime_or_skip()
     import tempfile
@@ -349,7 +320,7 @@ def test_an_onnxruntime_variant_splits_by_onnx_operator_and_leaves_no_trace_file
 
     from measure.layers import SESSION
 
-    profile = write_profile(tmp_path, tiny_zoo, ("eager", "onnxruntime"))
+    profile = layers_profile(tmp_path, zoo, ("eager", "onnxruntime"))
     scratch, cwd = tmp_path / "scratch", tmp_path / "cwd"
     scratch.mkdir()
     cwd.mkdir()
@@ -374,13 +345,13 @@ def test_an_onnxruntime_variant_splits_by_onnx_operator_and_leaves_no_trace_file
     assert out.read_text().splitlines()[:2] == eager.read_text().splitlines()[:2]   # marker and header
 
 
-def test_a_missing_onnxruntime_is_one_line_and_exit_status_2(tmp_path, tiny_zoo, monkeypatch, capsys):
+def test_a_missing_onnxruntime_is_one_line_and_exit_status_2(tmp_path, zoo, monkeypatch, capsys):
     import sys
 
     from measure.cli import main
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)    # `import onnxruntime` raises ImportError
-    profile = write_profile(tmp_path, tiny_zoo, ("onnxruntime",))
+    profile = layers_profile(tmp_path, zoo, ("onnxruntime",))
     assert main(["layers", str(profile), "--variant", "cnn-small/fp32/cpu/onnxruntime", "--batch", "4"]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and err.startswith("error: cnn-small/fp32/cpu/onnxruntime: ")

@@ -13,6 +13,8 @@ import pytest
 
 from traces.bundle import TraceBundle
 from traces.errors import InputError
+
+from conftest import QUICK_LATENCY, write_profile
 from traces.startup import PHASE_COLUMNS, StartupProfile, save_startup
 
 FAST, SLOW = "fast/int8/cpu", "slow/fp32/cpu"
@@ -159,40 +161,11 @@ def test_measure_startup_refuses_bad_arguments_and_what_is_not_a_bundle(tmp_path
     assert _digests(tiny_bundle) == before
 
 
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
-    import torch
-
-    from measure.data import DataConfig
-    from measure.train import TrainConfig
-    from measure.zoo import train_zoo
-
-    path = tmp_path_factory.mktemp("zoo")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    train_zoo("digits", path, DataConfig.tiny(), TrainConfig.tiny(), models=["cnn-small"], tiny=True)
-    torch.set_num_threads(before)
-    return path
-
-
 def test_measure_startup_times_real_replicas_into_the_bundle_atomically(tmp_path, zoo, capsys, monkeypatch):
     from measure import startup as startup_module
     from measure.cli import main as measure_main
 
-    profile = tmp_path / "profile.toml"
-    profile.write_text(f"""name = "tiny"
-zoo_dir = "{zoo}"
-[data]
-task = "digits"
-[latency]
-batch_sizes = [1]
-warmup_runs = 1
-timed_runs = 3
-replica = "inline"
-[[variants]]
-model = "cnn-small"
-precisions = ["fp32", "fp16"]
-""")
+    profile = write_profile(tmp_path / "profile.toml", zoo, precisions=("fp32", "fp16"), latency=QUICK_LATENCY)
     out = tmp_path / "bundle"
     assert measure_main(["latency", str(profile), "--out", str(out)]) == 0
     tables = _digests(out)
