@@ -105,6 +105,37 @@ def test_ontime_accuracy_is_correct_and_on_time_over_measured_arrivals(bursts):
         assert expected != pytest.approx(other)
 
 
+@pytest.mark.parametrize("crash_at_s", [0.0, 0.0625])
+def test_ontime_accuracy_of_a_run_that_answers_nothing_is_zero_not_unknown(tmp_path, tiny_bundle, crash_at_s):
+    """The only replica crashes for the rest of the run (at 0 s: before the first arrival is served;
+    at 62.5 ms: after it), so every other request expires: on time and correct for none of them. With
+    no answer at all the on-time accuracy is 0 (nothing was correct on time), not unknown; accuracy,
+    over answers, has none to judge. With one answer both are that answer's."""
+    raw = one_deployment(replay_arrivals(tmp_path / "a.csv", np.arange(8) * 0.125, 1.0), duration_s=1.0,
+                         deadline_ms=50.0, variant="fast/int8/cpu", bundle=tiny_bundle, drop_expired=True)
+    raw["faults"] = [{"deployment": "d", "replica": 0, "at_s": crash_at_s, "down_s": 5.0, "on_failure": "fail"}]
+    requests, summary = simulate(raw, seed=1)
+    answered = completed(requests)
+    assert answered.sum() == (1 if crash_at_s else 0) and summary["completed"] == answered.sum()
+    assert set(requests.loc[~answered, "drop_reason"]) == {"expired"}
+    good = fast_correct(requests) & on_time(requests)
+    assert summary["ontime_accuracy"] == good.sum() / 8
+    if answered.any():
+        assert summary["accuracy"] == float(fast_correct(requests)[answered][0])
+    else:
+        assert summary["ontime_accuracy"] == 0.0 and np.isnan(summary["accuracy"])
+
+
+def test_a_run_without_predictions_has_unknown_accuracy_and_ontime_accuracy(tmp_path):
+    """Parametric service times carry no predictions: both accuracies are null although every request
+    is answered on time (0 would claim every answer was wrong)."""
+    raw = one_deployment(replay_arrivals(tmp_path / "a.csv", np.arange(8) * 0.125, 1.0), duration_s=1.0,
+                         service_ms=10.0)
+    requests, summary = simulate(raw, seed=1)
+    assert on_time(requests).all() and summary["hit_rate"] == 1.0
+    assert np.isnan(summary["accuracy"]) and np.isnan(summary["ontime_accuracy"])
+
+
 def test_throughput_is_measured_completions_over_the_window(bursts):
     requests, summary, measured = bursts
     done = (measured & completed(requests)).sum()

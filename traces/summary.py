@@ -2,7 +2,8 @@
 
 Only requests that arrived at or after ``warmup_s`` count ("measured"). Definitions:
 hit_rate = completed within their deadline / measured arrivals; accuracy = correct / completed
-(over requests with a known prediction); ontime_accuracy = correct and on time / measured arrivals;
+(over requests with a known prediction; null without any); ontime_accuracy = correct and on time /
+measured arrivals (null when requests completed but none has a known prediction; 0 when none completed);
 wait = time from arrival to the start of the first hop's service; throughput = measured completions
 per second of the measurement window [warmup_s, duration_s); cost.total = replica-seconds held
 inside the window x the price per replica-hour / 3600, and cost.per_1k_requests = cost.total / measured
@@ -193,7 +194,10 @@ class Tally:
         batched = sum(d["batches"] * d["mean_batch_size"] for d in deployments.values())
         replica_s = sum(d["replica_seconds"] for d in deployments.values())
         cost = replica_s / 3600.0 * price_per_replica_hour
-        has_predictions = self.known > 0
+        # on-time accuracy is unknown only when answers came back and none of them can be judged (the
+        # bundle has no predictions for the variants that answered); a run that answered nothing was
+        # correct on time for no request: 0, not unknown
+        ontime_known = self.known > 0 or self.completed == 0
         values = self._distributions(values_from)
         return {
             "requests": total,
@@ -201,8 +205,8 @@ class Tally:
             "dropped": self.dropped,
             "dropped_by_reason": {str(k): int(self.reasons[k]) for k in sorted(self.reasons)},
             "hit_rate": _ratio(self.hits, total),
-            "accuracy": _ratio(self.correct, self.known) if has_predictions else math.nan,
-            "ontime_accuracy": _ratio(self.ontime_correct, total) if has_predictions else math.nan,
+            "accuracy": _ratio(self.correct, self.known),
+            "ontime_accuracy": _ratio(self.ontime_correct, total) if ontime_known else math.nan,
             "latency_ms": values["latency_ms"],
             "wait_ms": values["wait_ms"],
             "throughput_rps": _ratio(self.completed, window_s),
