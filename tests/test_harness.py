@@ -115,7 +115,7 @@ bundle = "{bundle}"
 kind = "poisson"
 rate_rps = 60.0
 [requests]
-deadline_ms = 500.0
+deadline_ms = 60000.0
 [[deployments]]
 name = "m"
 variant = "cnn-small/fp32/cpu"
@@ -132,6 +132,8 @@ name = "static"
     assert len(real) == len(sim) > 60
     np.testing.assert_array_equal(real["arrival_s"].to_numpy(), sim["arrival_s"].to_numpy())
     assert real["sample_id"].tolist() == sim["sample_id"].tolist()
+    # no request may expire, whatever else runs on the machine: the replicas run in SCHED_IDLE, so a
+    # busy neighbour (even at nice 19) stalled a first batch 0.9 s, past the 500 ms deadline this used
     assert not real["dropped"].any()
     # the real replica is the measured model: its answers are the bundle's predictions
     table = TraceBundle.load(bundle).predictions.set_index("sample_id")
