@@ -55,11 +55,13 @@ def _python(source: str) -> str:
 
 @pytest.fixture(scope="module")
 def kernel_name(tmp_path_factory) -> str:
-    from ipykernel.kernelspec import install
+    from ipykernel.kernelspec import write_kernel_spec
     from jupyter_client.kernelspec import KernelSpecManager
 
     prefix = tmp_path_factory.mktemp("jupyter")
-    install(prefix=str(prefix), kernel_name="python3")
+    # written straight where Jupyter looks under the prefix: ipykernel's install() stages the spec in
+    # a temp dir of its own and leaves that dir's empty parent behind in the system temp dir
+    write_kernel_spec(prefix / "share" / "jupyter" / "kernels" / "python3")
     patch = pytest.MonkeyPatch()
     patch.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
     spec = KernelSpecManager().get_kernel_spec("python3")
