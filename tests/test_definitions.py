@@ -124,6 +124,9 @@ def test_ontime_accuracy_of_a_run_that_answers_nothing_is_zero_not_unknown(tmp_p
         assert summary["accuracy"] == float(fast_correct(requests)[answered][0])
     else:
         assert summary["ontime_accuracy"] == 0.0 and np.isnan(summary["accuracy"])
+        # no latency to measure: the distribution keeps its published keys, each null
+        assert list(summary["latency_ms"]) == ["mean", "p50", "p90", "p95", "p99", "max"]
+        assert all(np.isnan(v) for v in summary["latency_ms"].values())
 
 
 def test_a_run_without_predictions_has_unknown_accuracy_and_ontime_accuracy(tmp_path):
@@ -159,7 +162,7 @@ def test_the_window_is_by_arrival_from_warmup_inclusive(tmp_path):
     assert requests["arrival_s"].tolist() == times
     assert requests["finish_s"].tolist() == [0.875, 1.125, 1.25, 1.375, 2.125]
     assert requests["measured"].tolist() == [False, False, False, True, True]
-    assert summary["requests"] == summary["completed"] == 2
+    assert summary["requests"] == summary["completed"] == 2 and summary["window_s"] == [1.0, 2.0]
     assert summary["throughput_rps"] == pytest.approx(2.0)
     assert summary["latency_ms"]["mean"] == pytest.approx(375.0)
     assert summary["wait_ms"]["max"] == pytest.approx(0.0)
