@@ -124,6 +124,13 @@ def scores(status: dict[str, str], equivalent: dict[str, str] | None = None) -> 
     return table
 
 
+def stale_entries(table: dict[str, dict], equivalent: dict[str, str] | None = None) -> list[str]:
+    """Ledger entries that name no survivor of this run: killed since, renamed by an edit of their
+    function (mutmut numbers a function's mutants in order), or not tested yet."""
+    survived = {name for row in table.values() for name in row["survivors"]}
+    return sorted(set(equivalent or {}) - survived)
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
@@ -149,13 +156,12 @@ def render(table: dict[str, dict], equivalent: dict[str, str] | None = None) -> 
         lines.append(f"not tested yet: {untested} of {total['mutants']} (a run in progress or stopped: the scores "
                      "are over the mutants tested so far)")
     unlisted = [name for row in table.values() for name in row["unlisted"]]
-    survived = {name for row in table.values() for name in row["survivors"]}
-    stale = sorted(set(equivalent or {}) - survived)
+    stale = stale_entries(table, equivalent)
     lines.append(f"survivors not listed as equivalent in {LEDGER.relative_to(ROOT)}: {len(unlisted)}"
                  + ("" if not unlisted else " (--report --survivors names them)"))
     if stale:
         lines.append(f"ledger entries that are not survivors of this run (killed since, renamed, or not yet "
-                     f"tested): {len(stale)}")
+                     f"tested): {len(stale)}" + ("" if not stale else " (--report --survivors names them)"))
     return "\n".join(lines)
 
 
@@ -195,12 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         if run.returncode != 0:
             print(f"error: mutmut run exited with {run.returncode}", file=sys.stderr)
             return run.returncode
-    table = scores(results(), equivalent)
+    status = results()
+    table = scores(status, equivalent)
     print(render(table, equivalent))
     if args.survivors:
         for module, row in table.items():
             for name in row["survivors"]:
                 print(f"survived: {name}" + (f"  [equivalent: {equivalent[name]}]" if name in equivalent else ""))
+        for name in stale_entries(table, equivalent):
+            print(f"listed, not a survivor: {name} ({status.get(name, 'no such mutant')})")
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2, sort_keys=True) + "\n")
     return 0

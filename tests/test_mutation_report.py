@@ -46,6 +46,7 @@ def test_render_totals_and_names_what_is_left(mutation):
     assert "survivors not listed as equivalent in docs/mutation-equivalents.toml: 1" in text
     assert "not tested yet: 1 of 8" in text
     assert "ledger entries that are not survivors of this run (killed since, renamed, or not yet tested): 1" in text
+    assert mutation.stale_entries(mutation.scores(STATUS, ledger), ledger) == ["sim.core.queues.x_take__mutmut_1"]
 
 
 def test_the_ledger_is_read_and_a_bad_entry_is_named(mutation, tmp_path):
