@@ -76,3 +76,28 @@ def test_batched_cascade_uses_interpolated_latency(tiny_bundle, tmp_path):
     assert len(requests) == 3 and (requests["hop0_batch_size"] == 3).all()
     interpolated = (FAST_MS[2] + FAST_MS[4]) / 2
     assert np.allclose(requests["latency_ms"], 1.0 + interpolated, atol=1e-9)
+
+
+def test_a_cascade_into_a_variant_without_predictions_keeps_the_fast_exits_outcomes(tmp_path, spaced_arrivals):
+    """A bundle that predicts for "fast" only ("slow" was timed, never evaluated), with "slow" listed
+    first: requests that exit at "fast" keep its recorded answers, those that exit at "slow" have
+    none (null), and accuracy is over the known ones. A log that stopped at the first variant without
+    predictions, or looked one up, would lose the first or fail."""
+    from conftest import tiny_bundle_frames
+    from traces.bundle import TraceBundle
+
+    service, predictions = tiny_bundle_frames()
+    bundle = TraceBundle(meta={"name": "half", "description": "fast predicted only", "units": {"latency": "ms"}},
+                         service=service, predictions=predictions[predictions["variant"] == "fast/int8/cpu"])
+    path = bundle.save(tmp_path / "half", fmt="csv")
+    raw = cascade_scenario(path, spaced_arrivals, 0.8)
+    raw["deployments"].reverse()
+    requests, summary = simulate(raw, seed=1)
+    sample = requests["sample_id"].astype(int).to_numpy()
+    confident = np.array(FAST_CONF)[sample] >= 0.8
+    assert confident.any() and not confident.all()
+    assert (requests["hops"].to_numpy() == np.where(confident, 1, 2)).all()
+    correct = requests["correct"]
+    assert correct[~confident].isna().all() and correct[confident].notna().all()
+    assert (correct[confident].to_numpy(dtype=bool) == np.array(FAST_CORRECT)[sample[confident]]).all()
+    assert summary["accuracy"] == pytest.approx(np.array(FAST_CORRECT)[sample[confident]].mean())

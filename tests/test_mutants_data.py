@@ -152,6 +152,36 @@ def test_a_plans_new_replica_serves_what_waited_for_a_crashed_one_once_it_is_up(
         assert "cold_starts" not in stats
 
 
+class _AddReplicaAndWatch(_AddReplicaOnce):
+    """The same plan, and the load the policy is shown at each arrival (with the arrival time)."""
+
+    name = "test-add-replica-and-watch"
+    seen: list = []
+
+    def route(self, request, view):
+        type(self).seen.append((request.arrival_s, view.load("m")))
+        return self._route
+
+
+@pytest.mark.parametrize("balancer", ["shared", "least_loaded"])
+def test_a_replica_still_starting_is_not_counted_as_able_to_serve(tmp_path, monkeypatch, balancer):
+    """The plan at 0.25 s adds a replica that takes 0.5 s to start. At 0.5 s the policy sees one
+    replica able to serve (of two provisioned), nothing waiting, nothing busy; at 1.0 s both serve.
+    With a line per replica the count is summed over the lines: a starting replica is subtracted there
+    as it is from the shared line."""
+    monkeypatch.setitem(policies.registry._REGISTRY, _AddReplicaAndWatch.name, _AddReplicaAndWatch)
+    monkeypatch.setattr(_AddReplicaAndWatch, "seen", [])
+    raw = {"duration_s": 1.5, "warmup_s": 0.0,
+           "arrivals": replay_arrivals(tmp_path / "arrivals.csv", [0.5, 1.0], 1.5),
+           "requests": {"deadline_ms": 1e7}, "policy": {"name": _AddReplicaAndWatch.name, "plan_interval_s": 0.25},
+           "deployments": [{"name": "m", "service": SERVICE, "replicas": 1, "max_batch_size": 1,
+                            "balancer": balancer, "startup_s": 0.5}]}
+    requests, summary = simulate(raw, seed=1)
+    assert summary["completed"] == 2
+    # (the first entry is the run's check of the policy on an empty system, before any arrival)
+    assert _AddReplicaAndWatch.seen[1:] == [(0.5, (0, 0, 1)), (1.0, (0, 0, 2))]
+
+
 # ---------------------------------------------------------------- a pipeline's stage breakdown
 
 
