@@ -40,6 +40,9 @@ def test_cascade_exits_replay_the_fast_models_confidence(tiny_bundle, spaced_arr
     # predictions come from the variant the request exited at
     expected_correct = np.where(confident, np.array(FAST_CORRECT)[sample], True)
     assert (requests["correct"].to_numpy(dtype=bool) == expected_correct).all()
+    label = sample % 2                                     # the tiny bundle's labels; "slow" is always right
+    assert (requests["label"].astype(int).to_numpy() == label).all()
+    assert (requests["pred"].astype(int).to_numpy() == np.where(expected_correct, label, 1 - label)).all()
     assert (requests.loc[~confident, "hop1_deployment"] == "slow").all()
     assert requests.loc[confident, "hop1_deployment"].isna().all()  # a hop never reached is null
     assert summary["accuracy"] == pytest.approx(expected_correct.mean())
