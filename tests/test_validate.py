@@ -267,3 +267,25 @@ def test_progress_of_a_run_spans_its_seeds(capsys, monkeypatch, tmp_path, tiny_b
     assert all(line.startswith("progress: 4 seeds: ") for line in lines), lines
     duration_s = float(next(line for line in scn.read_text().splitlines() if line.startswith("duration_s")).split("=")[1])
     assert lines[-1].endswith(f"of {4 * duration_s:g} sim s"), lines
+
+
+def test_predicted_variants_that_share_no_sample_are_refused(tmp_path):
+    """Each request draws a sample every deployed variant answered; variants evaluated on disjoint
+    samples have none, and the run would report a null accuracy without saying why."""
+    from conftest import simulate, tiny_bundle_frames
+    from traces.bundle import TraceBundle
+    from traces.errors import InputError
+
+    service, predictions = tiny_bundle_frames()
+    apart = (((predictions["variant"] == "fast/int8/cpu") & (predictions["sample_id"] < 2))
+             | ((predictions["variant"] == "slow/fp32/cpu") & (predictions["sample_id"] >= 2)))
+    bundle = TraceBundle(meta={"name": "apart", "description": "disjoint samples", "units": {"latency": "ms"}},
+                         service=service, predictions=predictions[apart]).save(tmp_path / "apart", fmt="csv")
+    raw = {"duration_s": 1.0, "arrivals": {"kind": "poisson", "rate_rps": 10.0}, "requests": {"deadline_ms": 100.0},
+           "bundle": str(bundle), "policy": {"name": "static", "deployment": "fast"},
+           "deployments": [{"name": "fast", "variant": "fast/int8/cpu"}, {"name": "slow", "variant": "slow/fp32/cpu"}]}
+    with pytest.raises(InputError, match="fast/int8/cpu, slow/fp32/cpu share no evaluated sample"):
+        simulate(raw)
+    raw["deployments"] = raw["deployments"][:1]          # one variant alone is fine
+    requests, summary = simulate(raw, seed=1)
+    assert requests["correct"].notna().all() and 0 <= summary["accuracy"] <= 1

@@ -120,4 +120,11 @@ def _stage_table(scenario: Scenario, stage: int, bundles: dict[str, TraceBundle]
                              "must share its bundle, so that a cascade compares the same samples")
     if not bundle.predicted_variants:
         return None
-    return PredictionTable.from_bundle(bundle, sorted({d.variant for d in deps}))
+    table = PredictionTable.from_bundle(bundle, sorted({d.variant for d in deps}))
+    if table.variants and not table.sample_ids.size:
+        # a request draws one sample that every variant answered: with none in common, every answer
+        # would be unknown and the run's accuracy silently null
+        raise InputError(f"bundle {bundle.path or bundle.name}", f"its predicted variants {', '.join(table.variants)} "
+                         "share no evaluated sample, so no request's answer could be looked up: evaluate them "
+                         "on the same samples (measure accuracy), or leave one out of the scenario")
+    return table
