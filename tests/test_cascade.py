@@ -53,6 +53,9 @@ def test_cascade_exits_replay_the_fast_models_confidence(tiny_bundle, spaced_arr
 def test_cascade_extremes(tiny_bundle, spaced_arrivals, threshold, hops, accuracy):
     requests, summary = simulate(cascade_scenario(tiny_bundle, spaced_arrivals, threshold), seed=2)
     assert (requests["hops"] == hops).all()
+    # the confidence columns are floats, NaN where unknown: also a hop that no request reached
+    assert requests["hop0_confidence"].dtype == requests["hop1_confidence"].dtype == np.float64
+    assert requests["hop1_confidence"].isna().all() == (hops == 1)
     sample = requests["sample_id"].astype(int).to_numpy()
     expected = np.array(FAST_CORRECT)[sample].mean() if hops == 1 else 1.0
     assert summary["accuracy"] == pytest.approx(expected)
@@ -102,5 +105,7 @@ def test_a_cascade_into_a_variant_without_predictions_keeps_the_fast_exits_outco
     assert (requests["hops"].to_numpy() == np.where(confident, 1, 2)).all()
     correct = requests["correct"]
     assert correct[~confident].isna().all() and correct[confident].notna().all()
+    assert np.allclose(requests["hop0_confidence"], np.array(FAST_CONF)[sample])   # "fast"'s, though listed second
+    assert requests["hop1_confidence"].isna().all()                             # "slow" has none
     assert (correct[confident].to_numpy(dtype=bool) == np.array(FAST_CORRECT)[sample[confident]]).all()
     assert summary["accuracy"] == pytest.approx(np.array(FAST_CORRECT)[sample[confident]].mean())
