@@ -277,11 +277,12 @@ def test_utilization_and_cost_count_only_the_window(tmp_path):
 
 def test_a_deployment_without_replica_seconds_has_utilization_zero(tmp_path):
     """A standby deployment with no replicas holds no replica-seconds: its utilization is 0 (busy 0
-    of 0), not an error, and it adds nothing to the cost."""
+    of 0), not an error, its mean batch size 0 (no batch), and it adds nothing to the cost."""
     raw = one_deployment(replay_arrivals(tmp_path / "u.csv", [0.25, 0.5], 1.0), duration_s=1.0, service_ms=100.0)
     raw["deployments"].append({"name": "standby", "service": {**DET, "mean_ms": 50.0}, "replicas": 0})
     raw["policy"]["deployment"] = "d"
     requests, summary = simulate(raw, seed=1)
     assert summary["utilization"] == {"d": pytest.approx(0.2), "standby": 0.0}
-    assert summary["deployments"]["standby"]["replica_seconds"] == 0.0
+    standby = summary["deployments"]["standby"]
+    assert (standby["replica_seconds"], standby["batches"], standby["mean_batch_size"]) == (0.0, 0, 0.0)
     assert summary["cost"]["replica_seconds"] == pytest.approx(1.0)
