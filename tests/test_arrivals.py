@@ -210,6 +210,20 @@ def test_sorted_in_range_and_deterministic(tmp_path):
         assert not np.array_equal(a, proc.times_s(97.3, rng(43))), proc
 
 
+def test_a_uniform_position_that_rounds_up_to_the_segment_end_is_kept_inside():
+    """Positions are lo + u (hi - lo) with u < 1, but in floating point the largest u below 1 on
+    [3, 7) gives exactly 7.0 (half an ulp, rounded to even): the clamp keeps it at the last double
+    below 7, so an arrival never lands on a window's end (the window is half-open)."""
+    from traces.arrivals import _uniform
+
+    class LargestBelowOne:
+        def random(self, n):
+            return np.full(n, 1.0 - 2.0 ** -53)
+
+    assert 3.0 + (1.0 - 2.0 ** -53) * 4.0 == 7.0                       # the rounding this guards against
+    assert _uniform(np.array([3.0]), np.array([7.0]), LargestBelowOne()).tolist() == [np.nextafter(7.0, 0.0)]
+
+
 def test_mean_rate_matches_empirical_over_seeds(tmp_path):
     # averaged over 40 seeds every generator's count should match mean_rate_rps * duration;
     # counts here are at most ~Poisson with some overdispersion, so use a generous 5-sigma band
