@@ -204,6 +204,33 @@ def test_a_refused_request_ends_at_its_arrival_with_the_policys_reason(tmp_path,
     assert summary["dropped_by_reason"] == {"odd id": int(odd.sum())}
 
 
+class _Closed(Policy):
+    """Test policy: refuses every request, with a fixed answer (the executor admits in segments)."""
+
+    name = "test-closed"
+
+    def setup(self, view):
+        self._reject = Reject("closed")
+
+    def route(self, request, view):
+        return self._reject
+
+    def fixed_route(self):
+        return self._reject
+
+
+def test_a_fixed_refusal_drops_every_arrival_with_its_reason(monkeypatch):
+    """A policy whose fixed answer is a refusal: no segment is admitted ahead (there is no first
+    queue), each arrival is dropped at once with the policy's reason."""
+    monkeypatch.setitem(policies.registry._REGISTRY, _Closed.name, _Closed)
+    raw = {"duration_s": 2.0, "arrivals": {"kind": "poisson", "rate_rps": 50.0}, "requests": {"deadline_ms": 1e4},
+           "deployments": [{"name": "m", "service": {"kind": "deterministic", "mean_ms": 1.0}}],
+           "policy": {"name": _Closed.name}}
+    requests, summary = simulate(raw, seed=2)
+    assert len(requests) > 60 and requests["dropped"].all() and (requests["hops"] == 0).all()
+    assert (requests["finish_s"].isna()).all() and summary["dropped_by_reason"] == {"closed": len(requests)}
+
+
 class _ToM(Policy):
     """Every request to deployment m; subclasses plan."""
 
