@@ -166,7 +166,7 @@ class _Sink:
         self.failed.append((list(batch), now))
 
 
-def _batcher(replicas=2):
+def _batcher(replicas=2, queue=None):
     """A core batcher driven by hand, outside any simulation: the core needs no SimPy."""
     from collections import deque
     from types import SimpleNamespace
@@ -177,12 +177,37 @@ def _batcher(replicas=2):
     executor, sink = ScriptedExecutor(), _Sink()
     owner = SimpleNamespace(executor=executor, sink=sink, index=0, deadlines_s=[1e9] * 100, window_s=(0.0, 1e9),
                             recent=deque(maxlen=8))
-    b = Batcher(owner, FifoQueue(), max_batch_size=4, batch_wait_timeout_s=0.0, drop_expired=False, max_queue_size=0)
+    b = Batcher(owner, queue if queue is not None else FifoQueue(), max_batch_size=4, batch_wait_timeout_s=0.0,
+                drop_expired=False, max_queue_size=0)
     reps = [b.add_replica(i, 0.0) for i in range(replicas)]
     for replica in reps:
         b.ready(replica, 0.0)
     b.executor = executor
     return b, reps, sink
+
+
+def test_a_finished_batch_reports_its_service_time_not_its_clock_reading():
+    """Batches here last 1 s. Started at 0.5 s and 1.5 s, they served 1.0 s each, whatever the
+    clock reads when they end: that is what the deployment's recent batches keep (a policy's
+    ``last_service_ms`` and ``recent_batch_latency_ms``) and what a fair queue is charged."""
+    from sim.core.queues import FifoQueue
+
+    class ChargedFifo(FifoQueue):
+        charges: list = []
+
+        def served(self, batch, service_s):
+            self.charges.append((list(batch), service_s))
+
+    queue = ChargedFifo()
+    queue.charges = []
+    b, (r0,), _ = _batcher(replicas=1, queue=queue)
+    b.executor.time_s = 0.5
+    for request in range(3):
+        b.submit(request, 0.5)
+    b.executor.run(until_s=2.0)                                   # the first batch ends, the second starts
+    b.executor.run(until_s=3.0)
+    assert list(b.recent) == [(1.5, 1.0, 1), (2.5, 1.0, 2)]      # (finish_s, service_s, size)
+    assert queue.charges == [([0], 1.0), ([1, 2], 1.0)]
 
 
 def test_overlapping_crashes_count_once_and_only_the_last_recovery_restores():
