@@ -259,6 +259,19 @@ def test_mean_batch_size_is_per_batch_inside_the_window(tmp_path):
     assert inside["hop0_batch_size"].mean() == pytest.approx(2.5)  # the per-request alternative
 
 
+def test_a_batch_counts_in_the_window_by_its_start_from_warmup_inclusive(tmp_path):
+    """One replica, 250 ms service, window [0.5, 1): batches run 0.25-0.5, 0.5-0.75 (the one at
+    0.375 waited), 0.75-1.0 and 1.0-1.25. The two that start at 0.5 and 0.75 count; the one that
+    starts exactly at the window's end does not, nor does the one that ends exactly at its start."""
+    raw = one_deployment(replay_arrivals(tmp_path / "w.csv", [0.25, 0.375, 0.625, 0.6875], 1.0), duration_s=1.0,
+                         warmup_s=0.5, service_ms=250.0, max_batch_size=1)
+    requests, summary = simulate(raw, seed=1)
+    assert requests["hop0_start_s"].tolist() == [0.25, 0.5, 0.75, 1.0]
+    stats = summary["deployments"]["d"]
+    assert (stats["batches"], stats["mean_batch_size"]) == (2, 1.0)
+    assert (stats["busy_seconds"], stats["utilization"]) == (0.5, 1.0)
+
+
 def test_utilization_and_cost_count_only_the_window(tmp_path):
     """Two replicas, 500 ms service, window [1, 2): busy 0.875-1.375, 1.25-1.75 and 1.75-2.25, of
     which 0.375 + 0.5 + 0.25 s fall inside, over 2 replica-seconds: 0.5625. Unclipped busy time (1.5 s)
