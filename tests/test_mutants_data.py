@@ -102,6 +102,25 @@ def test_the_ring_retires_a_quarter_that_has_ended_and_doubles_only_when_less_ha
     assert [chunk["id"].tolist() for chunk in chunks] == ([list(range(retired))] if retired else [])
 
 
+def test_a_live_logs_ring_grows_with_its_confidences_and_dispatch_lags(monkeypatch):
+    """The real server's log keeps each hop's confidence (its runners' answers) and each request's
+    dispatch lag in ring columns of their own: when the ring doubles they move with the rest."""
+    monkeypatch.setattr(records, "MIN_CAPACITY", 8)
+    n = 12
+    work = SimpleNamespace(size=n, arrival_s=np.arange(n) / 8.0, deadline_class=np.zeros(n, dtype=np.uint8),
+                           deadline_classes_ms=np.array([100.0]), sample_index=np.zeros(n, dtype=np.int64),
+                           tenant=None)
+    log = records.RequestLog(work, records.TableContext(["m"], [None], None, 0.0, answer_labels=[None]))
+    log.ensure_hops(1)
+    for i in range(8):
+        log.hops[0].confidence[i] = i / 8.0
+        log.dispatch_lag_s[i] = i / 1024.0
+    log.make_room(8)                         # nothing has ended: the ring doubles
+    assert log.capacity == 16
+    assert [log.hops[0].confidence[i & log.mask] for i in range(8)] == [i / 8.0 for i in range(8)]
+    assert [log.dispatch_lag_s[i & log.mask] for i in range(8)] == [i / 1024.0 for i in range(8)]
+
+
 # ---------------------------------------------------------------- a plan's replica and a crashed one
 
 
