@@ -121,6 +121,21 @@ def test_a_live_logs_ring_grows_with_its_confidences_and_dispatch_lags(monkeypat
     assert [log.dispatch_lag_s[i & log.mask] for i in range(8)] == [i / 1024.0 for i in range(8)]
 
 
+def test_requests_still_open_at_the_end_are_dropped_as_unfinished(monkeypatch):
+    """What the real server leaves open when its drain time is up: dropped, reason "unfinished"
+    (the drop reason docs/formats.md names), and no finish time in the table."""
+    log, chunks = _ring_of_eight(monkeypatch, 4)
+    log.ensure_hops(1)
+    for i in (0, 1):
+        log.finish_s[i] = 1.0
+    assert log.end_unfinished(2.0) == [2, 3]
+    log.retire_all()
+    (chunk,) = chunks
+    assert chunk["dropped"].tolist() == [False, False, True, True]
+    assert chunk["drop_reason"].tolist() == ["", "", "unfinished", "unfinished"]
+    assert np.isnan(chunk["finish_s"][2:]).all()
+
+
 # ---------------------------------------------------------------- a plan's replica and a crashed one
 
 
