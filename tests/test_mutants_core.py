@@ -228,6 +228,7 @@ def test_a_fixed_refusal_drops_every_arrival_with_its_reason(monkeypatch):
            "policy": {"name": _Closed.name}}
     requests, summary = simulate(raw, seed=2)
     assert len(requests) > 60 and requests["dropped"].all() and (requests["hops"] == 0).all()
+    assert (requests["route"] == "").all()                      # refused at arrival: no route taken
     assert (requests["finish_s"].isna()).all() and summary["dropped_by_reason"] == {"closed": len(requests)}
 
 
