@@ -110,6 +110,7 @@ def test_a_live_logs_ring_grows_with_its_confidences_and_dispatch_lags(monkeypat
     work = SimpleNamespace(size=n, arrival_s=np.arange(n) / 8.0, deadline_class=np.zeros(n, dtype=np.uint8),
                            deadline_classes_ms=np.array([100.0]), sample_index=np.zeros(n, dtype=np.int64),
                            tenant=None)
+    work.stage_sample_index = ()            # one stage: its samples are the requests' own
     log = records.RequestLog(work, records.TableContext(["m"], [None], None, 0.0, answer_labels=[None]))
     log.ensure_hops(1)
     for i in range(8):
@@ -119,6 +120,14 @@ def test_a_live_logs_ring_grows_with_its_confidences_and_dispatch_lags(monkeypat
     assert log.capacity == 16
     assert [log.hops[0].confidence[i & log.mask] for i in range(8)] == [i / 8.0 for i in range(8)]
     assert [log.dispatch_lag_s[i & log.mask] for i in range(8)] == [i / 1024.0 for i in range(8)]
+    chunks: list[dict] = []
+    log.sinks.append(chunks.append)
+    for i in range(8):
+        log.finish_s[i & log.mask] = 2.0
+    log.retire(8)                            # and the table has them, by name
+    (chunk,) = chunks
+    assert chunk["dispatch_lag_s"].tolist() == [i / 1024.0 for i in range(8)]
+    assert chunk["hop0_confidence"].tolist() == [i / 8.0 for i in range(8)]
 
 
 def test_requests_still_open_at_the_end_are_dropped_as_unfinished(monkeypatch):
