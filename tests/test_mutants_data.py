@@ -143,6 +143,7 @@ def test_requests_still_open_at_the_end_are_dropped_as_unfinished(monkeypatch):
     assert chunk["dropped"].tolist() == [False, False, True, True]
     assert chunk["drop_reason"].tolist() == ["", "", "unfinished", "unfinished"]
     assert np.isnan(chunk["finish_s"][2:]).all() and np.isnan(chunk["latency_ms"][2:]).all()
+    assert log.end_unfinished(3.0) == [] and len(chunks) == 1   # all retired: nothing is left open
 
 
 # ---------------------------------------------------------------- a plan's replica and a crashed one
