@@ -267,6 +267,19 @@ def test_a_priority_level_timeout_rejects_or_delays(action):
     assert summary["tenants"]["premium"]["hit_rate"] == 1.0
 
 
+def test_a_priority_levels_queue_limit_turns_the_excess_away_as_queue_full():
+    """Tenant "a" (level 1, at most 2 waiting) sends 2.5x what the replica serves; "b" (level 2,
+    no limit) a trickle. Over its level's limit an arrival of "a" is dropped at once as
+    queue_full; every arrival ends, none is left waiting unaccounted ("unfinished")."""
+    raw = tenants_scenario([tenant("a", 600.0, priority=1, max_queue_size=2), tenant("b", 20.0, priority=2)],
+                           queue="priority", duration_s=2.0)
+    requests, summary = run(raw)
+    reasons = requests.loc[requests["dropped"], ["tenant", "drop_reason"]].value_counts()
+    assert set(reasons.index) <= {("a", "queue_full"), ("b", "expired")} and reasons[("a", "queue_full")] > 100
+    assert "unfinished" not in summary["dropped_by_reason"]
+    assert (requests["finish_s"].notna() | requests["dropped"]).all()
+
+
 def test_a_level_timeout_takes_effect_at_its_time_and_not_before():
     from sim.core.tenancy import PriorityQueue
 
