@@ -437,3 +437,21 @@ def test_parse_refuses_a_table_that_is_not_one():
 def test_parse_max_replicas_follows_the_runs_limit():
     raw = {"policy": "kpa", "max_replicas": 2000}
     assert parse_autoscaling(raw, WHERE, max_replicas_limit=4096).max_replicas == 2000
+
+
+def test_the_timeline_arrival_rate_is_what_joined_the_queue_each_tick(tmp_path):
+    """The rate an autoscaler observes (and the timeline records) is the requests that joined the
+    deployment's queue since the last tick, over the tick: 8, then 4, then 16 a second here."""
+    import numpy as np
+
+    from conftest import replay_arrivals
+    from sim.runner import prepare, run_seed
+    from traces.scenario import scenario_from_dict
+
+    times = np.concatenate([np.arange(8) / 8.0, 1.0 + np.arange(4) / 4.0, 2.0 + np.arange(16) / 16.0])
+    raw = {"duration_s": 3.5, "arrivals": replay_arrivals(tmp_path / "a.csv", times, 3.5),
+           "requests": {"deadline_ms": 1e4}, "policy": {"name": "static"},
+           "deployments": [{"name": "m", "service": {"kind": "deterministic", "mean_ms": 1.0}}]}
+    _, _, _, timeline = run_seed(prepare(scenario_from_dict(raw)), 1)
+    assert timeline["time_s"].tolist() == [1.0, 2.0, 3.0]
+    assert timeline["arrival_rate_rps"].tolist() == [8.0, 4.0, 16.0]
