@@ -161,7 +161,7 @@ def render(table: dict[str, dict], equivalent: dict[str, str] | None = None) -> 
                  + ("" if not unlisted else " (--report --survivors names them)"))
     if stale:
         lines.append(f"ledger entries that are not survivors of this run (killed since, renamed, or not yet "
-                     f"tested): {len(stale)}" + ("" if not stale else " (--report --survivors names them)"))
+                     f"tested): {len(stale)} (--report --survivors names them)")
     return "\n".join(lines)
 
 
