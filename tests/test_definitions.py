@@ -197,6 +197,22 @@ def test_a_request_whose_deadline_is_exactly_now_expires(tmp_path, queue):
     assert summary["dropped_by_reason"] == {"expired": 1} and summary["completed"] == 2
 
 
+@pytest.mark.parametrize("queue", ["fifo", "edf"])
+def test_a_deadline_exactly_now_expires_when_a_batch_refills_too(tmp_path, queue):
+    """Batches of up to 2, 250 ms service, deadline 125 ms. At 0.25 s the replica frees with A, B
+    (both past due) and C (due exactly then) waiting: the batch takes A and B, drops both, refills
+    with C, which expires as well, so no batch forms."""
+    times = [0.0, 0.0625, 0.09375, 0.125]
+    raw = one_deployment(replay_arrivals(tmp_path / "a.csv", times, 1.0), duration_s=1.0, deadline_ms=125.0,
+                         service_ms=250.0, drop_expired=True, queue=queue, max_batch_size=2,
+                         batch_wait_timeout_ms=0.0)
+    requests, summary = simulate(raw, seed=1)
+    due = requests["arrival_s"] + requests["deadline_ms"] / 1000.0
+    assert due.tolist()[1:] == [0.1875, 0.21875, 0.25]
+    assert requests["dropped"].tolist() == [False, True, True, True]
+    assert summary["dropped_by_reason"] == {"expired": 3}
+
+
 @pytest.fixture
 def spaced(tmp_path):
     """One arrival every 125 ms for 10 s: nothing queues."""
