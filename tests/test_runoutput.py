@@ -94,6 +94,22 @@ def test_null_reads_as_null_in_pyarrow(tiny_bundle, tmp_path):
     assert table.column("hop0_deployment").null_count == 0
 
 
+def test_a_run_without_requests_writes_the_same_schema_as_one_with_them(tiny_bundle, tmp_path):
+    """A quiet run's requests.parquet has no rows, but its columns have the types a busy run's have
+    (the sample ids', labels' and answers' from the bundle), so tables of several runs concatenate."""
+    schemas = []
+    for name, rate_rps in (("busy", 150.0), ("quiet", 1e-6)):
+        out = tmp_path / name
+        assert main(["run", _write(tmp_path, cascade(tiny_bundle, rate_rps=rate_rps)), "--out", str(out)]) == 0
+        schemas.append(pq.read_schema(out / "seed-5" / "requests.parquet"))
+    busy, quiet = schemas
+    assert pq.read_metadata(tmp_path / "quiet" / "seed-5" / "requests.parquet").num_rows == 0
+    assert set(quiet.names) < set(busy.names)            # hop1's columns only where a request went
+    for field in quiet:
+        assert field.type == busy.field(field.name).type, field.name
+    assert all(str(quiet.field(n).type) != "null" for n in ("sample_id", "label", "pred", "route", "drop_reason"))
+
+
 def test_unserved_hop_has_null_replica_and_batch_size():
     raw = {**BURSTY, "deployments": [{**BURSTY["deployments"][0], "max_queue_size": 5}]}
     requests, _ = simulate(raw)

@@ -126,8 +126,8 @@ class RequestSpool:
             index = schema.get_field_index(name)
             if index >= 0:
                 schema = schema.set(index, pa.field(name, kind))
-        for index, field in enumerate(schema):  # names of a hop nobody in this chunk reached: still text
-            if field.type == pa.null() and _NAME_COLUMN.fullmatch(field.name):
+        for index, field in enumerate(schema):  # a hop's deployment names: text of one type, reached or not
+            if _NAME_COLUMN.fullmatch(field.name):
                 schema = schema.set(index, pa.field(field.name, pa.string()))
         return schema
 
