@@ -170,6 +170,13 @@ def layers_profile(tmp_path: Path, zoo: Path, backends: tuple[str, ...] = ("eage
                          backends=backends)
 
 
+@pytest.mark.parametrize("argv, where", [(["--batch", "0"], "--batch"), (["--batch", "2", "--runs", "0"], "--runs")])
+def test_a_bad_batch_size_or_run_count_is_refused_before_anything_loads(tmp_path, argv, where):
+    with pytest.raises(InputError) as error:
+        run_layers(str(tmp_path / "missing.toml"), "--variant", "cnn-small/fp32/cpu", *argv)
+    assert error.value.where == where and "from 1 to" in error.value.problem
+
+
 def test_an_unknown_variant_a_bad_profile_and_an_untrained_zoo_are_one_line_each(tmp_path):
     profile = layers_profile(tmp_path, tmp_path / "empty-zoo")
     with pytest.raises(InputError) as error:
