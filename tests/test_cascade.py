@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import FAST_CONF, FAST_CORRECT, FAST_MS, SLOW_MS, simulate
+from conftest import FAST_CONF, FAST_CORRECT, FAST_MS, SLOW_MS, simulate, tiny_bundle_frames
+from traces.bundle import TraceBundle
 
 
 def cascade_scenario(bundle, arrivals_csv, threshold, deadline_ms=100.0):
@@ -89,9 +90,6 @@ def test_a_cascade_into_a_variant_without_predictions_keeps_the_fast_exits_outco
     first: requests that exit at "fast" keep its recorded answers, those that exit at "slow" have
     none (null), and accuracy is over the known ones. A log that stopped at the first variant without
     predictions, or looked one up, would lose the first or fail."""
-    from conftest import tiny_bundle_frames
-    from traces.bundle import TraceBundle
-
     service, predictions = tiny_bundle_frames()
     bundle = TraceBundle(meta={"name": "half", "description": "fast predicted only", "units": {"latency": "ms"}},
                          service=service, predictions=predictions[predictions["variant"] == "fast/int8/cpu"])

@@ -72,13 +72,15 @@ def test_a_burst_that_outgrows_a_tiny_ring_keeps_every_requests_row(tmp_path, mo
     pd.testing.assert_frame_equal(requests, whole)
 
 
-def _ring_of_eight(monkeypatch, n: int):
-    """A request log of ``n`` requests whose ring starts with 8 slots, and the chunks it retires."""
+def _ring_of_eight(monkeypatch, n: int, *, live: bool = False):
+    """A request log of ``n`` requests whose ring starts with 8 slots, and the chunks it retires;
+    ``live``: the real server's log (its runners answer: one stage, whose samples are the requests')."""
     monkeypatch.setattr(records, "MIN_CAPACITY", 8)
     work = SimpleNamespace(size=n, arrival_s=np.arange(n) / 8.0, deadline_class=np.zeros(n, dtype=np.uint8),
                            deadline_classes_ms=np.array([100.0]), sample_index=np.zeros(n, dtype=np.int64),
-                           tenant=None)
-    log = records.RequestLog(work, records.TableContext(["m"], [None], None, 0.0))
+                           tenant=None, stage_sample_index=())
+    log = records.RequestLog(work, records.TableContext(["m"], [None], None, 0.0,
+                                                        answer_labels=[None] if live else None))
     chunks: list[dict] = []
     log.sinks.append(chunks.append)
     return log, chunks
@@ -105,13 +107,7 @@ def test_the_ring_retires_a_quarter_that_has_ended_and_doubles_only_when_less_ha
 def test_a_live_logs_ring_grows_with_its_confidences_and_dispatch_lags(monkeypatch):
     """The real server's log keeps each hop's confidence (its runners' answers) and each request's
     dispatch lag in ring columns of their own: when the ring doubles they move with the rest."""
-    monkeypatch.setattr(records, "MIN_CAPACITY", 8)
-    n = 12
-    work = SimpleNamespace(size=n, arrival_s=np.arange(n) / 8.0, deadline_class=np.zeros(n, dtype=np.uint8),
-                           deadline_classes_ms=np.array([100.0]), sample_index=np.zeros(n, dtype=np.int64),
-                           tenant=None)
-    work.stage_sample_index = ()            # one stage: its samples are the requests' own
-    log = records.RequestLog(work, records.TableContext(["m"], [None], None, 0.0, answer_labels=[None]))
+    log, chunks = _ring_of_eight(monkeypatch, 12, live=True)
     log.ensure_hops(1)
     for i in range(8):
         log.hops[0].confidence[i] = i / 8.0
@@ -120,8 +116,6 @@ def test_a_live_logs_ring_grows_with_its_confidences_and_dispatch_lags(monkeypat
     assert log.capacity == 16
     assert [log.hops[0].confidence[i & log.mask] for i in range(8)] == [i / 8.0 for i in range(8)]
     assert [log.dispatch_lag_s[i & log.mask] for i in range(8)] == [i / 1024.0 for i in range(8)]
-    chunks: list[dict] = []
-    log.sinks.append(chunks.append)
     for i in range(8):
         log.finish_s[i & log.mask] = 2.0
     log.retire(8)                            # and the table has them, by name
