@@ -193,13 +193,14 @@ def test_a_finished_batch_reports_its_service_time_not_its_clock_reading():
     from sim.core.queues import FifoQueue
 
     class ChargedFifo(FifoQueue):
-        charges: list = []
+        def __init__(self):
+            super().__init__()
+            self.charges = []
 
         def served(self, batch, service_s):
             self.charges.append((list(batch), service_s))
 
     queue = ChargedFifo()
-    queue.charges = []
     b, (r0,), _ = _batcher(replicas=1, queue=queue)
     b.executor.time_s = 0.5
     for request in range(3):
