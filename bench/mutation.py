@@ -10,6 +10,7 @@ measurement window, queues and expiry, batch formation, cascade exits, service-t
 arrival generators, replica accounting and cost, the planner's estimates).
 
     python bench/mutation.py            # run mutmut (long: hours on 2 cores; resumes), then print the scores
+                                        # (the mutants the ledger does not list first, its equivalents last)
     python bench/mutation.py --report   # print the scores of the last run again
     python bench/mutation.py --json scores.json   # also write them as JSON
     python bench/mutation.py --recheck  # test survivors, timeouts and untested mutants again, then report
@@ -92,6 +93,29 @@ def results() -> dict[str, str]:
         if sep and "__mutmut_" in name:
             status[name] = state.strip()
     return status
+
+
+def run_mutmut(names: list[str], max_children: int, env: dict[str, str]) -> int:
+    """``mutmut run`` on these mutants (all of them when empty); its exit status."""
+    return subprocess.run(mutmut() + ["run", "--max-children", str(max_children), *names], cwd=ROOT,
+                          env=env).returncode
+
+
+def listed_last(equivalent: dict[str, str], max_children: int, env: dict[str, str]) -> list[list[str]]:
+    """The passes of a run: the mutants without a verdict that the ledger does not list, then the rest.
+
+    mutmut orders mutants by the time their tests would take, so the ledger's equivalents, which
+    survive and therefore run every test that reaches them (minutes each on the engine), would be
+    spread through the run. Testing the unlisted ones first shows the work left (new survivors)
+    hours earlier; the listed ones then confirm the ledger. mutmut makes its mutants at the start of
+    any run: before the first, naming one listed mutant makes them all and tests only that one.
+    A named mutant is tested again even if it has a verdict, so only undecided ones are named."""
+    status = results()
+    if not status and equivalent:
+        run_mutmut([min(equivalent)], max_children, env)  # a stale name fails after making the mutants: fine
+        status = results()
+    unlisted = sorted(n for n, state in status.items() if state == "not checked" and n not in equivalent)
+    return ([unlisted] if unlisted else []) + [[]]
 
 
 def module_of(mutant: str) -> str:
@@ -189,7 +213,6 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ)
         if not env.get("SERVESIM_SHARED") and (ROOT.parent / "shared").is_dir():
             env["SERVESIM_SHARED"] = str(ROOT.parent / "shared")
-        names: list[str] = []
         if args.recheck:  # a timeout may also be a slow machine's: it is tested again as well
             last = results()
             names = sorted(n for n, state in last.items() if state in RECHECKED)
@@ -197,10 +220,14 @@ def main(argv: list[str] | None = None) -> int:
                 print("nothing to recheck: no survivor, timeout or untested mutant in the last run")
             if any(last[n] == "no tests" for n in names):
                 forget_test_map()
-        run = subprocess.run(mutmut() + ["run", "--max-children", str(args.max_children), *names], cwd=ROOT, env=env)
-        if run.returncode != 0:
-            print(f"error: mutmut run exited with {run.returncode}", file=sys.stderr)
-            return run.returncode
+            passes = [names]
+        else:
+            passes = listed_last(equivalent, args.max_children, env)
+        for names in passes:
+            code = run_mutmut(names, args.max_children, env)
+            if code != 0:
+                print(f"error: mutmut run exited with {code}", file=sys.stderr)
+                return code
     status = results()
     table = scores(status, equivalent)
     print(render(table, equivalent))
