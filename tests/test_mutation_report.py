@@ -89,6 +89,32 @@ def test_recheck_names_survivors_timeouts_and_untested_and_forgets_the_test_map(
     assert not stats.exists()
 
 
+def test_a_run_tests_the_unlisted_mutants_first_and_the_ledgers_last(mutation, monkeypatch):
+    """The ledger's equivalents survive, so each runs every test that reaches it: they come last, and
+    a first run makes the mutants (by naming one listed mutant) before it can name the others."""
+    ledger = {"sim.core.queues.x_take__mutmut_4": "a no-op", "sim.core.queues.x_take__mutmut_7": "a no-op"}
+    fresh = {name: "not checked" for name in STATUS}
+    seen = iter([{}, fresh])                       # nothing made yet, then every mutant unchecked
+    monkeypatch.setattr(mutation, "results", lambda: next(seen, STATUS))
+    monkeypatch.setattr(mutation, "equivalents", lambda: ledger)
+    calls = []
+
+    class Done:
+        returncode = 0
+
+    monkeypatch.setattr(mutation.subprocess, "run", lambda argv, **kw: calls.append(argv) or Done())
+    monkeypatch.setattr(mutation.shutil, "which", lambda name: name)
+    assert mutation.main([]) == 0
+    named = [[a for a in argv if "__mutmut_" in a] for argv in calls]
+    assert named == [["sim.core.queues.x_take__mutmut_4"],                    # makes the mutants
+                     sorted(set(STATUS) - set(ledger)),                      # the unlisted, undecided
+                     []]                                                     # then the rest: the ledger's
+    calls.clear()
+    seen = iter([STATUS])      # resumed: verdicts exist, so nothing is made and no decided mutant is named
+    assert mutation.main([]) == 0
+    assert [[a for a in argv if "__mutmut_" in a] for argv in calls] == [[]]
+
+
 def test_under_mutmut_a_mutants_tests_run_fastest_first(tmp_path, monkeypatch):
     """tests/conftest.py orders the tests by mutmut's recorded durations when a mutant is under test
     (so -x stops at the quickest failing test), and leaves pytest's order alone otherwise."""
