@@ -20,16 +20,22 @@ from sim.runner import prepare
 from traces.scenario import scenario_from_dict
 
 
+def simulation(raw: dict, *, seed: int = 3, policy=None) -> tuple[Simulation, Policy]:
+    """The simulation of a scenario, built as sim.runner.run_once builds it, and its policy."""
+    prepared = prepare(scenario_from_dict(raw))
+    policy = policy or policies.create(prepared.scenario.policy.name, prepared.scenario.policy.params)
+    sim = Simulation(prepared.scenario, policy, bundle=prepared.bundle, profiles=prepared.profiles,
+                     predictions=prepared.predictions, seed=seed, stage_predictions=prepared.stage_predictions,
+                     bundles=prepared.bundles)
+    return sim, policy
+
+
 def run(raw: dict, *, segments: bool, monkeypatch, seed: int = 3, progress: bool = False, policy=None):
     """(requests frame, deployment stats, the policy) of one in-process run."""
     with monkeypatch.context() as patch:
         if not segments:
             patch.setattr(ServingCore, "fixed_segment", lambda self, lo, hi: None)
-        prepared = prepare(scenario_from_dict(raw))
-        policy = policy or policies.create(prepared.scenario.policy.name, prepared.scenario.policy.params)
-        sim = Simulation(prepared.scenario, policy, bundle=prepared.bundle, profiles=prepared.profiles,
-                         predictions=prepared.predictions, seed=seed, stage_predictions=prepared.stage_predictions,
-                         bundles=prepared.bundles)  # as sim.runner.run_once builds it
+        sim, policy = simulation(raw, seed=seed, policy=policy)
         ticks: list[float] = []
         result = sim.run(progress=ticks.append if progress else None)
         return result.requests.to_pandas(), result.deployments, policy, sim.core.arrivals_seen
@@ -56,6 +62,19 @@ def test_segments_give_the_same_run_through_full_queues_and_ring_growth(monkeypa
     pd.testing.assert_frame_equal(fast, slow)
     assert stats_fast == stats_slow
     assert seen_fast == seen_slow == len(fast)
+
+
+def test_segments_keep_every_ring_column_at_the_rings_length():
+    """A segment written into the middle of the ring (every one but the first starts there) replaces
+    exactly its slots: a longer write would insert into the route list and the deployment array,
+    growing them past the ring on every segment (a leak that a fixed route hides from the output)."""
+    sim, _ = simulation(busy(duration_s=2.0))
+    sim.run()
+    log = sim.core.log
+    assert sim.core.arrivals_seen > 10_000                # many segments, all but the first mid-ring
+    lengths = {len(log.route), len(log.drop_reason), *(len(column) for column in log.answers)}
+    lengths |= {len(column) for _, _, column, _ in log._owned()}
+    assert lengths == {log.capacity}
 
 
 def test_segments_give_the_same_two_stage_pipeline(monkeypatch):
