@@ -166,6 +166,17 @@ def test_a_crash_moves_its_line_to_the_live_replica_and_drops_what_does_not_fit(
     assert dep.load() == (2, 1, 1) and dep.replicas == 1
 
 
+def test_a_replica_down_on_any_line_is_not_able_to_serve():
+    """The replicas able to serve count what is down on every per-replica line, not the last's only."""
+    dep, _ = _deployment(replicas=3)
+    for request in range(6):
+        assert dep.submit(request, 0.0)
+    dep.crash(dep.batchers[0].replicas[0].index, 0.5)
+    assert dep.load()[1:] == (2, 2)
+    dep.crash(dep.batchers[1].replicas[0].index, 0.6)
+    assert dep.load()[1:] == (1, 1)
+
+
 def test_set_batching_changes_every_line():
     dep, _ = _deployment()
     dep.set_batching(None, 250.0, 0.0)

@@ -115,6 +115,17 @@ def test_a_whole_table_is_summarised_with_the_routes_it_went_or_those_it_is_told
     assert told["cascade"] == {"x>y": {"hop0": {"reached": 1, "passed_on": 0, "passed_on_share": 0.0}}}
 
 
+def test_a_three_hop_cascade_counts_what_reached_each_hop():
+    """Hop k is reached by the requests that went past hop k - 1: on a three-hop cascade the second
+    hop's count leaves out those that stopped at the first (the two-hop tables cannot tell)."""
+    frame = _requests()
+    frame["route"], frame["hops"] = "a>b>c", [1, 2, 3, 3]
+    found = summarize(frame, warmup_s=0.0, duration_s=4.0, deployments={}, price_per_replica_hour=1.0,
+                      route_hops={"a>b>c": 3})
+    assert found["cascade"] == {"a>b>c": {"hop0": {"reached": 4, "passed_on": 3, "passed_on_share": 0.75},
+                                          "hop1": {"reached": 3, "passed_on": 2, "passed_on_share": 2 / 3}}}
+
+
 def test_the_legend_states_the_published_definitions_word_for_word():
     """What is printed under every summary table is the definitions the README publishes: a change
     of wording here is a change of what we tell users the numbers mean, so it is made on purpose."""
