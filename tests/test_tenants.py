@@ -14,6 +14,7 @@ import pytest
 
 import policies
 from policies.base import Policy, Route
+from conftest import ScriptedExecutor
 from sim.runner import prepare, run_seed
 from traces.errors import InputError
 from traces.scenario import scenario_from_dict
@@ -278,6 +279,59 @@ def test_a_priority_levels_queue_limit_turns_the_excess_away_as_queue_full():
     assert set(reasons.index) <= {("a", "queue_full"), ("b", "expired")} and reasons[("a", "queue_full")] > 100
     assert "unfinished" not in summary["dropped_by_reason"]
     assert (requests["finish_s"].notna() | requests["dropped"]).all()
+
+
+class _TimedExecutor(ScriptedExecutor):
+    """``ScriptedExecutor`` that keeps the batching waits' timers for the test to fire."""
+
+    def __init__(self):
+        super().__init__()
+        self.timers = []
+
+    def call_at(self, time_s, callback):
+        self.timers.append((time_s, callback))
+
+
+class _LevelSink:
+    """A batch sink behind two tenants' priority queue: tenant 0 at level 1, tenant 1 at level 2
+    with a 3 ms queue timeout (reject); it keeps what was dropped and started, and when."""
+
+    def __init__(self, tenant_of):
+        from sim.core.admission import QueueTenancy
+
+        self.queue_tenancy = QueueTenancy(tenant_of, (1, 2), (1.0, 1.0), {}, {2: (0.003, "reject")})
+        self.dropped, self.started = [], []
+
+    def drop(self, request, now, reason):
+        self.dropped.append((request, now, reason))
+
+    def batch_started(self, deployment, batch, now, replica):
+        self.started.append((list(batch), now))
+
+
+def test_a_level_timeout_is_applied_when_the_batcher_next_forms_a_batch():
+    """A level-2 request waits for a batch (10 ms wait, batches of 4); a level-1 one joins it at 5 ms,
+    past the first's 3 ms timeout. Nothing is formed then (the wait's timer is pending and the batch
+    not full), so the timeout is applied at the timer, 10 ms: the first is rejected then, and the
+    second, now the oldest, waits its own 10 ms."""
+    from sim.core.deployment import Deployment
+    from traces.scenario import DeploymentConfig
+
+    executor, sink = _TimedExecutor(), _LevelSink([1, 0])
+    cfg = DeploymentConfig(name="m", replicas=1, max_batch_size=4, batch_wait_timeout_ms=10.0, queue="priority",
+                           drop_expired=False)
+    dep = Deployment(executor, sink, 0, cfg, [1e9] * 2, (0.0, 1e9), np.random.default_rng(0))
+    assert dep.submit(0, 0.0) and [t for t, _ in executor.timers] == [pytest.approx(0.010)]
+    executor.time_s = 0.005
+    assert dep.submit(1, 0.005)
+    assert sink.dropped == [] and sink.started == []
+    executor.time_s = 0.010
+    executor.timers[0][1]()
+    assert sink.dropped == [(0, 0.010, "timeout")] and sink.started == []
+    assert executor.timers[1][0] == pytest.approx(0.015)
+    executor.time_s = 0.015
+    executor.timers[1][1]()
+    assert sink.started == [([1], 0.015)] and len(sink.dropped) == 1
 
 
 def test_a_level_timeout_takes_effect_at_its_time_and_not_before():
