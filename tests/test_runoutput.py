@@ -94,20 +94,48 @@ def test_null_reads_as_null_in_pyarrow(tiny_bundle, tmp_path):
     assert table.column("hop0_deployment").null_count == 0
 
 
-def test_a_run_without_requests_writes_the_same_schema_as_one_with_them(tiny_bundle, tmp_path):
+def _two_task_pipeline(rate_rps: float) -> dict:
+    """Two stages on two bundles: a digit read by the digits models, then a sentence judged by SST-2's."""
+    data = Path(__file__).resolve().parents[1] / "traces" / "data"
+    deployment = {"max_batch_size": 4, "batch_wait_timeout_ms": 1.0}
+    return {"seed": 5, "duration_s": 3.0, "warmup_s": 0.5, "arrivals": {"kind": "poisson", "rate_rps": rate_rps},
+            "requests": {"deadline_ms": 100.0},
+            "deployments": [{"name": "digit", "variant": "cnn-small-kd/int8/cpu", "bundle": str(data / "digits-cpu"),
+                             **deployment},
+                            {"name": "sentiment", "variant": "bert-2-kd/fp32/cpu", "bundle": str(data / "sst2-cpu"),
+                             **deployment}],
+            "stages": [{"name": "read", "deployments": ["digit"]}, {"name": "judge", "deployments": ["sentiment"]}],
+            "policy": {"name": "static", "pipeline": ["digit", "sentiment"]}}
+
+
+def _tenants(rate_rps: float) -> dict:
+    raw = {k: v for k, v in BURSTY.items() if k != "arrivals" and k != "requests"}
+    return {**raw, "seed": 5, "tenants": [{"name": "a", "arrivals": {"kind": "poisson", "rate_rps": rate_rps},
+                                           "deadline_ms": 40.0}]}
+
+
+@pytest.mark.parametrize("kind, typed", [
+    ("cascade", ("sample_id", "label", "pred", "route", "drop_reason")),
+    ("pipeline", ("sample_id", "label", "pred", "stage0_sample_id", "stage1_sample_id")),
+    ("tenants", ("tenant", "route", "drop_reason")),
+])
+def test_a_run_without_requests_writes_the_same_schema_as_one_with_them(tiny_bundle, tmp_path, kind, typed):
     """A quiet run's requests.parquet has no rows, but its columns have the types a busy run's have
-    (the sample ids', labels' and answers' from the bundle), so tables of several runs concatenate."""
+    (the sample ids', labels' and answers' from the bundle, each pipeline stage's sample ids from
+    its own, the tenant's name), so tables of several runs concatenate."""
+    scenario = {"cascade": lambda rate: cascade(tiny_bundle, rate_rps=rate), "pipeline": _two_task_pipeline,
+                "tenants": _tenants}[kind]
     schemas = []
     for name, rate_rps in (("busy", 150.0), ("quiet", 1e-6)):
         out = tmp_path / name
-        assert main(["run", _write(tmp_path, cascade(tiny_bundle, rate_rps=rate_rps)), "--out", str(out)]) == 0
+        assert main(["run", _write(tmp_path, scenario(rate_rps)), "--out", str(out)]) == 0
         schemas.append(pq.read_schema(out / "seed-5" / "requests.parquet"))
     busy, quiet = schemas
     assert pq.read_metadata(tmp_path / "quiet" / "seed-5" / "requests.parquet").num_rows == 0
-    assert set(quiet.names) < set(busy.names)            # hop1's columns only where a request went
+    assert set(quiet.names) <= set(busy.names)           # hop1's columns only where a request went
     for field in quiet:
         assert field.type == busy.field(field.name).type, field.name
-    assert all(str(quiet.field(n).type) != "null" for n in ("sample_id", "label", "pred", "route", "drop_reason"))
+    assert all(str(quiet.field(n).type) != "null" for n in typed)
 
 
 def test_unserved_hop_has_null_replica_and_batch_size():
