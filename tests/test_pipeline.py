@@ -105,6 +105,31 @@ def test_end_to_end_correctness_is_every_stage_right_on_its_own_sample(tmp_path)
     assert summary["accuracy"] == pytest.approx(measured["correct"].astype(bool).mean())
 
 
+def test_a_parametric_first_stage_leaves_the_later_stages_answers_known():
+    """A parametric stage (no predictions) before a measured one: each completed request's
+    ``pred`` and ``stage1_correct`` are the measured stage's, from its own bundle; the parametric
+    stage's correctness is unknown, and so is ``correct`` (every stage right), and the accuracy."""
+    from traces.bundle import TraceBundle
+
+    bundle = REPO / "traces" / "data" / "digits-cpu"
+    variant = "cnn-small-kd/int8/cpu"
+    raw = {"seed": 5, "duration_s": 3.0, "warmup_s": 0.5, "arrivals": {"kind": "poisson", "rate_rps": 50.0},
+           "requests": {"deadline_ms": 100.0},
+           "deployments": [{"name": "pre", "service": {**EXP, "mean_ms": 1.0}},
+                           {"name": "digit", "variant": variant, "bundle": str(bundle)}],
+           "stages": [{"name": "pre", "deployments": ["pre"]}, {"name": "read", "deployments": ["digit"]}],
+           "policy": {"name": "static", "pipeline": ["pre", "digit"]}}
+    requests, summary = simulate(raw, seed=5)
+    done = requests[~requests["dropped"]]
+    assert len(done) > 100
+    table = TraceBundle.load(bundle).predictions
+    rows = table[table["variant"] == variant].set_index("sample_id").loc[done["stage1_sample_id"]]
+    assert done["pred"].tolist() == rows["pred"].tolist()
+    assert done["stage1_correct"].astype(bool).tolist() == rows["correct"].astype(bool).tolist()
+    assert done["stage0_correct"].isna().all() and done["correct"].isna().all()
+    assert summary["accuracy"] is None or math.isnan(summary["accuracy"])
+
+
 def test_a_route_that_skips_a_stage_is_refused(tmp_path):
     raw = _two_task_pipeline(tmp_path)
     raw["policy"] = {"name": "static", "deployment": "digit"}

@@ -90,7 +90,10 @@ class TableContext:
         if labels is None and table is not None:
             labels = table.labels
         self.labels = None if labels is None or self.sample_ids is None else np.asarray(labels, dtype=object)
-        self.table_outcomes = answer_labels is None and table is not None
+        # outcomes from the prediction tables (a simulation), wherever a stage has one: a pipeline
+        # whose first stage is parametric still has its later stages' answers
+        tables = stages[2] if stages is not None else (predictions,)
+        self.table_outcomes = answer_labels is None and any(t is not None for t in tables)
 
     def arrow_types(self) -> dict[str, pa.DataType]:
         """Arrow types of the object columns, fixed for every chunk (a chunk of all-null values
