@@ -113,6 +113,9 @@ def test_a_tenants_quota_leaves_the_cascade_on_live_confidence():
     confident = np.array(CONF)[done["sample_id"].astype(int).to_numpy()] >= THRESHOLD
     assert confident.any() and (~confident).any()
     assert (done["hops"].to_numpy() == np.where(confident, 1, 2)).all()
+    # the answers are the runners' (each sample's label here), kept with the labels' type
+    assert done["pred"].tolist() == [LABELS[s] for s in done["sample_id"].astype(int)]
+    assert done["correct"].all()
 
 
 def test_the_real_server_waits_for_the_last_arrival_and_no_longer(tmp_path):
