@@ -268,6 +268,9 @@ def test_plans_run_on_their_grid_and_none_at_the_end_of_the_run(tmp_path, monkey
     raw["policy"] = {"name": _PlanClock.name, "plan_interval_s": 0.5}
     _, summary = simulate(raw, seed=1)
     assert summary["policy"]["plans_s"] == [0.5, 1.0, 1.5]
+    raw["policy"]["plan_interval_s"] = 2.0   # the first plan would fall at the end: none at all
+    _, summary = simulate(raw, seed=1)
+    assert summary["policy"]["plans_s"] == []
 
 
 class _BigBatch(_ToM):

@@ -94,6 +94,16 @@ def test_null_reads_as_null_in_pyarrow(tiny_bundle, tmp_path):
     assert table.column("hop0_deployment").null_count == 0
 
 
+def test_a_table_has_hop_columns_for_each_hop_a_route_has_and_no_more(tiny_bundle):
+    """One set of ``hop{k}_*`` columns per position on the longest route: a single deployment's
+    table has hop0's only, a two-hop cascade's hop0's and hop1's."""
+    single = {**BURSTY, "duration_s": 1.0}
+    for raw, hops in ((single, 1), (cascade(tiny_bundle, duration_s=2.0), 2)):
+        requests, _ = simulate(raw)
+        found = {int(m.group(1)) for m in map(re.compile(r"hop(\d+)_").match, requests.columns) if m}
+        assert found == set(range(hops))
+
+
 def _two_task_pipeline(rate_rps: float) -> dict:
     """Two stages on two bundles: a digit read by the digits models, then a sentence judged by SST-2's."""
     data = Path(__file__).resolve().parents[1] / "traces" / "data"
