@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import policies
 from conftest import simulate
+from policies.base import Policy, Route
 from traces.errors import InputError
 
 EXP = {"kind": "exponential"}
@@ -138,6 +140,42 @@ def test_a_route_that_skips_a_stage_is_refused(tmp_path):
     raw["policy"] = {"name": "static", "pipeline": ["sentiment", "digit"]}
     with pytest.raises(InputError, match="does not serve stage"):
         simulate(raw)
+
+
+class _GivenRoute(Policy):
+    """Test policy: every request takes the route through ``hops``, one deployment a stage."""
+
+    name = "test-given-route"
+
+    def __init__(self, hops: list):
+        self.hops = hops
+
+    def setup(self, view):
+        self._route = Route.pipeline([Route.single(h) for h in self.hops])
+
+    def route(self, request, view):
+        return self._route
+
+
+@pytest.mark.parametrize("hops, visits", [
+    (["s0", "s2"], "stage0 > stage2"),          # skips the middle stage
+    (["s1", "s2"], "stage1 > stage2"),          # starts past the first
+    (["s0", "s2", "s1"], "stage0 > stage2 > stage1"),   # every stage, out of order
+    (["s0", "s1"], "stage0 > stage1"),          # stops before the last
+])
+def test_a_route_given_by_a_policy_must_pass_every_stage_in_order(monkeypatch, hops, visits):
+    monkeypatch.setitem(policies.registry._REGISTRY, _GivenRoute.name, _GivenRoute)
+    raw = tandem(50.0, mean_ms=(1.0, 1.0, 1.0), duration_s=1.0, warmup_s=0.0)
+    raw["policy"] = {"name": _GivenRoute.name, "hops": hops}
+    with pytest.raises(InputError) as info:
+        simulate(raw)
+    assert info.value.where == "policy 'test-given-route'"
+    assert info.value.problem == (f"route {'>'.join(hops)} visits stages {visits}; a route must pass through "
+                                  "every stage in order: stage0 > stage1 > stage2")
+    raw["policy"]["hops"] = ["s0", "s1", "nope"]
+    with pytest.raises(InputError) as info:
+        simulate(raw)
+    assert (info.value.where, info.value.problem) == ("policy 'test-given-route'", "used unknown deployment 'nope'")
 
 
 def test_stages_are_checked_when_the_scenario_loads(tmp_path):
