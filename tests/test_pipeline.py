@@ -8,11 +8,12 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import policies
 from conftest import simulate
-from policies.base import Policy, Route
+from policies.base import Hop, Policy, Route
 from traces.errors import InputError
 
 EXP = {"kind": "exponential"}
@@ -147,11 +148,11 @@ class _GivenRoute(Policy):
 
     name = "test-given-route"
 
-    def __init__(self, hops: list):
-        self.hops = hops
+    def __init__(self, hops: list, thresholds: list | None = None):
+        self.hops, self.thresholds = hops, thresholds or [None] * len(hops)
 
     def setup(self, view):
-        self._route = Route.pipeline([Route.single(h) for h in self.hops])
+        self._route = Route(tuple(Hop(h, t) for h, t in zip(self.hops, self.thresholds)))
 
     def route(self, request, view):
         return self._route
@@ -176,6 +177,41 @@ def test_a_route_given_by_a_policy_must_pass_every_stage_in_order(monkeypatch, h
     with pytest.raises(InputError) as info:
         simulate(raw)
     assert (info.value.where, info.value.problem) == ("policy 'test-given-route'", "used unknown deployment 'nope'")
+
+
+def test_a_threshold_on_a_stages_last_hop_changes_nothing(monkeypatch):
+    """Every request leaves a stage at its last hop: a threshold there has nothing to cascade to,
+    asks for no predictions (these stages are parametric) and gives the run it gives without."""
+    monkeypatch.setitem(policies.registry._REGISTRY, _GivenRoute.name, _GivenRoute)
+    raw = tandem(200.0, duration_s=2.0, warmup_s=0.0)
+    raw["policy"] = {"name": _GivenRoute.name, "hops": ["s0", "s1"]}
+    plain, _ = simulate(raw, seed=2)
+    raw["policy"]["thresholds"] = [0.5, 0.9]
+    thresholded, _ = simulate(raw, seed=2)
+    assert len(plain) > 200 and (thresholded["route"] == "s0@0.5>s1@0.9").all()   # the label keeps them
+    pd.testing.assert_frame_equal(thresholded.drop(columns="route"), plain.drop(columns="route"))
+
+
+class _Returns(Policy):
+    """Test policy: ``route()`` returns None, which is neither a Route nor a Reject."""
+
+    name = "test-returns-none"
+
+    def route(self, request, view):
+        return None
+
+
+@pytest.mark.parametrize("policy, got", [({"name": _GivenRoute.name, "hops": []}, "Route(hops=())"),
+                                         ({"name": _Returns.name}, "None")])
+def test_a_route_that_is_empty_or_not_a_route_is_refused(monkeypatch, policy, got):
+    for cls in (_GivenRoute, _Returns):
+        monkeypatch.setitem(policies.registry._REGISTRY, cls.name, cls)
+    raw = tandem(50.0, duration_s=1.0, warmup_s=0.0)
+    raw["policy"] = policy
+    with pytest.raises(InputError) as info:
+        simulate(raw)
+    assert (info.value.where, info.value.problem) == (
+        f"policy {policy['name']!r}", f"route() must return a non-empty Route or a Reject, got {got}")
 
 
 def test_stages_are_checked_when_the_scenario_loads(tmp_path):
