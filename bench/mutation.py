@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("nothing to recheck: no survivor, timeout or untested mutant in the last run")
             if any(last[n] == "no tests" for n in names):
                 forget_test_map()
-            passes = [names]
+            passes = [names] if names else []   # no name would mean every mutant left: not a recheck
         else:
             passes = listed_last(equivalent, args.max_children, env)
         for names in passes:

@@ -87,6 +87,9 @@ def test_recheck_names_survivors_timeouts_and_untested_and_forgets_the_test_map(
                      "sim.core.queues.x_take__mutmut_5", "sim.core.queues.x_take__mutmut_6",
                      "traces.summary.x_f__mutmut_1"]
     assert not stats.exists()
+    calls.clear()   # nothing to recheck: nothing is run (an unnamed run would test every mutant left)
+    monkeypatch.setattr(mutation, "results", lambda: {name: "killed" for name in STATUS})
+    assert mutation.main(["--recheck"]) == 0 and calls == []
 
 
 def test_a_run_tests_the_unlisted_mutants_first_and_the_ledgers_last(mutation, monkeypatch):
