@@ -264,6 +264,7 @@ def run_on_ray(tasks: list, runs_dir: Path, *, address: str | None, cpus: int | 
                 for result in results:
                     result.write(runs_dir / result.run_id)
                     advance()
+            watch.check(0, now=True)  # a node lost since the last look is reported, however soon the sweep ended
         finally:
             for ref in pending:  # Ctrl-C or an error: the cluster stops working for this sweep
                 with contextlib.suppress(Exception):
@@ -299,9 +300,10 @@ class _Watch:
     def _alive(self) -> dict[str, dict]:
         return {n["NodeID"]: n for n in self.ray.nodes() if n.get("Alive")}
 
-    def check(self, unfinished: int) -> None:
-        """Look (at most every ``WATCH_EVERY_S``): report lost nodes; no CPU for too long ends the sweep."""
-        if time.monotonic() - self.checked < WATCH_EVERY_S:
+    def check(self, unfinished: int, now: bool = False) -> None:
+        """Look (at most every ``WATCH_EVERY_S``, or ``now``): report lost nodes; no CPU for too long
+        ends the sweep."""
+        if not now and time.monotonic() - self.checked < WATCH_EVERY_S:
             return
         self.checked = time.monotonic()
         alive = self._alive()

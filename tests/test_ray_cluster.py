@@ -35,7 +35,8 @@ pytestmark = [pytest.mark.timeout(240),
                                  reason="the optional extra 'dist' (ray) is not installed")]
 
 # the helper: a cluster of a head and one more node (one CPU each) on loopback; on stdin,
-# "kill" removes the second node, "add" adds one; end of input shuts the cluster down
+# "kill" removes the second node (answering once the cluster counts it dead), "add" adds one; end
+# of input shuts the cluster down
 CLUSTER = """import json, os, shutil, sys, tempfile
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray's single-machine mode: every address 127.0.0.1
 import ray._private.utils
@@ -51,6 +52,7 @@ print(json.dumps({"address": cluster.address}), flush=True)
 for line in sys.stdin:
     if line.strip() == "kill":
         cluster.remove_node(nodes.pop(), allow_graceful=False)
+        cluster.wait_for_nodes()
     elif line.strip() == "add":
         nodes.append(cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1"))
     print("done", flush=True)
@@ -202,18 +204,31 @@ def test_killed_and_interrupted_sweeps_resume_to_the_same_bytes(cluster, local, 
     _same_runs(local, study / "out")
 
 
-def test_a_lost_node_is_retried_elsewhere_and_reported(cluster, local, tmp_path):
-    study = _study(tmp_path / "study", seeds=2, duration_s=600.0)
+@pytest.fixture(scope="module")
+def local_long(tmp_path_factory):
+    """The reference for a sweep that outlasts the loss of a node: runs four times as long."""
+    study = _study(tmp_path_factory.mktemp("local-long") / "study", seeds=2, duration_s=2400.0)
+    run_sweep(study / "sweep.toml", study / "out", workers=1)
+    return study / "out"
+
+
+def test_a_lost_node_is_retried_elsewhere_and_reported(cluster, local_long, tmp_path):
+    """The node goes after the first runs are written; the helper answers once the cluster counts it
+    dead, which the sweep, with most of its runs (seconds of work) still to do, then reports. With
+    the shorter runs of the other tests the sweep could end before Ray noticed: nothing to report."""
+    study = _study(tmp_path / "study", seeds=2, duration_s=2400.0)
     process = _sweep(study, "--executor", "ray", "--address", cluster.address, wait=False)
     try:
         _wait_for_runs(study / "out", 1, process)
         cluster.tell("kill")
+        still_running = process.poll() is None
         _, err = process.communicate(timeout=120)
     finally:
         cluster.tell("add")
     assert process.returncode == 0, err
+    assert still_running, "the sweep ended before the node was counted dead: nothing was lost to report"
     assert "warning: lost node" in err and "Ray retries its runs on the other nodes" in err
-    _same_runs(local, study / "out")
+    _same_runs(local_long, study / "out")
 
 
 def _free_port() -> int:
@@ -293,3 +308,18 @@ def test_watch_reports_lost_nodes_and_gives_up_without_cpus(monkeypatch):
     time.sleep(0.3)
     with pytest.raises(InputError, match=r"--address x: the cluster has had no CPU for 0.2 s .* 5 runs unfinished"):
         watch.check(5)
+
+
+def test_watch_looks_now_when_asked_between_its_looks(monkeypatch):
+    """Between looks the watch does not ask Ray (a look costs a round trip); at the sweep's end it
+    looks at once, so a node lost since the last look is still reported."""
+    import sim.cluster as cluster_module
+
+    monkeypatch.setattr(cluster_module, "WATCH_EVERY_S", 3600.0)
+    worker = {"NodeID": "b" * 56, "Alive": True, "NodeManagerAddress": "127.0.0.1", "Resources": {"CPU": 1.0}}
+    lines: list[str] = []
+    watch = cluster_module._Watch(FakeRay([[worker], [{**worker, "Alive": False}]]), "--address x", lines.append)
+    watch.check(3)
+    assert lines == []
+    watch.check(0, now=True)
+    assert len(lines) == 1 and lines[0].startswith("warning: lost node bbbbbbbbbbbb")
