@@ -13,7 +13,7 @@ arrival generators, replica accounting and cost, the planner's estimates).
                                         # (the mutants the ledger does not list first, its equivalents last)
     python bench/mutation.py --report   # print the scores of the last run again
     python bench/mutation.py --json scores.json   # also write them as JSON
-    python bench/mutation.py --recheck  # test survivors, timeouts and untested mutants again, then report
+    python bench/mutation.py --recheck  # test survivors, timeouts, untested and cut-short mutants again, then report
 
 Survivors are listed by name; ``mutmut show NAME`` prints one as a diff. Each one is either killed by
 a new test or listed as equivalent (no test could tell it apart), with the reason, in
@@ -43,7 +43,9 @@ COUNTED = ("killed", "survived", "timeout", "no tests")
 LEDGER = ROOT / "docs" / "mutation-equivalents.toml"
 
 
-RECHECKED = ("survived", "timeout", "no tests")
+# survivors, timeouts (a busy or paused machine's too), untested mutants, and checks cut short: a
+# worker stopped by a signal (mutmut says "segfault" for SIGKILL as for SIGSEGV) or interrupted
+RECHECKED = ("survived", "timeout", "no tests", "segfault", "check was interrupted by user")
 STATS = ROOT / "mutants" / "mutmut-stats.json"
 
 

@@ -87,6 +87,11 @@ def test_recheck_names_survivors_timeouts_and_untested_and_forgets_the_test_map(
                      "sim.core.queues.x_take__mutmut_5", "sim.core.queues.x_take__mutmut_6",
                      "traces.summary.x_f__mutmut_1"]
     assert not stats.exists()
+    calls.clear()   # a check cut short (a worker killed, SIGKILL reads "segfault"; interrupted) is no verdict
+    cut = {"sim.core.queues.x_take__mutmut_1": "segfault", "sim.core.queues.x_take__mutmut_2": "check was interrupted by user"}
+    monkeypatch.setattr(mutation, "results", lambda: {**STATUS, **cut})
+    assert mutation.main(["--recheck"]) == 0
+    assert [a for a in calls[0] if "__mutmut_" in a][:2] == sorted(cut)
     calls.clear()   # nothing to recheck: nothing is run (an unnamed run would test every mutant left)
     monkeypatch.setattr(mutation, "results", lambda: {name: "killed" for name in STATUS})
     assert mutation.main(["--recheck"]) == 0 and calls == []
