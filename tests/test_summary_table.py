@@ -126,6 +126,20 @@ def test_a_three_hop_cascade_counts_what_reached_each_hop():
                                           "hop1": {"reached": 3, "passed_on": 2, "passed_on_share": 2 / 3}}}
 
 
+def test_a_tally_sums_its_chunks():
+    """The request log retires in chunks: every count is the sum over them, drops included."""
+    from traces.summary import Tally
+
+    frame = _requests()
+    frame.loc[2, ["dropped", "drop_reason", "latency_ms", "hit"]] = [True, "expired", np.nan, False]
+    tally = Tally(keep_values=True)
+    for _ in range(3):
+        tally.add(frame)
+    found = tally.summary(warmup_s=0.0, duration_s=4.0, deployments={}, price_per_replica_hour=1.0)
+    assert (found["requests"], found["completed"], found["dropped"]) == (12, 9, 3)
+    assert found["dropped_by_reason"] == {"expired": 3} and found["hit_rate"] == 0.75
+
+
 def test_the_legend_states_the_published_definitions_word_for_word():
     """What is printed under every summary table is the definitions the README publishes: a change
     of wording here is a change of what we tell users the numbers mean, so it is made on purpose."""
