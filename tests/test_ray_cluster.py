@@ -149,12 +149,17 @@ def _one_line(err: str, *parts: str) -> bool:
     return len(lines) == 1 and lines[0].startswith("error: ") and all(p in lines[0] for p in parts)
 
 
-@pytest.fixture(scope="module")
-def local(tmp_path_factory):
-    """The reference: the same study on one local process."""
-    study = _study(tmp_path_factory.mktemp("local") / "study", seeds=2, duration_s=600.0)
+def _local_reference(tmp_path_factory, duration_s: float) -> Path:
+    """The same study on one local process: what a cluster's sweep must give byte for byte."""
+    study = _study(tmp_path_factory.mktemp("local") / "study", seeds=2, duration_s=duration_s)
     run_sweep(study / "sweep.toml", study / "out", workers=1)
     return study / "out"
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    """The reference of the studies of 600 s runs."""
+    return _local_reference(tmp_path_factory, 600.0)
 
 
 def test_relative_paths_on_a_cluster_give_the_local_results(cluster, local, tmp_path):
@@ -207,9 +212,7 @@ def test_killed_and_interrupted_sweeps_resume_to_the_same_bytes(cluster, local, 
 @pytest.fixture(scope="module")
 def local_long(tmp_path_factory):
     """The reference for a sweep that outlasts the loss of a node: runs four times as long."""
-    study = _study(tmp_path_factory.mktemp("local-long") / "study", seeds=2, duration_s=2400.0)
-    run_sweep(study / "sweep.toml", study / "out", workers=1)
-    return study / "out"
+    return _local_reference(tmp_path_factory, 2400.0)
 
 
 def test_a_lost_node_is_retried_elsewhere_and_reported(cluster, local_long, tmp_path):
