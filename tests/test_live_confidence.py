@@ -98,6 +98,31 @@ def test_a_pipeline_stage_that_cascades_on_live_confidence():
     assert (done["finish_s"] == done["hop2_finish_s"]).all()
 
 
+def test_a_live_run_records_and_judges_each_stage_by_its_runners_labels():
+    """The real server's log takes its true labels from its runners' data, not from the bundle's
+    table (whose labels may be another split's, or none at all, as here), and judges each stage's
+    answers against that stage's own labels: stage b's labels are the opposite of stage a's, so
+    every answer is right at a and wrong at b, and no request is right everywhere."""
+    opposite = [1 - label for label in LABELS]
+    raw = {"duration_s": 1.0, "arrivals": {"kind": "poisson", "rate_rps": 40.0}, "requests": {"deadline_ms": 1e4},
+           "deployments": [deployment("fast"), deployment("c")],
+           "stages": [{"name": "a", "deployments": ["fast"]}, {"name": "b", "deployments": ["c"]}],
+           "policy": {"name": "static", "pipeline": ["fast", "c"]}}
+    scenario = scenario_from_dict(raw)
+    prepared = check_against_bundle(scenario)
+    table = PredictionTable(np.arange(4), {}, {}, {})
+    server = Server(dataclasses.replace(scenario, seed=5), policies.create("static", {"pipeline": ["fast", "c"]}),
+                    {"fast": Answers, "c": Answers}, seed=5, labels=LABELS, profiles=prepared.profiles,
+                    predictions=table, stage_predictions=(table, table), stage_labels=(LABELS, opposite))
+    done = server.run().to_pandas().dropna(subset=["finish_s"])
+    assert len(done) > 20
+    first = done["sample_id"].astype(int)
+    assert done["label"].tolist() == [LABELS[s] for s in first]
+    assert done["stage0_correct"].astype(bool).all()
+    assert (~done["stage1_correct"].astype(bool)).all()
+    assert (~done["correct"].astype(bool)).all()
+
+
 def test_a_tenants_quota_leaves_the_cascade_on_live_confidence():
     """With a quota in front (the core's counted finish path), a cascade still reads the runners'
     confidences: unsure samples reach the second hop, sure ones end at the first."""

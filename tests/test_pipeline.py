@@ -233,6 +233,34 @@ def test_stages_are_checked_when_the_scenario_loads(tmp_path):
         simulate(raw)
 
 
+def test_a_scenario_without_stages_shows_a_policy_one_unnamed_stage_of_every_deployment():
+    """``view.stages`` of a scenario without [[stages]]: one stage, named "" (as documented; a
+    policy that names stages, IPA's, falls back to the stage's index), holding every deployment in
+    the scenario's order."""
+    from policies.base import Policy, Route
+    from sim.core.driver import dry_core
+    from sim.runner import prepare
+    from traces.scenario import scenario_from_dict
+
+    seen = []
+
+    class Looking(Policy):
+        name = "looking"
+
+        def setup(self, view):
+            seen.append(view.stages)
+
+        def route(self, request, view):
+            return Route.single("b")
+
+    service = {"kind": "deterministic", "mean_ms": 1.0}
+    raw = {"duration_s": 1.0, "arrivals": {"kind": "poisson", "rate_rps": 1.0}, "requests": {"deadline_ms": 100.0},
+           "deployments": [{"name": "b", "service": service}, {"name": "a", "service": service}],
+           "policy": {"name": "static", "deployment": "b"}}
+    dry_core(prepare(scenario_from_dict(raw)), Looking())
+    assert seen == [(("", ("b", "a")),)]
+
+
 def test_a_cascade_inside_a_stage_then_the_next_stage(tmp_path):
     """A confident request leaves stage 0 at its first hop, the others after the second; both go
     on to stage 1, and stage 0's answer is the one of the hop it left from."""
