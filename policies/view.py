@@ -84,7 +84,8 @@ class LiveView:
         return (seen - first) / span
 
     def recent_batch_latency_ms(self, deployment: str, q: float = 95.0, window_s: float = 5.0) -> float:
-        """The q-th percentile service time of batches finished in the last ``window_s`` (NaN if none)."""
+        """The q-th percentile service time of batches finished in the last ``window_s`` (NaN if none),
+        among the deployment's last 1,024 batches (a bounded memory: a busier window counts only those)."""
         since = self._clock() - window_s
         values = [s for t, s, _ in list(self._deployment(deployment).recent) if t >= since]
         return float(np.percentile(values, q)) * 1000.0 if values else math.nan

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import policies
 from conftest import ScriptedExecutor, simulate
+from policies.base import Policy, Route
 
 
 def scenario(rate_rps, service, *, duration_s=20.0, deadline_ms=1e9, **deployment):
@@ -326,3 +328,43 @@ def test_a_plan_may_not_batch_beyond_the_measured_sizes(tiny_bundle):
     with pytest.raises(InputError) as info:
         sim.core.apply(PlanAction("fast", max_batch_size=limit + 1), 0.0)
     assert info.value.problem == f"max_batch_size must be in 1..{limit} (the measured sizes), got {limit + 1}"
+
+
+class _RecentReader(Policy):
+    """A plan-only policy that records, at each tick, the view's percentiles of recent batches over
+    a window longer than the run (so only the deployment's cap of 1,024 batches limits them)."""
+
+    name = "test-recent-reader"
+    seen: list = []
+
+    def setup(self, view):
+        self._route = Route.single("d")
+        _RecentReader.seen = []
+
+    def route(self, request, view):
+        return self._route
+
+    def plan(self, view):
+        _RecentReader.seen.append((view.now_s, [view.recent_batch_latency_ms("d", q, window_s=1e9)
+                                                for q in (0, 50, 100)]))
+        return ()
+
+
+policies.register(_RecentReader)
+
+
+def test_recent_batch_latency_reads_the_last_1024_batches():
+    """``recent_batch_latency_ms`` is over the deployment's last 1,024 batches (docstring): at each
+    plan tick its percentiles are those of the last 1,024 batches finished by then, as the request
+    log has them (one request a batch: finish - start), not of every batch nor of one more."""
+    raw = scenario(3000.0, {"kind": "exponential", "mean_ms": 0.2}, duration_s=1.25, max_batch_size=1)
+    raw["policy"] = {"name": "test-recent-reader", "plan_interval_s": 0.5}
+    requests, _ = simulate(raw, seed=3)
+    served = requests[requests["hop0_finish_s"].notna()].sort_values("hop0_finish_s")
+    assert [now for now, _ in _RecentReader.seen] == [0.5, 1.0]
+    for now, percentiles in _RecentReader.seen:
+        done = served[served["hop0_finish_s"] <= now]
+        assert len(done) > 1200                                   # more batches than the view keeps
+        service_s = (done["hop0_finish_s"] - done["hop0_start_s"]).to_numpy()[-1024:]
+        expected = [float(np.percentile(service_s, q)) * 1000.0 for q in (0, 50, 100)]
+        assert percentiles == pytest.approx(expected, rel=1e-12)
