@@ -157,6 +157,26 @@ def test_priority_queue_edf_within_a_level_fifo_between_equal_deadlines():
     assert not queue
 
 
+@pytest.mark.parametrize("discipline, order", [
+    ("priority-edf", [2, 3, 5, 1, 4, 0]),   # level 1 by deadline, then level 2 by deadline
+    ("priority", [1, 2, 3, 5, 0, 4]),       # level 1 in arrival order, then level 2
+    ("edf", [4, 0, 2, 3, 5, 1]),            # by deadline alone
+    ("fifo", [0, 1, 2, 3, 4, 5]),
+])
+def test_each_queue_discipline_of_a_scenario_builds_its_order(discipline, order):
+    """A deployment's ``queue`` names its order (``docs/tenants.md``): the queue ``make_queue``
+    builds for each name serves the same six requests in that order."""
+    from sim.core.admission import QueueTenancy
+    from sim.core.queues import make_queue
+
+    tenant_of = [1, 0, 0, 0, 1, 0]  # tenant 0 premium (level 1), tenant 1 level 2
+    deadlines_s = [1.0, 9.0, 5.0, 5.0, 0.5, 7.0]
+    queue = make_queue(discipline, deadlines_s, QueueTenancy(tenant_of, (1, 2), (1.0, 1.0), {}, {}))
+    for request in range(6):
+        queue.push(request, 0.1 * request)
+    assert queue.take_n(6) == order
+
+
 def test_priority_queue_takes_numpy_arrays():
     tenant_of, deadlines_s = np.array([0, 1, 0]), np.array([3.0, 2.0, 1.0])
     queue = PriorityQueue(tenant_of, np.array([2, 1]), deadlines_s, within="edf", level_limits={np.int64(2): 1})
