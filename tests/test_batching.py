@@ -213,21 +213,25 @@ def test_a_finished_batch_reports_its_service_time_not_its_clock_reading():
     assert queue.charges == [([0], 1.0), ([1, 2], 1.0)]
 
 
-def test_a_waiting_batch_sets_one_timer_however_many_requests_join_it():
+def test_a_waiting_batch_sets_one_timer_however_often_it_is_dispatched():
     """A batch that waits for more requests has one timer, at its oldest request's enqueue time
-    plus the wait: requests that join meanwhile do not set another for the same instant (each
-    timer is an event of the run, and a second would only dispatch again for nothing)."""
+    plus the wait. Requests that join do not dispatch while it is set, but other events do (here a
+    replica that becomes ready, as ``Deployment.replica_ready`` dispatches): they must not set a
+    second timer for the same instant (an event of the run that would only dispatch for nothing)."""
     b, _, sink = _batcher(replicas=1)
     b.timeout_s = 1.0
     timers = []
     b.executor.call_at = lambda time_s, callback: timers.append(time_s)
-    for request, now in enumerate((0.25, 0.5, 0.75)):  # three of four: the batch waits
+    for request, now in enumerate((0.25, 0.5)):  # two of four: the batch waits
         b.executor.time_s = now
         b.submit(request, now)
+    b.executor.time_s = 0.75
+    b.ready(b.add_replica(1, 0.75), 0.75)
+    b.dispatch(0.75)
     assert timers == [1.25] and sink.started == []
     b.executor.time_s = 1.25
     b._timer_fired()
-    assert sink.started == [([0, 1, 2], 1.25, 0)]
+    assert [batch for batch, _, _ in sink.started] == [[0, 1]] and sink.started[0][1] == 1.25
 
 
 def test_overlapping_crashes_count_once_and_only_the_last_recovery_restores():
