@@ -403,3 +403,21 @@ def test_the_executor_is_told_which_replicas_a_plan_removed():
     assert executor.stopped == [idle]
     executor.run(1.0)  # the batch ends
     assert executor.stopped == [idle, busy]
+
+
+def test_a_replica_removed_while_starting_leaves_when_its_start_up_ends():
+    """A plan that removes a replica while none is idle takes one still starting before a busy one:
+    it is marked to leave, and when the executor reports it ready it does not serve; the executor
+    is told to stop that very replica then."""
+    executor = _ColdStarts()
+    dep, sink = _shared_deployment(executor, 1)
+    assert dep.submit(0, 0.0) and sink.starts == [(0, 0, 0.0)]  # replica 0 is busy until 1.0
+    executor.cold = True
+    dep.set_replicas(2, 0.0)          # replica 1 starts
+    starting = dep.replica(1)[1]
+    dep.set_replicas(1, 0.1)          # no idle replica: the starting one is the one to go
+    assert executor.stopped == [] and dep.provisioned == 1
+    assert dep.submit(1, 0.1)         # waits: replica 0 is busy, replica 1 not ready
+    dep.replica_ready(starting, 0.2)
+    assert executor.stopped == [starting] and dep.replica(1) == (None, None)
+    assert sink.starts == [(0, 0, 0.0)]  # it left without serving the waiting request

@@ -16,7 +16,7 @@ def test_an_unmeasured_size_is_the_quantile_interpolation_of_its_neighbours():
     assert profile.grid(2).tolist() == [5.5, 6.0, 11.5, 12.0]
     assert profile.grid(1).tolist() == [1.0, 2.0, 3.0, 4.0]  # a measured size: its sorted runs
     assert profile.mean_ms(2) == pytest.approx(8.75)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^batch size 4 is outside the measured range 1\.\.3$"):
         profile.grid(4)  # beyond the measured sizes: refused, not extrapolated
 
 
