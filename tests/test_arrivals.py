@@ -247,6 +247,26 @@ def raises(cfg: dict, base: pathlib.Path, *fragments: str) -> str:
     return msg
 
 
+@pytest.mark.parametrize("cfg, where, message", [
+    ([1], "arrivals", "arrivals: must be a table, got list"),
+    ({"rate_rps": 1}, "arrivals", "arrivals.kind: required; one of bursty, piecewise, poisson, replay"),
+    ({"kind": "gamma"}, "arrivals", "arrivals.kind: must be one of bursty, piecewise, poisson, replay; got 'gamma'"),
+    ({"kind": 5}, "arrivals", "arrivals.kind: must be one of bursty, piecewise, poisson, replay; got 5"),
+    ({"kind": "poisson", "rate_rps": 1, "rate": 2}, "arrivals",
+     "arrivals.rate: unknown key for kind 'poisson'; allowed keys: kind, rate_rps"),
+    ({"kind": "bursty", "rates_rps": [1]}, "arrivals", "arrivals.mean_dwell_s: required for kind 'bursty', missing"),
+    ({"kind": "replay", "path": ""}, "arrivals", "arrivals.path: must be a non-empty string, got ''"),
+    ({"kind": "replay", "path": 5}, "arrivals", "arrivals.path: must be a non-empty string, got 5"),
+    ({"kind": "poisson", "rate_rps": -5}, "tenants[1].arrivals", "tenants[1].arrivals.rate_rps: must be a number > 0, got -5"),
+])
+def test_each_refusal_of_an_arrivals_table_word_for_word(tmp_path, cfg, where, message):
+    """The whole line a user reads for each malformed ``[arrivals]`` table, named by where it is
+    (a tenant's own table is named as such, down to the generator's own checks)."""
+    with pytest.raises(InputError) as e:
+        from_config(cfg, tmp_path, where)
+    assert str(e.value) == message
+
+
 def test_unknown_key(tmp_path):
     raises({"kind": "poisson", "rate_rps": 1, "rate": 2}, tmp_path, "arrivals.rate:", "allowed keys", "rate_rps")
 
