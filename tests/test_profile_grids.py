@@ -18,6 +18,8 @@ def test_an_unmeasured_size_is_the_quantile_interpolation_of_its_neighbours():
     assert profile.mean_ms(2) == pytest.approx(8.75)
     with pytest.raises(ValueError, match=r"^batch size 4 is outside the measured range 1\.\.3$"):
         profile.grid(4)  # beyond the measured sizes: refused, not extrapolated
+    with pytest.raises(ValueError, match=r"^a latency profile needs at least one batch size$"):
+        LatencyProfile({}, measured=True)
 
 
 def _idle_profile() -> LatencyProfile:
