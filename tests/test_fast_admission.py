@@ -156,7 +156,7 @@ def test_a_fixed_route_is_admitted_in_segments_unless_tenants_stand_before_the_q
     case is the policy asked per request (``docs/policies.md``: a fixed route skips that call)."""
     raw = busy(duration_s=1.0)
     raw["policy"] = {"name": "test-fixed-only"}
-    sim, policy = simulation(raw, policy=_FixedOnly())
+    sim, _ = simulation(raw, policy=_FixedOnly())
     assert sim.core.fixed_segment(0, 10) is not None
     sim, policy = simulation(raw, policy=_FixedOnly())
     sim.run()
@@ -165,7 +165,7 @@ def test_a_fixed_route_is_admitted_in_segments_unless_tenants_stand_before_the_q
     del raw["arrivals"], raw["requests"]
     raw["tenants"] = [{"name": "t", "arrivals": {"kind": "poisson", "rate_rps": 2000.0}, "deadline_ms": 30.0,
                        "quota": {"max_in_flight": 100, "action": "wait"}}]
-    sim, policy = simulation(raw, policy=_FixedOnly())
+    sim, _ = simulation(raw, policy=_FixedOnly())
     assert sim.core.fixed_segment(0, 10) is None
     sim, policy = simulation(raw, policy=_FixedOnly())
     sim.run()
