@@ -13,7 +13,9 @@ arrival generators, replica accounting and cost, the planner's estimates).
                                         # (the mutants the ledger does not list first, its equivalents last)
     python bench/mutation.py --report   # print the scores of the last run again
     python bench/mutation.py --json scores.json   # also write them as JSON
-    python bench/mutation.py --recheck  # test survivors, timeouts, untested and cut-short mutants again, then report
+    python bench/mutation.py --recheck  # test again what a newer test may change: survivors the ledger does not
+                                        # list, timeouts, untested and cut-short mutants; then report
+    python bench/mutation.py --recheck listed   # the ledger's survivors (does a newer test kill one?)
 
 Survivors are listed by name; ``mutmut show NAME`` prints one as a diff. Each one is either killed by
 a new test or listed as equivalent (no test could tell it apart), with the reason, in
@@ -43,9 +45,30 @@ COUNTED = ("killed", "survived", "timeout", "no tests")
 LEDGER = ROOT / "docs" / "mutation-equivalents.toml"
 
 
-# survivors, timeouts (a busy or paused machine's too), untested mutants, and checks cut short: a
-# worker stopped by a signal (mutmut says "segfault" for SIGKILL as for SIGSEGV) or interrupted
-RECHECKED = ("survived", "timeout", "no tests", "segfault", "check was interrupted by user")
+# what --recheck may test again, by kind: survivors the ledger does not list (a test written since
+# may kill them) and those it lists (to find an entry a new test contradicts: each runs every test
+# that reaches it), timeouts (a busy or paused machine's too; a mutant that loops costs its whole
+# time limit again), untested mutants, and checks cut short: a worker stopped by a signal (mutmut
+# says "segfault" for SIGKILL as for SIGSEGV) or interrupted
+RECHECK_KINDS = ("unlisted", "listed", "timeout", "untested", "cut-short")
+RECHECK_DEFAULT = "unlisted,timeout,untested,cut-short"
+_CUT_SHORT = ("segfault", "check was interrupted by user")
+
+
+def recheck_kind(state: str, listed: bool) -> str | None:
+    """The --recheck kind of a mutant in ``state`` (``listed``: the ledger lists it); None: a
+    verdict that stands (killed) or no verdict yet (not checked: a run, not a recheck, tests it)."""
+    if state == "survived":
+        return "listed" if listed else "unlisted"
+    return {"timeout": "timeout", "no tests": "untested"}.get(state) or ("cut-short" if state in _CUT_SHORT else None)
+
+
+def parse_kinds(text: str) -> set[str]:
+    kinds = {k.strip() for k in text.split(",") if k.strip()}
+    unknown = sorted(kinds - set(RECHECK_KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"--recheck: unknown kind {unknown[0]!r}" if unknown else "--recheck: no kind given")
+    return kinds
 STATS = ROOT / "mutants" / "mutmut-stats.json"
 
 
@@ -197,15 +220,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested in parallel (default 2)")
     parser.add_argument("--json", help="also write the scores (and survivors) to this JSON file")
     parser.add_argument("--survivors", action="store_true", help="also list every surviving mutant by module (with --report: list only, run nothing)")
-    parser.add_argument("--recheck", action="store_true",
-                        help="test the last run's survivors, timeouts and 'no tests' mutants again (after new tests "
-                             "or functions: mutmut keeps a verdict until the mutant is named), then report")
+    parser.add_argument("--recheck", nargs="?", const=RECHECK_DEFAULT, metavar="KINDS",
+                        help="test again the last run's mutants of these kinds, then report (mutmut keeps a verdict "
+                             f"until the mutant is named): a comma list of {', '.join(RECHECK_KINDS)} "
+                             f"(default {RECHECK_DEFAULT}: every verdict a test written since may change, "
+                             "but the ledger's survivors)")
     args = parser.parse_args(argv)
     if shutil.which(mutmut()[0]) is None and not Path(mutmut()[0]).exists():
         print("error: mutmut is not installed: pip install -e '.[dev]'", file=sys.stderr)
         return 2
     try:  # read first: a malformed ledger is refused before hours of mutants, not after them
         equivalent = equivalents()
+        kinds = parse_kinds(args.recheck) if args.recheck is not None else set()
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -215,11 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ)
         if not env.get("SERVESIM_SHARED") and (ROOT.parent / "shared").is_dir():
             env["SERVESIM_SHARED"] = str(ROOT.parent / "shared")
-        if args.recheck:  # a timeout may also be a slow machine's: it is tested again as well
+        if kinds:
             last = results()
-            names = sorted(n for n, state in last.items() if state in RECHECKED)
+            names = sorted(n for n, state in last.items() if recheck_kind(state, n in equivalent) in kinds)
             if not names:
-                print("nothing to recheck: no survivor, timeout or untested mutant in the last run")
+                print(f"nothing to recheck: no mutant of the kinds {', '.join(sorted(kinds))} in the last run")
             if any(last[n] == "no tests" for n in names):
                 forget_test_map()
             passes = [names] if names else []   # no name would mean every mutant left: not a recheck

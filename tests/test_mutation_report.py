@@ -67,34 +67,47 @@ def test_the_shipped_ledger_parses_and_every_entry_has_a_reason(mutation):
     assert all("__mutmut_" in name for name in ledger)
 
 
-def test_recheck_names_survivors_timeouts_and_untested_and_forgets_the_test_map(mutation, tmp_path, monkeypatch):
-    """A 'no tests' mutant may sit in a function added since mutmut mapped tests to functions: the
-    recheck names it with the survivors and timeouts and makes mutmut map the tests afresh."""
+def test_recheck_names_what_a_newer_test_may_change_and_forgets_the_test_map(mutation, tmp_path, monkeypatch,
+                                                                           capsys):
+    """A bare recheck names the survivors the ledger does not list, the timeouts and the untested
+    mutants (one may sit in a function added since mutmut mapped tests to functions, so it makes
+    mutmut map them afresh), and the checks cut short; the ledger's survivors only when asked."""
     stats = tmp_path / "mutmut-stats.json"
     stats.write_text("{}")
     monkeypatch.setattr(mutation, "STATS", stats)
+    monkeypatch.setattr(mutation, "equivalents", lambda: {"sim.core.queues.x_take__mutmut_4": "a no-op",
+                                                          "traces.summary.x_f__mutmut_1": "prose"})
     calls = []
 
     class Done:
         returncode = 0
 
+    def named(argv: list[str]) -> int:
+        calls.clear()
+        assert mutation.main(argv) == 0
+        return [a for a in calls[0] if "__mutmut_" in a] if calls else []
+
     monkeypatch.setattr(mutation, "results", lambda: STATUS)
     monkeypatch.setattr(mutation.subprocess, "run", lambda argv, **kw: calls.append(argv) or Done())
     monkeypatch.setattr(mutation.shutil, "which", lambda name: name)
-    assert mutation.main(["--recheck"]) == 0
-    named = [a for a in calls[0] if "__mutmut_" in a]
-    assert named == ["sim.core.queues.x_take__mutmut_3", "sim.core.queues.x_take__mutmut_4",
-                     "sim.core.queues.x_take__mutmut_5", "sim.core.queues.x_take__mutmut_6",
-                     "traces.summary.x_f__mutmut_1"]
+    assert named(["--recheck"]) == ["sim.core.queues.x_take__mutmut_3", "sim.core.queues.x_take__mutmut_5",
+                                    "sim.core.queues.x_take__mutmut_6"]
     assert not stats.exists()
-    calls.clear()   # a check cut short (a worker killed, SIGKILL reads "segfault"; interrupted) is no verdict
+    assert named(["--recheck", "listed"]) == ["sim.core.queues.x_take__mutmut_4", "traces.summary.x_f__mutmut_1"]
+    assert named(["--recheck", "unlisted,timeout"]) == ["sim.core.queues.x_take__mutmut_3",
+                                                        "sim.core.queues.x_take__mutmut_5"]
+    # a check cut short (a worker killed, SIGKILL reads "segfault"; interrupted) is no verdict
     cut = {"sim.core.queues.x_take__mutmut_1": "segfault", "sim.core.queues.x_take__mutmut_2": "check was interrupted by user"}
     monkeypatch.setattr(mutation, "results", lambda: {**STATUS, **cut})
-    assert mutation.main(["--recheck"]) == 0
-    assert [a for a in calls[0] if "__mutmut_" in a][:2] == sorted(cut)
-    calls.clear()   # nothing to recheck: nothing is run (an unnamed run would test every mutant left)
+    assert named(["--recheck"])[:2] == sorted(cut)
+    assert named(["--recheck", "cut-short"]) == sorted(cut)
+    # nothing to recheck: nothing is run (an unnamed run would test every mutant left)
     monkeypatch.setattr(mutation, "results", lambda: {name: "killed" for name in STATUS})
-    assert mutation.main(["--recheck"]) == 0 and calls == []
+    assert named(["--recheck"]) == [] and calls == []
+    assert "nothing to recheck" in capsys.readouterr().out
+    calls.clear()   # an unknown kind is refused before anything runs
+    assert mutation.main(["--recheck", "unlisted,bogus"]) == 2 and calls == []
+    assert "error: --recheck: unknown kind 'bogus'" in capsys.readouterr().err
 
 
 def test_a_run_tests_the_unlisted_mutants_first_and_the_ledgers_last(mutation, monkeypatch):
