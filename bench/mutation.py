@@ -64,11 +64,15 @@ def recheck_kind(state: str, listed: bool) -> str | None:
 
 
 def parse_kinds(text: str) -> set[str]:
+    """The kinds of ``--recheck KINDS``, a comma list of ``RECHECK_KINDS``."""
     kinds = {k.strip() for k in text.split(",") if k.strip()}
     unknown = sorted(kinds - set(RECHECK_KINDS))
     if unknown or not kinds:
-        raise ValueError(f"--recheck: unknown kind {unknown[0]!r}" if unknown else "--recheck: no kind given")
+        problem = f"unknown kind {unknown[0]!r}" if unknown else "no kind given"
+        raise ValueError(f"--recheck: {problem}; expected a comma list of {', '.join(RECHECK_KINDS)}")
     return kinds
+
+
 STATS = ROOT / "mutants" / "mutmut-stats.json"
 
 
