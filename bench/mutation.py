@@ -52,7 +52,8 @@ LEDGER = ROOT / "docs" / "mutation-equivalents.toml"
 # says "segfault" for SIGKILL as for SIGSEGV) or interrupted
 RECHECK_KINDS = ("unlisted", "listed", "timeout", "untested", "cut-short")
 RECHECK_DEFAULT = "unlisted,timeout,untested,cut-short"
-_CUT_SHORT = ("segfault", "check was interrupted by user")
+_KIND_OF_STATE = {"timeout": "timeout", "no tests": "untested",
+                  "segfault": "cut-short", "check was interrupted by user": "cut-short"}
 
 
 def recheck_kind(state: str, listed: bool) -> str | None:
@@ -60,7 +61,7 @@ def recheck_kind(state: str, listed: bool) -> str | None:
     verdict that stands (killed) or no verdict yet (not checked: a run, not a recheck, tests it)."""
     if state == "survived":
         return "listed" if listed else "unlisted"
-    return {"timeout": "timeout", "no tests": "untested"}.get(state) or ("cut-short" if state in _CUT_SHORT else None)
+    return _KIND_OF_STATE.get(state)
 
 
 def parse_kinds(text: str) -> set[str]:
