@@ -21,8 +21,8 @@ per CPU, so a warm cluster adds little per run. Every failure reaches the user a
 address nothing listens on, a connection the cluster refuses (authentication), a cluster that
 does not answer within ``--connect-timeout``, a lost node (Ray retries its tasks elsewhere, the
 loss is reported; a cluster left without CPUs ends the sweep), an error inside a task (its own
-``InputError``, unwrapped). Ctrl-C cancels the outstanding tasks; finished runs are on disk, so
-rerunning the sweep resumes.
+``InputError``, unwrapped). Ctrl-C ends the sweep's Ray job, and its outstanding tasks with it;
+finished runs are on disk, so rerunning the sweep resumes.
 """
 
 from __future__ import annotations
@@ -235,6 +235,7 @@ def run_on_ray(tasks: list, runs_dir: Path, *, address: str | None, cpus: int | 
                advance: Callable[[], None], log: Callable[[str], None]) -> None:
     """Run the sweep's ``tasks`` on Ray, each run written into ``runs_dir/<run id>`` here as it returns."""
     where = "--executor ray" if address is None else f"--address {address}"
+    outlives_sweep = _connection_open()  # one opened before the sweep stays open after it
     with connected(address, cpus, timeout_s) as ray:
         from ray.exceptions import RayError, RayTaskError
 
@@ -266,9 +267,19 @@ def run_on_ray(tasks: list, runs_dir: Path, *, address: str | None, cpus: int | 
                     advance()
             watch.check(0, now=True)  # a node lost since the last look is reported, however soon the sweep ended
         finally:
-            for ref in pending:  # Ctrl-C or an error: the cluster stops working for this sweep
+            # Ctrl-C or an error: the cluster stops working for this sweep. A connection the sweep
+            # opened is shut down next, which ends the job and its tasks with it; cancelling them
+            # first would race their replies, which Ray can abort the driver on ("Tried to complete
+            # task that was not pending", task_manager.cc), exit status 1 in place of 130.
+            for ref in pending if outlives_sweep else ():
                 with contextlib.suppress(Exception):
                     ray.cancel(ref)
+
+
+def _connection_open() -> bool:
+    """Whether this process is connected to Ray already (Ray not imported: not connected)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
 
 
 def batches(tasks: list, cpus: int) -> list[list]:

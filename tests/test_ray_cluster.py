@@ -10,6 +10,7 @@ sweep`` subprocess run from the study's directory, as a user would run it."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -326,3 +328,52 @@ def test_watch_looks_now_when_asked_between_its_looks(monkeypatch):
     assert lines == []
     watch.check(0, now=True)
     assert len(lines) == 1 and lines[0].startswith("warning: lost node bbbbbbbbbbbb")
+
+
+class InterruptedRay(FakeRay):
+    """Ray as ``run_on_ray`` sees it, on a one-CPU cluster, until Ctrl-C comes in its first wait."""
+
+    class exceptions:  # what run_on_ray catches; never raised here
+        RayError = RayTaskError = type("NeverRaised", (Exception,), {})
+
+    def __init__(self, open_before: bool):
+        super().__init__([[]])
+        self.open_before, self.submitted, self.cancelled = open_before, [], []
+
+    def is_initialized(self) -> bool:
+        return self.open_before
+
+    def cluster_resources(self) -> dict:
+        return {"CPU": 1.0}
+
+    def remote(self, **options):
+        return lambda function: type("Remote", (), {"remote": lambda _, batch, shipped: self._submit(batch)})()
+
+    def _submit(self, batch) -> str:
+        self.submitted.append(f"ref{len(self.submitted)}")
+        return self.submitted[-1]
+
+    def wait(self, refs, num_returns, timeout):
+        raise KeyboardInterrupt
+
+    def cancel(self, ref) -> None:
+        self.cancelled.append(ref)
+
+
+@pytest.mark.parametrize("open_before", [False, True])
+def test_ctrl_c_cancels_tasks_only_on_a_connection_that_outlives_the_sweep(monkeypatch, tmp_path, open_before):
+    """A connection the sweep opened is shut down after Ctrl-C, which ends the job's tasks; cancelling
+    them as well races their replies, on which Ray can abort the driver (exit 1, not 130). A
+    connection open before the sweep stays open: there each outstanding task is cancelled."""
+    import sim.cluster as cluster_module
+
+    ray = InterruptedRay(open_before)
+    monkeypatch.setitem(sys.modules, "ray", ray)
+    monkeypatch.setitem(sys.modules, "ray.exceptions", ray.exceptions)
+    monkeypatch.setattr(cluster_module, "connected", lambda *args: contextlib.nullcontext(ray))
+    tasks = [types.SimpleNamespace(inputs=(), run_id=f"run{i}") for i in range(3)]
+    with pytest.raises(KeyboardInterrupt):
+        cluster_module.run_on_ray(tasks, tmp_path, address=None, cpus=1, timeout_s=1.0, advance=lambda: None,
+                                  log=lambda line: None)
+    assert len(ray.submitted) == 3
+    assert ray.cancelled == (ray.submitted if open_before else [])
