@@ -22,16 +22,20 @@ in ``docs/mutation.md``.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import integrate, optimize, stats
 
 from policies.base import Route
-from policies.estimates import (_POINTS, _TOLERANCE, DeploymentModel, TrafficMeter, _service, capacity_rps,
-                                 formed_batch_size, route_shares, steady_latency_ms)
+from policies.estimates import (_POINTS, _TOLERANCE, DeploymentModel, TrafficMeter, _busy_share, _service,
+                                 capacity_rps, formed_batch_size, route_shares, steady_latency_ms)
 from policy_fakes import FakeView
+from traces.bundle import TraceBundle
 from traces.profiles import LatencyProfile, PredictionTable
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _flat(samples_ms, max_batch: int = 8) -> LatencyProfile:
@@ -241,6 +245,22 @@ def test_the_steady_latency_is_infinite_without_replicas_or_past_capacity():
     capacity = 8 * 1000.0 / 5.0   # one replica, batches of 8 taking 5 ms on average
     assert steady_latency_ms(profile, capacity, 1, 8, 5.0) == math.inf
     assert math.isfinite(steady_latency_ms(profile, capacity * 0.99, 1, 8, 5.0))
+
+
+def test_a_busy_share_past_one_counts_every_replica_busy():
+    """The formed batch is a mean, so its busy share can pass 1 below capacity: near it, with a short
+    timeout, for a service that grows with the batch (measured BERT-2 INT8, batches of up to 4, one
+    replica, at 0.995 of capacity, a 2 ms timeout). The estimate then takes every replica as busy,
+    P = min(1, U)^R = 1: half a service of residual and no fill wait, never a negative one."""
+    bundle = TraceBundle.load(REPO / "traces" / "data" / "sst2-cpu")
+    profile = LatencyProfile.from_bundle(bundle, "bert-2/int8/cpu")
+    rate_rps = 0.995 * capacity_rps(profile, 1, 4)
+    b = formed_batch_size(profile, rate_rps, 1, 4, 2.0)
+    assert 1.0 < b < 4.0 and _busy_share(profile, rate_rps, 1, b) > 1.0
+    lo, w = int(b), b - int(b)
+    service_ms = (1.0 - w) * profile.percentile_ms(lo, 95) + w * profile.percentile_ms(lo + 1, 95)
+    want = service_ms * (1.0 + 0.5 + 0.995 / (1.0 - 0.995))
+    assert steady_latency_ms(profile, rate_rps, 1, 4, 2.0) == pytest.approx(want, rel=1e-9)
 
 
 def test_capacity_is_full_batches_back_to_back_on_every_live_replica():
