@@ -154,11 +154,17 @@ def module_of(mutant: str) -> str:
 
 def scores(status: dict[str, str], equivalent: dict[str, str] | None = None) -> dict[str, dict]:
     """Per module: counts by outcome, the plain score, and the score over the mutants the ledger
-    does not list as equivalent (a listed survivor is not a gap in the tests)."""
+    does not list as equivalent (a listed survivor is not a gap in the tests).
+
+    A listed mutant that timed out counts as a survivor: the ledger says it behaves as the code
+    does, which does not hang, so its timeout was mutmut's time limit on a slow or busy machine
+    (its limit counts only the tests' own call time), not a test that caught it."""
     equivalent = equivalent or {}
     by_module: dict[str, Counter] = defaultdict(Counter)
     survivors: dict[str, list[str]] = defaultdict(list)
     for name, state in status.items():
+        if state == "timeout" and name in equivalent:
+            state = "survived"
         by_module[module_of(name)][state] += 1
         if state == "survived":
             survivors[module_of(name)].append(name)

@@ -37,6 +37,17 @@ def test_scores_count_listed_survivors_apart(mutation):
     assert summary["score"] == 0.0 and summary["score_excl_equivalent"] is None   # nothing left to score
 
 
+def test_a_listed_mutant_that_timed_out_counts_as_a_listed_survivor(mutation):
+    """The ledger says it behaves as the code does, which does not hang: its timeout is mutmut's
+    limit on a busy machine, not a catch."""
+    ledger = {"sim.core.queues.x_take__mutmut_3": "the same loop bound"}
+    queues = mutation.scores(STATUS, ledger)["sim.core.queues"]
+    assert (queues["killed"], queues["timeout"], queues["survived"], queues["equivalent"]) == (2, 0, 3, 1)
+    assert queues["score"] == pytest.approx(2 / 6) and queues["score_excl_equivalent"] == pytest.approx(2 / 5)
+    assert "sim.core.queues.x_take__mutmut_3" in queues["survivors"]
+    assert mutation.stale_entries(mutation.scores(STATUS, ledger), ledger) == []
+
+
 def test_render_totals_and_names_what_is_left(mutation):
     ledger = {"sim.core.queues.x_take__mutmut_4": "a no-op", "traces.summary.x_f__mutmut_1": "prose",
               "sim.core.queues.x_take__mutmut_1": "listed, but killed in this run"}
