@@ -16,6 +16,8 @@ arrival generators, replica accounting and cost, the planner's estimates).
     python bench/mutation.py --recheck  # test again what a newer test may change: survivors the ledger does not
                                         # list, timeouts, untested and cut-short mutants; then report
     python bench/mutation.py --recheck listed   # the ledger's survivors (does a newer test kill one?)
+    python bench/mutation.py --by-hand  # each timeout's tests without mutmut's CPU limit (pytest-timeout's
+                                        # instead): killed, loops or survived
 
 Survivors are listed by name; ``mutmut show NAME`` prints one as a diff. Each one is either killed by
 a new test or listed as equivalent (no test could tell it apart), with the reason, in
@@ -89,6 +91,39 @@ def forget_test_map(stats: Path | None = None) -> bool:
         return False
     stats.unlink()
     return True
+
+
+def tests_of(name: str, stats: Path | None = None) -> list[str]:
+    """The tests mutmut maps to a mutant's function in its last run, quickest first."""
+    data = json.loads((stats or STATS).read_text())
+    durations = data.get("duration_by_test", {})
+    tests = data.get("tests_by_mangled_function_name", {}).get(name.rsplit("__mutmut_", 1)[0], [])
+    return sorted(tests, key=lambda test: (durations.get(test, 0.0), test))
+
+
+def by_hand(name: str, tests: list[str], limit_s: float, env: dict[str, str], cwd: Path | None = None) -> str:
+    """A mutant's verdict from its tests, run as mutmut runs them (in its copy of the tree, the
+    mutant chosen by MUTANT_UNDER_TEST) but without mutmut's CPU limit: each test has ``limit_s``
+    (pytest-timeout) instead. "killed" (a test failed), "loops" (a test ran past ``limit_s``: an
+    endless loop, if the test is quick on the code), "survived" (every test passed).
+
+    mutmut sets a mutant's limit from its tests' recorded durations, which count each test's call
+    and not its fixtures, times ``timeout_multiplier``: a survivor whose tests build heavy fixtures,
+    or any mutant on a busy machine, can run past it and read "timeout", which counts as a catch."""
+    if not tests:
+        return "no tests"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                           f"--timeout={limit_s:g}", *tests], cwd=cwd or ROOT / "mutants",
+                          env={**env, "MUTANT_UNDER_TEST": name}, capture_output=True, text=True)
+    if done.returncode == 0:
+        return f"survived ({len(tests)} tests passed)"
+    failed = next((line.split(" - ")[0] for line in done.stdout.splitlines() if line.startswith(("FAILED ", "ERROR "))),
+                  None)
+    if done.returncode != 1 or failed is None:
+        return f"no verdict (pytest exited with {done.returncode})"
+    if "Failed: Timeout" in done.stdout:   # pytest-timeout's failure
+        return f"loops ({failed.split(' ', 1)[1]} ran past {limit_s:g} s)"
+    return f"killed ({failed.split(' ', 1)[1]})"
 
 
 def equivalents(path: Path = LEDGER) -> dict[str, str]:
@@ -225,6 +260,33 @@ def render(table: dict[str, dict], equivalent: dict[str, str] | None = None) -> 
     return "\n".join(lines)
 
 
+def tests_environment() -> dict[str, str]:
+    """The environment of tests run in mutmut's copy of the tree (``mutants/``), where ../shared is
+    not beside them: named, or every test on the real traces would skip and its mutants survive."""
+    env = dict(os.environ)
+    if not env.get("SERVESIM_SHARED") and (ROOT.parent / "shared").is_dir():
+        env["SERVESIM_SHARED"] = str(ROOT.parent / "shared")
+    return env
+
+
+def _by_hand_all(names: list[str], limit_s: float) -> int:
+    """--by-hand: a verdict line per mutant, as each comes (each can take minutes)."""
+    if not STATS.is_file():
+        print(f"error: {STATS.relative_to(ROOT)}: no test map; run `python bench/mutation.py` first", file=sys.stderr)
+        return 2
+    if limit_s <= 0:
+        print("error: --test-limit: expected a positive number of seconds", file=sys.stderr)
+        return 2
+    names = names or sorted(n for n, state in results().items() if state == "timeout")
+    env, verdicts = tests_environment(), Counter()
+    for index, name in enumerate(names, 1):
+        verdict = by_hand(name, tests_of(name), limit_s, env)
+        verdicts[verdict.split(" (")[0]] += 1
+        print(f"[{index}/{len(names)}] {verdict}: {name}", flush=True)
+    print(", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items())) or "no mutant named")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--report", action="store_true", help="print the scores of the last run without running")
@@ -236,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
                              f"until the mutant is named): a comma list of {', '.join(RECHECK_KINDS)} "
                              f"(default {RECHECK_DEFAULT}: every verdict a test written since may change, "
                              "but the ledger's survivors)")
+    parser.add_argument("--by-hand", nargs="*", metavar="NAME",
+                        help="run each named mutant's tests (none named: every timeout of the last run) without "
+                             "mutmut's CPU limit, each test limited to --test-limit, and print its verdict: killed, "
+                             "loops or survived (mutmut's verdicts are left as they are)")
+    parser.add_argument("--test-limit", type=float, default=120.0, metavar="S",
+                        help="with --by-hand: each test's time limit in seconds (default 120)")
     args = parser.parse_args(argv)
     if shutil.which(mutmut()[0]) is None and not Path(mutmut()[0]).exists():
         print("error: mutmut is not installed: pip install -e '.[dev]'", file=sys.stderr)
@@ -246,12 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.by_hand is not None:
+        return _by_hand_all(args.by_hand, args.test_limit)
     if not args.report:
-        # mutmut runs the tests from its copy of the tree (mutants/), where ../shared is not beside
-        # them: name it, or every test on the real traces would skip and their mutants survive
-        env = dict(os.environ)
-        if not env.get("SERVESIM_SHARED") and (ROOT.parent / "shared").is_dir():
-            env["SERVESIM_SHARED"] = str(ROOT.parent / "shared")
+        env = tests_environment()
         if kinds:
             last = results()
             names = sorted(n for n, state in last.items() if recheck_kind(state, n in equivalent) in kinds)

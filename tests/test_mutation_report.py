@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import pytest
 
 from conftest import load_bench
@@ -168,3 +171,35 @@ def test_under_mutmut_a_mutants_tests_run_fastest_first(tmp_path, monkeypatch):
     conftest.pytest_collection_modifyitems(None, items)
     assert [i.nodeid for i in items] == ["tests/d.py::unknown", "tests/b.py::fast", "tests/c.py::mid",
                                          "mutants/tests/a.py::slow"]
+
+
+def test_a_mutants_tests_are_its_functions_quickest_first(mutation, tmp_path):
+    stats = tmp_path / "mutmut-stats.json"
+    stats.write_text(json.dumps({
+        "tests_by_mangled_function_name": {"sim.core.queues.x_take": ["t.py::slow", "t.py::quick", "t.py::new"],
+                                           "sim.core.queues.x_other": ["t.py::other"]},
+        "duration_by_test": {"t.py::slow": 2.0, "t.py::quick": 0.5, "t.py::new": 1.0}}))
+    assert mutation.tests_of("sim.core.queues.x_take__mutmut_12", stats) == ["t.py::quick", "t.py::new", "t.py::slow"]
+    assert mutation.tests_of("sim.core.queues.x_gone__mutmut_1", stats) == []
+
+
+MUTANT_TESTS = '''import os
+
+def test_it():
+    mutant = os.environ["MUTANT_UNDER_TEST"]
+    while mutant.endswith("loop"):
+        pass
+    assert not mutant.endswith("wrong")
+'''
+
+
+@pytest.mark.parametrize("mutant, verdict", [
+    ("m.x_f__mutmut_loop", "loops (test_it.py::test_it ran past 2 s)"),
+    ("m.x_f__mutmut_wrong", "killed (test_it.py::test_it)"),
+    ("m.x_f__mutmut_same", "survived (1 tests passed)"),
+])
+def test_by_hand_tells_a_loop_a_failure_and_a_survivor_apart(mutation, tmp_path, mutant, verdict):
+    """The mutant chosen as mutmut chooses it (MUTANT_UNDER_TEST), each test under pytest-timeout."""
+    (tmp_path / "test_it.py").write_text(MUTANT_TESTS)
+    assert mutation.by_hand(mutant, ["test_it.py::test_it"], 2.0, dict(os.environ), cwd=tmp_path) == verdict
+    assert mutation.by_hand(mutant, [], 2.0, dict(os.environ), cwd=tmp_path) == "no tests"
