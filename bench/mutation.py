@@ -277,7 +277,13 @@ def _by_hand_all(names: list[str], limit_s: float) -> int:
     if limit_s <= 0:
         print("error: --test-limit: expected a positive number of seconds", file=sys.stderr)
         return 2
-    names = names or sorted(n for n, state in results().items() if state == "timeout")
+    status = results()
+    unknown = [name for name in names if name not in status]
+    if unknown:
+        print(f"error: --by-hand: no mutant {unknown[0]!r} in the last run (`mutmut results --all true` lists them)",
+              file=sys.stderr)
+        return 2
+    names = names or sorted(n for n, state in status.items() if state == "timeout")
     env, verdicts = tests_environment(), Counter()
     for index, name in enumerate(names, 1):
         verdict = by_hand(name, tests_of(name), limit_s, env)

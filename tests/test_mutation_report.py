@@ -203,3 +203,29 @@ def test_by_hand_tells_a_loop_a_failure_and_a_survivor_apart(mutation, tmp_path,
     (tmp_path / "test_it.py").write_text(MUTANT_TESTS)
     assert mutation.by_hand(mutant, ["test_it.py::test_it"], 2.0, dict(os.environ), cwd=tmp_path) == verdict
     assert mutation.by_hand(mutant, [], 2.0, dict(os.environ), cwd=tmp_path) == "no tests"
+
+
+def test_by_hand_checks_every_timeout_or_refuses_in_one_line(mutation, tmp_path, monkeypatch, capsys):
+    """Bare, it checks every timeout of the last run; a name mutmut does not have, a limit that is
+    not positive, or no test map yet: one line, exit status 2, nothing run."""
+    (tmp_path / "mutants").mkdir()
+    (tmp_path / "mutants" / "test_it.py").write_text(MUTANT_TESTS)
+    stats = tmp_path / "mutants" / "mutmut-stats.json"
+    stats.write_text(json.dumps({"tests_by_mangled_function_name": {"m.x_f": ["test_it.py::test_it"]},
+                                 "duration_by_test": {"test_it.py::test_it": 0.01}}))
+    monkeypatch.setattr(mutation, "ROOT", tmp_path)
+    monkeypatch.setattr(mutation, "STATS", stats)
+    monkeypatch.setattr(mutation, "results", lambda: {"m.x_f__mutmut_wrong": "timeout", "m.x_f__mutmut_same": "timeout",
+                                                      "m.x_f__mutmut_loop": "killed"})
+    assert mutation.main(["--test-limit", "5", "--by-hand"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["[1/2] survived (1 tests passed): m.x_f__mutmut_same",
+                   "[2/2] killed (test_it.py::test_it): m.x_f__mutmut_wrong", "1 killed, 1 survived"]
+    for args, problem in [(["--by-hand", "m.x_f__mutmut_99"], "error: --by-hand: no mutant 'm.x_f__mutmut_99' in the last run"),
+                          (["--test-limit", "0", "--by-hand"], "error: --test-limit: expected a positive number of seconds")]:
+        assert mutation.main(args) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith(problem)
+    stats.unlink()
+    assert mutation.main(["--by-hand"]) == 2
+    assert capsys.readouterr().err.strip() == "error: mutants/mutmut-stats.json: no test map; run `python bench/mutation.py` first"
