@@ -93,11 +93,16 @@ def forget_test_map(stats: Path | None = None) -> bool:
     return True
 
 
-def tests_of(name: str, stats: Path | None = None) -> list[str]:
-    """The tests mutmut maps to a mutant's function in its last run, quickest first."""
-    data = json.loads((stats or STATS).read_text())
-    durations = data.get("duration_by_test", {})
-    tests = data.get("tests_by_mangled_function_name", {}).get(name.rsplit("__mutmut_", 1)[0], [])
+def load_test_map(stats: Path | None = None) -> dict:
+    """mutmut's map of tests to functions and the tests' durations, from its last run (megabytes:
+    read once for all the mutants it is asked about)."""
+    return json.loads((stats or STATS).read_text())
+
+
+def tests_of(name: str, test_map: dict) -> list[str]:
+    """The tests mutmut maps to a mutant's function (``test_map``: ``load_test_map()``), quickest first."""
+    durations = test_map.get("duration_by_test", {})
+    tests = test_map.get("tests_by_mangled_function_name", {}).get(name.rsplit("__mutmut_", 1)[0], [])
     return sorted(tests, key=lambda test: (durations.get(test, 0.0), test))
 
 
@@ -121,9 +126,10 @@ def by_hand(name: str, tests: list[str], limit_s: float, env: dict[str, str], cw
                   None)
     if done.returncode != 1 or failed is None:
         return f"no verdict (pytest exited with {done.returncode})"
+    test = failed.split(" ", 1)[1]
     if "Failed: Timeout" in done.stdout:   # pytest-timeout's failure
-        return f"loops ({failed.split(' ', 1)[1]} ran past {limit_s:g} s)"
-    return f"killed ({failed.split(' ', 1)[1]})"
+        return f"loops ({test} ran past {limit_s:g} s)"
+    return f"killed ({test})"
 
 
 def equivalents(path: Path = LEDGER) -> dict[str, str]:
@@ -284,9 +290,9 @@ def _by_hand_all(names: list[str], limit_s: float) -> int:
               file=sys.stderr)
         return 2
     names = names or sorted(n for n, state in status.items() if state == "timeout")
-    env, verdicts = tests_environment(), Counter()
+    env, test_map, verdicts = tests_environment(), load_test_map(), Counter()
     for index, name in enumerate(names, 1):
-        verdict = by_hand(name, tests_of(name), limit_s, env)
+        verdict = by_hand(name, tests_of(name, test_map), limit_s, env)
         verdicts[verdict.split(" (")[0]] += 1
         print(f"[{index}/{len(names)}] {verdict}: {name}", flush=True)
     print(", ".join(f"{count} {verdict}" for verdict, count in sorted(verdicts.items())) or "no mutant named")

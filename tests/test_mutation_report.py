@@ -179,8 +179,9 @@ def test_a_mutants_tests_are_its_functions_quickest_first(mutation, tmp_path):
         "tests_by_mangled_function_name": {"sim.core.queues.x_take": ["t.py::slow", "t.py::quick", "t.py::new"],
                                            "sim.core.queues.x_other": ["t.py::other"]},
         "duration_by_test": {"t.py::slow": 2.0, "t.py::quick": 0.5, "t.py::new": 1.0}}))
-    assert mutation.tests_of("sim.core.queues.x_take__mutmut_12", stats) == ["t.py::quick", "t.py::new", "t.py::slow"]
-    assert mutation.tests_of("sim.core.queues.x_gone__mutmut_1", stats) == []
+    test_map = mutation.load_test_map(stats)
+    assert mutation.tests_of("sim.core.queues.x_take__mutmut_12", test_map) == ["t.py::quick", "t.py::new", "t.py::slow"]
+    assert mutation.tests_of("sim.core.queues.x_gone__mutmut_1", test_map) == []
 
 
 MUTANT_TESTS = '''import os
