@@ -123,9 +123,17 @@ def _sweep(study: Path, *args: str, env: dict | None = None, wait: bool = True):
     return process.returncode, out, err
 
 
+def _finished_runs(out: Path) -> int:
+    """Runs in place under ``out/runs``. A run is written in a hidden staging directory and renamed
+    into place whole; a sweep stopped between the two leaves a staging directory with a summary in
+    it, which the resume removes and runs again, so it is not counted (pathlib's ``*`` matches
+    hidden names)."""
+    return sum(not run.parent.name.startswith(".") for run in (out / "runs").glob("*/summary.json"))
+
+
 def _wait_for_runs(out: Path, count: int, process, limit_s: float = 60.0) -> None:
     deadline = time.monotonic() + limit_s
-    while len(list((out / "runs").glob("*/summary.json"))) < count:
+    while _finished_runs(out) < count:
         assert process.poll() is None and time.monotonic() < deadline, "the sweep did not get going"
         time.sleep(0.05)
 
@@ -196,14 +204,14 @@ def test_workers_run_the_shipped_code_not_the_checkout(cluster):
 def test_killed_and_interrupted_sweeps_resume_to_the_same_bytes(cluster, local, tmp_path):
     study = _study(tmp_path / "study", seeds=2, duration_s=600.0)
     for stop in (signal.SIGKILL, signal.SIGINT):
-        done = len(list(study.glob("out/runs/*/summary.json")))
+        done = _finished_runs(study / "out")
         process = _sweep(study, "--executor", "ray", "--address", cluster.address, wait=False)
         _wait_for_runs(study / "out", done + 1, process)
         process.send_signal(stop)
         _, err = process.communicate(timeout=30)
         if stop == signal.SIGINT:
             assert process.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
-    done = len(list((study / "out" / "runs").glob("*/summary.json")))
+    done = _finished_runs(study / "out")
     assert 0 < done < 8 and not (study / "out" / "results.parquet").exists()
     code, _, err = _sweep(study, "--executor", "ray", "--address", "auto", env={"RAY_ADDRESS": cluster.address})
     assert code == 0, err
