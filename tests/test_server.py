@@ -265,13 +265,14 @@ class Broken:
 
 
 def test_a_failing_replica_stops_the_run_with_its_error():
-    scenario = scenario_from_dict(raw_scenario(100.0, DET1, duration_s=5.0, replicas=2))
+    """Stopped at once, not after the run's 60 s: the bound leaves a busy machine 50 s of margin."""
+    scenario = scenario_from_dict(raw_scenario(100.0, DET1, duration_s=60.0, replicas=2))
     made = iter([sleep_runner_factory(Deterministic(1.0), np.random.default_rng(0))(), Broken()])
     start = time.perf_counter()
     with pytest.raises(RuntimeError, match="fell over"):
         serve(scenario, policies.create("static", {}), {"d": lambda: next(made)}, seed=1, labels=None,
               profiles=prepare(scenario).profiles, predictions=None)
-    assert time.perf_counter() - start < 2.0
+    assert time.perf_counter() - start < 10.0
 
 
 def test_served_latencies_are_bounded_below_by_the_simulators_on_the_same_workload():
