@@ -23,11 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from traces.errors import InputError
+
+from .starvation import StarvationWatch
+
 __all__ = ["ProcessRunner", "RunnerRecipe", "build_runner", "front_end_cpus", "pinned", "replica_cpus",
            "run_in_background"]
 
 START_TIMEOUT_S = 300.0   # a pruned variant may fine-tune once on first use
 WARM_RUNS = 3             # per warm batch size, in the child before it reports ready
+STARVED_AFTER_S = 30.0    # ready to run, almost no CPU, this long in a row: too busy a machine to measure on
+CHECK_EVERY_S = 1.0       # how often a wait for the child looks at whether it is starved
 
 
 @dataclass(frozen=True)
@@ -184,13 +190,23 @@ class ProcessRunner:
                                  name=f"replica {recipe.variant}")
         self._proc.start()
         child.close()
+        self._watch = StarvationWatch(self._proc.pid, STARVED_AFTER_S)
         self._ready = False
         self.startup_phases_s: dict[str, float] = {}
 
     def _receive(self, timeout_s: float | None = None):
-        if timeout_s is not None and not self._conn.poll(timeout_s):
-            self.close()
-            raise RuntimeError(f"replica {self.recipe.variant}: not ready after {timeout_s:.0f} s")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            left_s = CHECK_EVERY_S if deadline is None else min(CHECK_EVERY_S, deadline - time.monotonic())
+            if left_s <= 0:
+                self.close()
+                raise RuntimeError(f"replica {self.recipe.variant}: not ready after {timeout_s:.0f} s")
+            if self._conn.poll(left_s):
+                break
+            starved_s = self._watch.check()
+            if starved_s is not None:
+                self.close()
+                raise InputError(f"replica {self.recipe.variant}", self._starved(starved_s))
         try:
             reply = self._conn.recv()
         except EOFError:
@@ -199,6 +215,14 @@ class ProcessRunner:
         if reply[0] == "error":
             raise RuntimeError(f"replica {self.recipe.variant}: {reply[1]}\n{reply[2]}")
         return reply
+
+    def _starved(self, starved_s: float) -> str:
+        """Why a starved replica stops the work: a busy machine, not the variant, is at fault."""
+        cpus = f"CPU {', '.join(map(str, self.recipe.cpus))}" if self.recipe.cpus else "its CPUs"
+        why = (", and replicas run at idle priority so as never to delay the front end" if self.recipe.background
+               else "")
+        return (f"ready to run but given almost no CPU for {starved_s:.0f} s: other processes keep {cpus} "
+                f"busy{why}; run again when a core is free of other work")
 
     def warmup(self) -> None:
         """Wait for the child to have built and warmed its model."""
