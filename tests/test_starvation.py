@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_bench
 from measure.starvation import StarvationWatch, read_run_state
 
 LINUX_SCHEDULER = (Path("/proc/self/schedstat").is_file() and hasattr(os, "SCHED_IDLE")
@@ -131,3 +132,15 @@ def test_measure_stops_with_one_line_when_every_core_is_busy_and_records_no_fail
     assert measure_main(["latency", str(profile), "--out", str(out)]) == 0   # the cores free: measured, not skipped
     bundle = TraceBundle.load(out)
     assert not bundle.meta.get("failed") and set(bundle.service["variant"]) == {"cnn-small/fp32/cpu"}
+
+
+def test_the_watchs_cost_is_benchmarked_per_batch(capsys):
+    pipe_poll = load_bench("pipe_poll")
+    assert pipe_poll.main(["--round-trips", "200", "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["send + recv", "send + poll + recv", "the poll's cost"]
+    plain, polled = (float(line.split(":")[1].split()[0]) for line in lines[:2])
+    assert plain > 0 and polled > 0
+    with pytest.raises(SystemExit) as refused:
+        pipe_poll.main(["--round-trips", "0"])
+    assert refused.value.code == 2
