@@ -2,7 +2,7 @@
 silent wait that ended, 300 s later, with the variant recorded as failed (which a rerun skips).
 
 The watch's rule is played on made-up counters; then the kernel is asked: an idle-priority process
-sharing its core with a busy normal one is found starved, and alone it is not; last, ``measure
+sharing its core with a busy normal one is found starved, and the normal one is not; last, ``measure
 latency`` with every core kept busy stops with one line, records nothing as failed, and measures
 the variant once the cores are free."""
 
@@ -100,13 +100,14 @@ def _starved_within(pid: int, limit_s: float, after_s: float = 2.0) -> float | N
 
 
 @needs_linux_scheduler
-def test_the_kernel_shows_an_idle_process_behind_a_busy_one_as_starved_and_alone_as_not():
+def test_the_kernel_shows_an_idle_process_behind_a_busy_one_as_starved_and_the_busy_one_as_not():
+    """Both busy on one core: the normal one runs (even with some other process there too), the
+    idle-priority one is starved."""
     cpu = max(os.sched_getaffinity(0))
-    with _spinners([cpu], idle=True) as (idle,):
-        assert read_run_state(idle.pid) is not None
-        assert _starved_within(idle.pid, limit_s=3.0) is None       # its core to itself: it runs
-        with _spinners([cpu]):
-            assert _starved_within(idle.pid, limit_s=15.0) is not None
+    with _spinners([cpu], idle=True) as (idle,), _spinners([cpu]) as (normal,):
+        assert read_run_state(idle.pid) is not None and read_run_state(normal.pid)[0]
+        assert _starved_within(normal.pid, limit_s=3.0) is None
+        assert _starved_within(idle.pid, limit_s=15.0) is not None
 
 
 @needs_linux_scheduler
