@@ -105,7 +105,7 @@ def test_the_kernel_shows_an_idle_process_behind_a_busy_one_as_starved_and_the_b
     idle-priority one is starved."""
     cpu = max(os.sched_getaffinity(0))
     with _spinners([cpu], idle=True) as (idle,), _spinners([cpu]) as (normal,):
-        assert read_run_state(idle.pid) is not None and read_run_state(normal.pid)[0]
+        assert read_run_state(idle.pid) is not None   # what each was doing at the start: not asked
         assert _starved_within(normal.pid, limit_s=3.0) is None
         assert _starved_within(idle.pid, limit_s=15.0) is not None
 
