@@ -206,7 +206,7 @@ def connected(address: str | None, cpus: int | None, timeout_s: float | None = N
         ray = import_ray(loopback=address is None or host_port(address)[0] in LOOPBACK)
     except ImportError:
         raise InputError("--executor ray", "needs the optional extra: pip install 'servesim[dist]'") from None
-    if ray.is_initialized():
+    if _connection_open():
         yield ray
         return
     options = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
