@@ -388,14 +388,19 @@ def _describe(record: dict) -> str:
     return f"sweep {record.get('sweep', '?')} (identity {record['identity']}, {record.get('runs', '?')} runs)"
 
 
+def finished_runs(runs_dir: Path) -> list[Path]:
+    """The run directories in place under ``runs_dir`` with their summary: not a hidden staging
+    directory, which a run stopped before its rename leaves (with a summary in it, perhaps)."""
+    if not runs_dir.is_dir():
+        return []
+    return [run for run in sorted(runs_dir.iterdir()) if not run.name.startswith(".") and (run / "summary.json").is_file()]
+
+
 def _link_runs(old: Path, new: Path) -> None:
     """Hard-link (or copy) the finished run directories of ``old`` into ``new``."""
     new.mkdir(parents=True, exist_ok=True)
-    if not old.is_dir():
-        return
-    for run in sorted(old.iterdir()):
-        if not run.name.startswith(".") and (run / "summary.json").is_file():
-            shutil.copytree(run, new / run.name, copy_function=_link_or_copy)
+    for run in finished_runs(old):
+        shutil.copytree(run, new / run.name, copy_function=_link_or_copy)
 
 
 def _link_or_copy(src: str, dst: str) -> None:

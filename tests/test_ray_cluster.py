@@ -27,7 +27,7 @@ from conftest import tiny_bundle_frames
 from test_sweep import BASE, SMALL
 
 from sim.cli import main
-from sim.sweep import run_sweep
+from sim.sweep import finished_runs, run_sweep
 from traces.bundle import TraceBundle
 from traces.errors import InputError
 
@@ -124,11 +124,9 @@ def _sweep(study: Path, *args: str, env: dict | None = None, wait: bool = True):
 
 
 def _finished_runs(out: Path) -> int:
-    """Runs in place under ``out/runs``. A run is written in a hidden staging directory and renamed
-    into place whole; a sweep stopped between the two leaves a staging directory with a summary in
-    it, which the resume removes and runs again, so it is not counted (pathlib's ``*`` matches
-    hidden names)."""
-    return sum(not run.parent.name.startswith(".") for run in (out / "runs").glob("*/summary.json"))
+    """Runs in place under ``out/runs``, not a stopped run's staging directory with its summary
+    (which the resume removes and runs again)."""
+    return len(finished_runs(out / "runs"))
 
 
 def _wait_for_runs(out: Path, count: int, process, limit_s: float = 60.0) -> None:
