@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import load_bench
+from measure.replicas import usable_cpus
 from measure.starvation import StarvationWatch, read_run_state
 
 LINUX_SCHEDULER = (Path("/proc/self/schedstat").is_file() and hasattr(os, "SCHED_IDLE")
@@ -103,7 +104,7 @@ def _starved_within(pid: int, limit_s: float, after_s: float = 2.0) -> float | N
 def test_the_kernel_shows_an_idle_process_behind_a_busy_one_as_starved_and_the_busy_one_as_not():
     """Both busy on one core: the normal one runs (even with some other process there too), the
     idle-priority one is starved."""
-    cpu = max(os.sched_getaffinity(0))
+    cpu = usable_cpus()[-1]
     with _spinners([cpu], idle=True) as (idle,), _spinners([cpu]) as (normal,):
         assert read_run_state(idle.pid) is not None   # what each was doing at the start: not asked
         assert _starved_within(normal.pid, limit_s=3.0) is None
@@ -121,7 +122,7 @@ def test_measure_stops_with_one_line_when_every_core_is_busy_and_records_no_fail
     monkeypatch.setattr(measure.replicas, "STARVED_AFTER_S", 2.0)
     profile = _profile(tmp_path, zoo, sizes=(1,), precisions=("fp32",), replica="process")
     out = tmp_path / "bundle"
-    with _spinners(sorted(os.sched_getaffinity(0))):
+    with _spinners(usable_cpus()):
         code = measure_main(["latency", str(profile), "--out", str(out)])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("progress: ")]
