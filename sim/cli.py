@@ -20,7 +20,7 @@ from traces.scenario import load_scenario, parse_seeds
 from traces.summary import legend, summary_table
 from traces.tracking import add_track_arguments, parse_track, seed_runs, sweep_run, track
 
-from . import recommend
+from . import leaving, recommend
 from .cluster import CONNECT_TIMEOUT_S
 from .runner import first_route, prepare, run_seeds
 
@@ -243,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command(lambda: args.func(args))
+    code = run_command(lambda: args.func(args))
+    leaving.leave(code)  # where Ctrl-C left a Ray connection open, the process ends here (sim/leaving.py)
+    return code
 
 
 if __name__ == "__main__":

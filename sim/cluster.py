@@ -21,7 +21,8 @@ per CPU, so a warm cluster adds little per run. Every failure reaches the user a
 address nothing listens on, a connection the cluster refuses (authentication), a cluster that
 does not answer within ``--connect-timeout``, a lost node (Ray retries its tasks elsewhere, the
 loss is reported; a cluster left without CPUs ends the sweep), an error inside a task (its own
-``InputError``, unwrapped). Ctrl-C ends the sweep's Ray job, and its outstanding tasks with it;
+``InputError``, unwrapped). Ctrl-C ends the sweep's Ray job, and its outstanding tasks with it:
+the driver leaves as a killed one would, not through Ray's shutdown (``sim.leaving`` says why);
 finished runs are on disk, so rerunning the sweep resumes.
 """
 
@@ -40,6 +41,7 @@ from typing import Any, Callable, Iterator
 
 from traces.errors import InputError
 
+from . import leaving
 from .workers import Shipment, run_batch
 
 CONNECT_TIMEOUT_S = 30.0     # the default of --connect-timeout
@@ -221,12 +223,17 @@ def connected(address: str | None, cpus: int | None, timeout_s: float | None = N
     try:
         with project_code() as code:
             _init(ray, {**options, "runtime_env": code}, where, timeout_s)
-        yield ray
+        try:
+            yield ray
+        except KeyboardInterrupt:
+            leaving.abandon(ray, temp_dir)
+            raise
     finally:
-        with contextlib.suppress(Exception):
-            ray.shutdown()
-        if temp_dir is not None:
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        if not leaving.abandoned():
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            if temp_dir is not None:
+                shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 # --- running ----------------------------------------------------------------------------------
@@ -268,9 +275,9 @@ def run_on_ray(tasks: list, runs_dir: Path, *, address: str | None, cpus: int | 
             watch.check(0, now=True)  # a node lost since the last look is reported, however soon the sweep ended
         finally:
             # Ctrl-C or an error: the cluster stops working for this sweep. A connection the sweep
-            # opened is shut down next, which ends the job and its tasks with it; cancelling them
-            # first would race their replies, which Ray can abort the driver on ("Tried to complete
-            # task that was not pending", task_manager.cc), exit status 1 in place of 130.
+            # opened is left (Ctrl-C, sim/leaving.py) or shut down (an error) next, which ends the
+            # job and its tasks with it; cancelling them first would race their replies, which
+            # Ray can abort the driver on ("Tried to complete task that was not pending").
             for ref in pending if outlives_sweep else ():
                 with contextlib.suppress(Exception):
                     ray.cancel(ref)

@@ -14,6 +14,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -217,6 +218,28 @@ def test_killed_and_interrupted_sweeps_resume_to_the_same_bytes(cluster, local, 
     _same_runs(local, study / "out")
 
 
+
+def test_an_interrupted_sweep_on_a_private_instance_leaves_nothing_behind(tmp_path):
+    """Ctrl-C leaves Ray as a killed driver would (sim/leaving.py): the private instance's
+    processes die with the driver, and its temporary directory is removed once they are gone."""
+    study = _study(tmp_path / "study", seeds=2, duration_s=600.0)
+    process = _sweep(study, "--executor", "ray", "--workers", "2", wait=False)
+    _wait_for_runs(study / "out", 1, process, limit_s=120)
+    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    named = {m.group().decode() for pid in children  # the instance's directory, in its processes' command lines
+             if (m := re.search(rb"/tmp/ray\w{8}", Path(f"/proc/{pid}/cmdline").read_bytes()))}
+    assert len(named) == 1 and Path(next(iter(named))).is_dir(), (children, named)
+    directory = Path(named.pop())
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
+    deadline = time.monotonic() + 60
+    while (directory.exists() or any(Path(f"/proc/{pid}").exists() for pid in children)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not directory.exists() and not any(Path(f"/proc/{pid}").exists() for pid in children)
+    assert 0 < _finished_runs(study / "out") < 8  # the runs written before the interrupt are kept
+
 @pytest.fixture(scope="module")
 def local_long(tmp_path_factory):
     """The reference for a sweep that outlasts the loss of a node: runs four times as long."""
@@ -368,8 +391,8 @@ class InterruptedRay(FakeRay):
 
 @pytest.mark.parametrize("open_before", [False, True])
 def test_ctrl_c_cancels_tasks_only_on_a_connection_that_outlives_the_sweep(monkeypatch, tmp_path, open_before):
-    """A connection the sweep opened is shut down after Ctrl-C, which ends the job's tasks; cancelling
-    them as well races their replies, on which Ray can abort the driver (exit 1, not 130). A
+    """A connection the sweep opened is left after Ctrl-C (sim/leaving.py), which ends the job's tasks;
+    cancelling them as well races their replies, on which Ray can abort the driver (exit 1). A
     connection open before the sweep stays open: there each outstanding task is cancelled."""
     import sim.cluster as cluster_module
 

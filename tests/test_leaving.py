@@ -1,0 +1,111 @@
+"""sim.leaving: after Ctrl-C abandons a Ray connection, the process ends with the command's status
+at once, what it said flushed, Ray's shutdown at exit never run, and a private instance's
+directory removed once the processes naming it are gone. Played with a stand-in for Ray (the
+real Ctrl-C of a sweep on Ray: tests/test_ray_cluster.py)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sim import leaving
+from traces.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+# a stand-in for Ray: its shutdown, registered at exit as Ray's is, writes a file if it ever runs
+PROGRAM = """import atexit, sys, types
+from pathlib import Path
+from sim import leaving
+marker, temp_dir, abandon = Path(sys.argv[1]), sys.argv[2] or None, sys.argv[3] == "abandon"
+ray = types.SimpleNamespace(shutdown=lambda: marker.write_text("shut down"))
+atexit.register(ray.shutdown)
+print("said before leaving", end="")  # no newline: a piped stdout is flushed only on purpose
+sys.stderr.write("interrupted\\n")
+if abandon:
+    leaving.abandon(ray, temp_dir)
+assert leaving.abandoned() == abandon
+leaving.leave(130)
+sys.exit(7)  # only where nothing was abandoned
+"""
+
+
+def _run(tmp_path: Path, temp_dir: str, mode: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", PROGRAM, str(tmp_path / "shutdown-ran"), temp_dir, mode],
+                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_an_abandoned_connection_ends_the_process_at_once_with_the_status_given(tmp_path):
+    done = _run(tmp_path, "", "abandon")
+    assert done.returncode == 130
+    assert done.stdout == "said before leaving" and done.stderr == "interrupted\n"
+    assert not (tmp_path / "shutdown-ran").exists()  # Ray's exit-time shutdown withdrawn, teardown skipped
+
+
+def test_without_an_abandoned_connection_leave_returns_and_the_process_exits_as_usual(tmp_path):
+    done = _run(tmp_path, "", "keep")
+    assert done.returncode == 7 and done.stdout == "said before leaving"
+    assert (tmp_path / "shutdown-ran").read_text() == "shut down"
+
+
+def test_a_private_instances_directory_goes_once_nothing_names_it(tmp_path):
+    """The directory outlives the driver while a process naming it in its command line runs (as a
+    private instance's raylet does for a moment after its driver), and goes when that ends."""
+    instance = tmp_path / "ray-instance"
+    (instance / "session" / "logs").mkdir(parents=True)
+    (instance / "session" / "logs" / "raylet.out").write_text("log")
+    user = subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(float(sys.argv[1]))", "3",
+                             str(instance)])
+    try:
+        assert _run(tmp_path, str(instance), "abandon").returncode == 130
+        time.sleep(1.5)
+        assert instance.exists()  # still named by a running process
+        user.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while instance.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not instance.exists()
+    finally:
+        user.kill()
+
+
+class ConnectingRay:
+    """Ray as ``sim.cluster.connected`` sees it: a private instance that starts, and a shutdown counted."""
+
+    def __init__(self):
+        self.options, self.shutdowns = None, 0
+
+    def is_initialized(self) -> bool:
+        return False
+
+    def init(self, **options) -> None:
+        self.options = options
+
+    def shutdown(self) -> None:
+        self.shutdowns += 1
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, InputError])
+def test_ctrl_c_abandons_a_connection_the_sweep_opened_and_an_error_shuts_it_down(monkeypatch, stop):
+    """Only Ctrl-C leaves the connection to ``leave``: after an error, a Python session that called
+    ``run_sweep`` goes on, and must not be left holding a connection or the instance's directory."""
+    import sim.cluster as cluster_module
+
+    ray = ConnectingRay()
+    monkeypatch.setattr(cluster_module, "import_ray", lambda loopback: ray)
+    monkeypatch.setattr(leaving, "_ABANDONED", {})
+    with pytest.raises(stop):
+        with cluster_module.connected(None, 1):
+            temp_dir = Path(ray.options["_temp_dir"])
+            assert ray.options["address"] == "local" and temp_dir.is_dir()
+            raise stop("x", "y") if stop is InputError else stop()
+    interrupted = stop is KeyboardInterrupt
+    assert leaving.abandoned() == interrupted and ray.shutdowns == (0 if interrupted else 1)
+    assert temp_dir.is_dir() == interrupted  # an abandoned instance's directory waits for leave's helper
+    shutil.rmtree(temp_dir, ignore_errors=True)
