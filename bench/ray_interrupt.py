@@ -9,8 +9,9 @@ any other ending is counted with Ray's first line.
 
 By default the sweeps run on a two-node cluster (one CPU each) started here on loopback, in its
 own temporary directory. With ``--private`` each sweep starts its own private instance
-(``--executor ray --workers 2``); then also counted, 10 s after each interrupt: Ray processes of
-the sweep still running, and temporary directories of the instance left behind.
+(``--executor ray --workers 2``); then also counted, 10 s after each interrupt: the interrupted
+sweep's Ray processes still running, and its instance's temporary directory left behind (a killed
+sweep's instance keeps its directory: nothing runs after SIGKILL).
 
     python bench/ray_interrupt.py [--rounds 40] [--seed 1] [--private]
 """
@@ -18,8 +19,10 @@ the sweep still running, and temporary directories of the instance left behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -55,28 +58,37 @@ def wait_for_runs(out: Path, count: int, process: subprocess.Popen, limit_s: flo
     return True
 
 
-def ray_dirs() -> set[Path]:
-    return set(Path(tempfile.gettempdir()).glob("ray*"))
+def instance_dir(pids: set[int]) -> Path | None:
+    """A private instance's temporary directory, as its processes name it in their command lines."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            found = re.search(rb"/tmp/ray\w{8}", Path(f"/proc/{pid}/cmdline").read_bytes())
+            if found:
+                return Path(found.group().decode())
+    return None
 
 
-def one_round(study: Path, ray_args: list[str], rng: random.Random) -> tuple[str, set[int]]:
-    """Kill, resume, interrupt: how the interrupted sweep ended, and its child processes."""
+def one_round(study: Path, ray_args: list[str], rng: random.Random) -> tuple[str, set[int], Path | None]:
+    """Kill, resume, interrupt: how the interrupted sweep ended, its child processes and its private
+    instance's directory (the killed sweep's is not counted: nothing cleans up after SIGKILL)."""
     for stop in (signal.SIGKILL, signal.SIGINT):
         process = start(study, ray_args)
         if not wait_for_runs(study / "out", finished(study / "out") + 1, process):
             process.kill()
-            return "no run written (sweep ended or stalled first)", set()
+            return "no run written (sweep ended or stalled first)", set(), None
         if stop == signal.SIGINT:
             time.sleep(rng.uniform(0.0, DELAY_S))
         children = {int(p) for p in subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True,
                                                    text=True).stdout.split()}
+        directory = instance_dir(children)
         process.send_signal(stop)
         _, err = process.communicate(timeout=120)
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("progress: ")]
     if process.returncode == 130 and lines and lines[-1] == "interrupted":
-        return "ok", children
-    ray_line = next((line for line in lines if "Check failed" in line or "error" in line.lower()), lines[-1:] or [""])
-    return f"exit {process.returncode}: {str(ray_line)[:160]}", children
+        return "ok", children, directory
+    said = next((line for line in lines if "Check failed" in line), None)  # Ray's abort: its check's words
+    said = re.sub(r" [0-9a-f]{32,}$", "", said[said.index("Check failed"):]) if said else next(iter(lines[-1:]), "")
+    return f"exit {process.returncode}: {said[:120]}", children, directory
 
 
 def start_cluster(home: Path):
@@ -112,14 +124,13 @@ def main() -> int:
             cluster = start_cluster(home)
             ray_args = ["--executor", "ray", "--address", cluster.address]
         for index in range(args.rounds):
-            before = ray_dirs()
             study = write_study(root / f"study-{index}", [1, 2, 3], 600.0).parent
-            ending, children = one_round(study, ray_args, rng)
+            ending, children, directory = one_round(study, ray_args, rng)
             endings[ending] = endings.get(ending, 0) + 1
             if args.private:
                 time.sleep(10)
                 left_processes += sum(Path(f"/proc/{pid}").exists() for pid in children)
-                left_dirs += len(ray_dirs() - before)
+                left_dirs += directory is None or directory.exists()
             print(f"round {index + 1}/{args.rounds}: {ending}", flush=True)
             shutil.rmtree(study, ignore_errors=True)
     finally:
