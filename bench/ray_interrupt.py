@@ -46,7 +46,8 @@ def finished(out: Path) -> int:
 def start(study: Path, ray_args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "sim", "sweep", "sweep.toml", "--out", "out", *ray_args],
                             cwd=study, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # heard if run in the background
 
 
 def wait_for_runs(out: Path, count: int, process: subprocess.Popen, limit_s: float = 120.0) -> bool:

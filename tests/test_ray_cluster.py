@@ -113,11 +113,17 @@ def _study(directory: Path, seeds: int, duration_s: float) -> Path:
     return directory
 
 
+def _ctrl_c_heard() -> None:
+    """In the sweep's process: SIGINT as at a terminal, heard even where the tests were started in
+    the background (a shell's background jobs, and so their children, ignore SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _sweep(study: Path, *args: str, env: dict | None = None, wait: bool = True):
     """``simulate sweep sweep.toml --out out ARGS`` run from the study's directory."""
     command = [sys.executable, "-m", "sim", "sweep", "sweep.toml", "--out", "out", *args]
     process = subprocess.Popen(command, cwd=study, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+                               env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})}, preexec_fn=_ctrl_c_heard)
     if not wait:
         return process
     out, err = process.communicate(timeout=120)
