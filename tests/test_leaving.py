@@ -1,12 +1,16 @@
 """sim.leaving: after Ctrl-C abandons a Ray connection, the process ends with the command's status
 at once, what it said flushed, Ray's shutdown at exit never run, and a private instance's
 directory removed once the processes naming it are gone. Played with a stand-in for Ray (the
-real Ctrl-C of a sweep on Ray: tests/test_ray_cluster.py)."""
+real Ctrl-C of a sweep on a private instance: the last test here; on a cluster:
+tests/test_ray_cluster.py)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -15,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from sim import leaving
+from test_ray_cluster import _finished_runs, _study, _sweep, _wait_for_runs
 from traces.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,3 +114,28 @@ def test_ctrl_c_abandons_a_connection_the_sweep_opened_and_an_error_shuts_it_dow
     assert leaving.abandoned() == interrupted and ray.shutdowns == (0 if interrupted else 1)
     assert temp_dir.is_dir() == interrupted  # an abandoned instance's directory waits for leave's helper
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                    reason="the optional extra 'dist' (ray) is not installed")
+def test_an_interrupted_sweep_on_a_private_instance_leaves_nothing_behind(tmp_path):
+    """Ctrl-C leaves Ray as a killed driver would (sim/leaving.py): the private instance's
+    processes die with the driver, and its temporary directory is removed once they are gone."""
+    study = _study(tmp_path / "study", seeds=2, duration_s=600.0)
+    process = _sweep(study, "--executor", "ray", "--workers", "2", wait=False)
+    _wait_for_runs(study / "out", 1, process, limit_s=120)
+    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    named = {m.group().decode() for pid in children  # the instance's directory, in its processes' command lines
+             if (m := re.search(rb"/tmp/ray\w{8}", Path(f"/proc/{pid}/cmdline").read_bytes()))}
+    assert len(named) == 1 and Path(next(iter(named))).is_dir(), (children, named)
+    directory = Path(named.pop())
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
+    deadline = time.monotonic() + 60
+    while (directory.exists() or any(Path(f"/proc/{pid}").exists() for pid in children)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not directory.exists() and not any(Path(f"/proc/{pid}").exists() for pid in children)
+    assert 0 < _finished_runs(study / "out") < 8  # the runs written before the interrupt are kept

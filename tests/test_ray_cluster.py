@@ -14,7 +14,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -224,27 +223,6 @@ def test_killed_and_interrupted_sweeps_resume_to_the_same_bytes(cluster, local, 
     _same_runs(local, study / "out")
 
 
-
-def test_an_interrupted_sweep_on_a_private_instance_leaves_nothing_behind(tmp_path):
-    """Ctrl-C leaves Ray as a killed driver would (sim/leaving.py): the private instance's
-    processes die with the driver, and its temporary directory is removed once they are gone."""
-    study = _study(tmp_path / "study", seeds=2, duration_s=600.0)
-    process = _sweep(study, "--executor", "ray", "--workers", "2", wait=False)
-    _wait_for_runs(study / "out", 1, process, limit_s=120)
-    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
-    named = {m.group().decode() for pid in children  # the instance's directory, in its processes' command lines
-             if (m := re.search(rb"/tmp/ray\w{8}", Path(f"/proc/{pid}/cmdline").read_bytes()))}
-    assert len(named) == 1 and Path(next(iter(named))).is_dir(), (children, named)
-    directory = Path(named.pop())
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
-    deadline = time.monotonic() + 60
-    while (directory.exists() or any(Path(f"/proc/{pid}").exists() for pid in children)) \
-            and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not directory.exists() and not any(Path(f"/proc/{pid}").exists() for pid in children)
-    assert 0 < _finished_runs(study / "out") < 8  # the runs written before the interrupt are kept
 
 @pytest.fixture(scope="module")
 def local_long(tmp_path_factory):
