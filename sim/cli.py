@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code = run_command(lambda: args.func(args))
+    with leaving.armed():
+        code = run_command(lambda: args.func(args))
     leaving.leave(code)  # where Ctrl-C left a Ray connection open, the process ends here (sim/leaving.py)
     return code
 

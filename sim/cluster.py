@@ -220,16 +220,17 @@ def connected(address: str | None, cpus: int | None, timeout_s: float | None = N
     else:
         _probe(address, where, timeout_s)
         options["address"] = address
+    left = False  # Ctrl-C under the command line: the process ends as a killed driver's (sim/leaving.py)
     try:
         with project_code() as code:
             _init(ray, {**options, "runtime_env": code}, where, timeout_s)
         try:
             yield ray
         except KeyboardInterrupt:
-            leaving.abandon(ray, temp_dir)
+            left = leaving.abandon(temp_dir)
             raise
     finally:
-        if not leaving.abandoned():
+        if not left:
             with contextlib.suppress(Exception):
                 ray.shutdown()
             if temp_dir is not None:
@@ -275,9 +276,9 @@ def run_on_ray(tasks: list, runs_dir: Path, *, address: str | None, cpus: int | 
             watch.check(0, now=True)  # a node lost since the last look is reported, however soon the sweep ended
         finally:
             # Ctrl-C or an error: the cluster stops working for this sweep. A connection the sweep
-            # opened is left (Ctrl-C, sim/leaving.py) or shut down (an error) next, which ends the
-            # job and its tasks with it; cancelling them first would race their replies, which
-            # Ray can abort the driver on ("Tried to complete task that was not pending").
+            # opened is next left (Ctrl-C at the command line, sim/leaving.py) or shut down; either
+            # ends the job and its tasks with it. Cancelling them first would race their replies,
+            # which Ray can abort the driver on ("Tried to complete task that was not pending").
             for ref in pending if outlives_sweep else ():
                 with contextlib.suppress(Exception):
                     ray.cancel(ref)

@@ -9,26 +9,29 @@ Ray's own thread with exit status 1. The user then sees a Ray stack trace instea
 two-node loopback cluster, with Ctrl-C right after a killed sweep was resumed (figures in
 docs/mutation.md).
 
-So on Ctrl-C ``sim.cluster.connected`` does not shut the connection down. It withdraws Ray's own
-shutdown at exit (``abandon``), lets the interrupt travel up to the command line, which says
-``interrupted``, and ``leave`` then ends the process at once with the command's exit status.
-The cluster sees its driver gone, as after a kill, and ends the job with its tasks; finished runs
-are already on disk, so rerunning the sweep resumes. The processes of a private instance
+So, under the command line (which runs its command ``armed``), Ctrl-C does not shut the
+connection down: ``sim.cluster.connected`` leaves it open (``abandon``), the interrupt travels up
+to the command line, which says ``interrupted``, and ``leave`` then ends the process at once
+with the command's exit status, before Python's teardown or Ray's shutdown at exit can run. The
+cluster sees its driver gone, as after a kill, and ends the job with its tasks; finished runs are
+already on disk, so rerunning the sweep resumes. The processes of a private instance
 (``--executor ray`` without ``--address``) die with the driver (PR_SET_PDEATHSIG); a small helper
 process removes the instance's temporary directory once nothing uses it.
 
-An error other than Ctrl-C still shuts Ray down in order: ``run_sweep`` may be called from a
-Python session that goes on, which must not be left holding a connection.
+Elsewhere Ray is shut down in order, as before: after an error other than Ctrl-C, and after
+Ctrl-C in a Python session that called ``run_sweep`` itself, which goes on and must not be left
+holding a connection.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import subprocess
 import sys
+from typing import Iterator
 
+_ARMED: list[bool] = []                 # not empty while the command line runs its command
 _ABANDONED: dict[str, str | None] = {}  # filled once Ctrl-C left this process's Ray connection open
 
 # run as its own process: waits until the driver and every other process naming the directory in
@@ -57,11 +60,22 @@ shutil.rmtree(path, ignore_errors=True)
 """
 
 
-def abandon(ray, temp_dir: str | None) -> None:
-    """Leave the connection open: Ray's shutdown at exit is withdrawn, and ``leave`` will end the
-    process. ``temp_dir``: a private instance's directory, removed once its processes are gone."""
-    atexit.unregister(ray.shutdown)
-    _ABANDONED["temp_dir"] = temp_dir
+@contextlib.contextmanager
+def armed() -> Iterator[None]:
+    """While the command line runs its command: Ctrl-C may leave Ray's connection to ``leave``."""
+    _ARMED.append(True)
+    try:
+        yield
+    finally:
+        _ARMED.pop()
+
+
+def abandon(temp_dir: str | None) -> bool:
+    """Under ``armed``: leave the connection open for ``leave`` to end the process, and say so.
+    ``temp_dir``: a private instance's directory, removed once its processes are gone."""
+    if _ARMED:
+        _ABANDONED["temp_dir"] = temp_dir
+    return bool(_ARMED)
 
 
 def abandoned() -> bool:

@@ -6,6 +6,7 @@ tests/test_ray_cluster.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -28,22 +29,27 @@ REPO = Path(__file__).resolve().parents[1]
 PROGRAM = """import atexit, sys, types
 from pathlib import Path
 from sim import leaving
-marker, temp_dir, abandon = Path(sys.argv[1]), sys.argv[2] or None, sys.argv[3] == "abandon"
+marker, temp_dir, mode = Path(sys.argv[1]), sys.argv[2] or None, sys.argv[3]
 ray = types.SimpleNamespace(shutdown=lambda: marker.write_text("shut down"))
 atexit.register(ray.shutdown)
 print("said before leaving", end="")  # no newline: a piped stdout is flushed only on purpose
 sys.stderr.write("interrupted\\n")
-if abandon:
-    leaving.abandon(ray, temp_dir)
-assert leaving.abandoned() == abandon
+if mode == "abandon":  # Ctrl-C under the command line
+    with leaving.armed():
+        assert leaving.abandon(temp_dir)
+elif mode == "unarmed":  # Ctrl-C in a Python session that called run_sweep
+    assert not leaving.abandon(temp_dir)
+assert leaving.abandoned() == (mode == "abandon")
 leaving.leave(130)
 sys.exit(7)  # only where nothing was abandoned
 """
 
 
 def _run(tmp_path: Path, temp_dir: str, mode: str) -> subprocess.CompletedProcess:
+    """PROGRAM in its own process, its stdout a pipe and buffered (so a missing flush would show)."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
     return subprocess.run([sys.executable, "-c", PROGRAM, str(tmp_path / "shutdown-ran"), temp_dir, mode],
-                          capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
+                          capture_output=True, text=True, timeout=60, env={**env, "PYTHONPATH": str(REPO)})
 
 
 def test_an_abandoned_connection_ends_the_process_at_once_with_the_status_given(tmp_path):
@@ -53,8 +59,10 @@ def test_an_abandoned_connection_ends_the_process_at_once_with_the_status_given(
     assert not (tmp_path / "shutdown-ran").exists()  # Ray's exit-time shutdown withdrawn, teardown skipped
 
 
-def test_without_an_abandoned_connection_leave_returns_and_the_process_exits_as_usual(tmp_path):
-    done = _run(tmp_path, "", "keep")
+@pytest.mark.parametrize("mode", ["keep", "unarmed"])
+def test_without_an_abandoned_connection_leave_returns_and_the_process_exits_as_usual(tmp_path, mode):
+    """Nothing abandoned, or Ctrl-C outside the command line: Ray's shutdown at exit runs as ever."""
+    done = _run(tmp_path, "", mode)
     assert done.returncode == 7 and done.stdout == "said before leaving"
     assert (tmp_path / "shutdown-ran").read_text() == "shut down"
 
@@ -65,12 +73,14 @@ def test_a_private_instances_directory_goes_once_nothing_names_it(tmp_path):
     instance = tmp_path / "ray-instance"
     (instance / "session" / "logs").mkdir(parents=True)
     (instance / "session" / "logs" / "raylet.out").write_text("log")
-    user = subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(float(sys.argv[1]))", "3",
-                             str(instance)])
+    # a process naming the directory, until it is told to end (no race with a busy machine)
+    user = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", str(instance)],
+                            stdin=subprocess.PIPE)
     try:
         assert _run(tmp_path, str(instance), "abandon").returncode == 130
         time.sleep(1.5)
         assert instance.exists()  # still named by a running process
+        user.stdin.close()
         user.wait(timeout=30)
         deadline = time.monotonic() + 20
         while instance.exists() and time.monotonic() < deadline:
@@ -96,25 +106,25 @@ class ConnectingRay:
         self.shutdowns += 1
 
 
-@pytest.mark.parametrize("stop", [KeyboardInterrupt, InputError])
-def test_ctrl_c_abandons_a_connection_the_sweep_opened_and_an_error_shuts_it_down(monkeypatch, stop):
-    """Only Ctrl-C leaves the connection to ``leave``: after an error, a Python session that called
-    ``run_sweep`` goes on, and must not be left holding a connection or the instance's directory."""
+@pytest.mark.parametrize("stop, armed", [(KeyboardInterrupt, True), (KeyboardInterrupt, False), (InputError, True)])
+def test_only_ctrl_c_at_the_command_line_abandons_a_connection_the_sweep_opened(monkeypatch, stop, armed):
+    """Ctrl-C under the command line leaves the connection to ``leave``; an error, or Ctrl-C in a
+    Python session that called ``run_sweep`` (which goes on), shuts it down and removes the
+    instance's directory."""
     import sim.cluster as cluster_module
 
     ray = ConnectingRay()
     monkeypatch.setattr(cluster_module, "import_ray", lambda loopback: ray)
     monkeypatch.setattr(leaving, "_ABANDONED", {})
-    with pytest.raises(stop):
+    with pytest.raises(stop), leaving.armed() if armed else contextlib.nullcontext():
         with cluster_module.connected(None, 1):
             temp_dir = Path(ray.options["_temp_dir"])
             assert ray.options["address"] == "local" and temp_dir.is_dir()
             raise stop("x", "y") if stop is InputError else stop()
-    interrupted = stop is KeyboardInterrupt
-    assert leaving.abandoned() == interrupted and ray.shutdowns == (0 if interrupted else 1)
-    assert temp_dir.is_dir() == interrupted  # an abandoned instance's directory waits for leave's helper
+    left = stop is KeyboardInterrupt and armed
+    assert leaving.abandoned() == left and ray.shutdowns == (0 if left else 1)
+    assert temp_dir.is_dir() == left  # an abandoned instance's directory waits for leave's helper
     shutil.rmtree(temp_dir, ignore_errors=True)
-
 
 @pytest.mark.timeout(240)
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None,
