@@ -7,7 +7,7 @@ reply that lands after the shutdown has let go of its task trips a check in Ray'
 Ray's own thread with exit status 1. The user then sees a Ray stack trace instead of
 ``interrupted`` and exit status 130. ``python bench/ray_interrupt.py`` counts how often, on a
 two-node loopback cluster, with Ctrl-C right after a killed sweep was resumed: 4 in 60
-interrupts before this module, 1 in 140 since (docs/mutation.md). The one left comes in the
+interrupts before this module, 1 in 200 since (docs/mutation.md). The one left comes in the
 milliseconds between the interrupt and ``leave``.
 
 So, under the command line (which runs its command ``armed``), Ctrl-C does not shut the
