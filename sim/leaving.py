@@ -80,13 +80,14 @@ def abandon(temp_dir: str | None) -> bool:
 
 
 def abandoned() -> bool:
+    """Whether Ctrl-C left this process's Ray connection open (``leave`` will end the process)."""
     return bool(_ABANDONED)
 
 
 def leave(code: int) -> None:
     """Where Ctrl-C left this process's Ray connection open: flush what was said and end the
     process with ``code`` now, before Python's teardown reaches Ray. Otherwise, return."""
-    if not _ABANDONED:
+    if not abandoned():
         return
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):

@@ -223,7 +223,6 @@ def test_killed_and_interrupted_sweeps_resume_to_the_same_bytes(cluster, local, 
     _same_runs(local, study / "out")
 
 
-
 @pytest.fixture(scope="module")
 def local_long(tmp_path_factory):
     """The reference for a sweep that outlasts the loss of a node: runs four times as long."""
